@@ -1,0 +1,175 @@
+"""The ``meanet`` command line: a thin layer over meanet_core."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(help="MEANet-FL: complexity-aware edge-cloud learning.", no_args_is_help=True, add_completion=False)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="run folder: checkpoints, state.pt and train.json go here"),
+    dataset: str = typer.Option("cifar100", help="cifar100 | cifar100-mini | cifar10 | digits | imagefolder"),
+    model: str = typer.Option("resnet32_cifar", help="MEANet backbone (meanet models lists them)"),
+    cloud_model: str = typer.Option("resnet110_cifar", help="cloud model (meanet models lists them)"),
+    epochs: int = typer.Option(30, help="epochs of the main-block stage"),
+    cloud_epochs: int | None = typer.Option(None, help="epochs of the cloud model (default: --epochs)"),
+    extension_epochs: int | None = typer.Option(None, help="epochs of adaptive + extension (default: --epochs)"),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.1, help="peak learning rate of the one-cycle schedule"),
+    weight_decay: float = typer.Option(5e-4),
+    label_smoothing: float = typer.Option(0.0),
+    hard_method: str = typer.Option("precision", help="precision | confusion (on the validation split)"),
+    hard_fraction: float = typer.Option(0.2, help="fraction of the classes that are hard"),
+    hard_count: int | None = typer.Option(None, help="number of hard classes (overrides --hard-fraction)"),
+    val_fraction: float = typer.Option(0.1, help="share of the training split held out for validation"),
+    limit_train: int | None = typer.Option(None, help="train on a seeded subset of this many images"),
+    seed: int = typer.Option(0),
+    data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
+    image_size: int = typer.Option(224, help="side of imagefolder inputs"),
+    resume: bool = typer.Option(True, help="continue from OUT/state.pt when it exists"),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+) -> None:
+    """Train the main block, choose the hard classes, train adaptive + extension, train the cloud model."""
+    import torch
+
+    from meanet_core.config import ConfigError, TrainConfig
+    from meanet_core.pipeline import run_training
+
+    if threads:
+        torch.set_num_threads(threads)
+    options: dict[str, Any] = dict(
+        dataset=dataset, model=model, cloud_model=cloud_model, epochs=epochs, cloud_epochs=cloud_epochs,
+        extension_epochs=extension_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, hard_method=hard_method, hard_fraction=hard_fraction, hard_count=hard_count,
+        val_fraction=val_fraction, limit_train=limit_train, seed=seed, data_dir=data_dir, image_size=image_size,
+    )  # fmt: skip
+    try:
+        cfg = TrainConfig(**options)
+        run_training(cfg, out, resume=resume, log=typer.echo)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., "--run", help="run folder written by meanet train"),
+    policy: str = typer.Option("paper", help="paper | calibrated"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the report here (default: RUN/eval.json)"),
+    plots: Path | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
+    entropy_threshold: float = typer.Option(0.5, help="paper policy: normalised entropy above which to offload"),
+    target_cloud_fraction: float = typer.Option(0.1, help="calibrated policy: at most this share offloaded"),
+    energy_budget: float | None = typer.Option(None, help="calibrated policy: mean edge joules per image instead"),
+    joules_per_mac: float = typer.Option(1e-10, help="edge compute energy per MAC"),
+    uplink_mbps: float = typer.Option(5.64, help="uplink throughput (LTE median, Huang et al. 2012)"),
+    batch_size: int = typer.Option(256),
+    speed_repeats: int = typer.Option(1, help="timed passes of engine and all-branches (best is kept)"),
+    data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: the run's, $MEANET_DATA_DIR)"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+) -> None:
+    """Run the adaptive inference engine on the test set; write a JSON report and plots."""
+    import torch
+
+    from meanet_core.checkpoint import CheckpointError, load_cloud, load_meanet
+    from meanet_core.config import TrainConfig, from_dict
+    from meanet_core.cost import CostConfig
+    from meanet_core.evaluation import evaluate as run_evaluation
+    from meanet_core.pipeline import load_splits
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        train_json = run / "train.json"
+        if not train_json.is_file():
+            _fail(f"{train_json} not found: --run must be a folder written by 'meanet train'")
+        cfg = from_dict(TrainConfig, json.loads(train_json.read_text())["config"])
+        if data_dir is not None:
+            cfg = from_dict(TrainConfig, {**cfg.as_dict(), "data_dir": data_dir})
+        model = load_meanet(run / "meanet.pt")
+        cloud = load_cloud(run / "cloud.pt")
+        splits = load_splits(cfg)
+        cost = CostConfig(joules_per_mac=joules_per_mac, uplink_throughput_mbps=uplink_mbps)
+        report = run_evaluation(
+            model, cloud, splits.val, splits.test, policy=policy, entropy_threshold=entropy_threshold,
+            target_cloud_fraction=target_cloud_fraction, energy_budget_joule=energy_budget, cost=cost,
+            batch_size=batch_size, speed_repeats=speed_repeats,
+        )  # fmt: skip
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    report["run"] = str(run)
+    json_path = json_path or run / "eval.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2))
+    typer.echo(format_report(report))
+    typer.echo(f"report: {json_path}")
+    if plots is not None:
+        from meanet_cli.plots import plot_report
+
+        for p in plot_report(report, plots):
+            typer.echo(f"plot: {p}")
+
+
+def format_report(r: dict[str, Any]) -> str:
+    ref = r["reference_accuracy"]
+    lines = [
+        f"policy {r['policy']}",
+        f"accuracy {r['accuracy']:.4f}  (main only {ref['main_only']:.4f}, edge main+extension "
+        f"{ref['edge_main_plus_extension']:.4f}, cloud only {ref['cloud_only']:.4f})",
+        "exits    "
+        + "  ".join(
+            f"{k} {v['fraction']:.3f} (acc {v['accuracy'] if v['accuracy'] is None else round(v['accuracy'], 4)})"
+            for k, v in r["exits"].items()
+        ),
+        f"MACs/image executed {r['macs_per_image'] / 1e6:.1f}M (edge {r['edge_macs_per_image'] / 1e6:.1f}M), "
+        f"all branches {r['macs_all_branches_per_image'] / 1e6:.1f}M, "
+        f"cloud only {r['macs_cloud_only_per_image'] / 1e6:.1f}M",
+        f"energy/image {r['energy_per_image_joule'] * 1e3:.3f} mJ, bytes offloaded/image "
+        f"{r['bytes_offloaded_per_image']:.0f}",
+        f"images/s engine {r['images_per_second']:.1f} vs all branches {r['images_per_second_all_branches']:.1f}: "
+        f"speed-up {r['speedup_measured']:.2f}x, MAC-predicted {r['speedup_predicted_by_macs']:.2f}x "
+        f"(ratio {r['speedup_ratio_measured_to_predicted']:.2f})",
+    ]
+    return "\n".join(lines)
+
+
+@app.command()
+def models() -> None:
+    """List the registered MEANet and cloud models with parameters and MACs per image."""
+    import torch
+
+    from meanet_core.models import (
+        CLOUD_ARCHS,
+        MEANET_ARCHS,
+        build_cloud,
+        build_meanet,
+        describe_cloud,
+        describe_meanet,
+    )
+
+    meta = torch.device("meta")  # shapes only: MACs are counted without computing anything
+    typer.echo("MEANet edge models (main / adaptive / extension, 20% hard classes of 100):")
+    for name, spec in MEANET_ARCHS.items():
+        with meta:
+            blocks = describe_meanet(build_meanet(name, 100, list(range(20))))
+        parts = ", ".join(f"{b.name} {b.params / 1e6:.2f}M params {b.macs / 1e6:.1f}M MACs" for b in blocks)
+        typer.echo(f"  {name:<18} {spec.input_size}px  {parts}")
+    typer.echo("cloud models:")
+    for name, spec in CLOUD_ARCHS.items():
+        with meta:
+            b = describe_cloud(build_cloud(name, 100))
+        typer.echo(f"  {name:<18} {spec.input_size}px  {b.params / 1e6:.2f}M params {b.macs / 1e6:.1f}M MACs")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,252 @@
+"""Readers for each dataset in :data:`~meanet_core.data.datasets.DATASETS`: official train/test as uint8.
+
+CIFAR comes from an ``.npz`` file (fast, offline) or torchvision's download; ``digits`` from scikit-learn
+(offline); ``imagefolder`` from a ``train/`` + ``val/`` (or ``test/``) tree of images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meanet_core.data.datasets import DATA_DIR_ENV, ImageTensors, stratified_pick
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 0  # fixed, so the digits test split is the same for every run seed (like an official split)
+DEFAULT_CACHE = Path("~/.cache/meanet")
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """A dataset's official train and test splits with its class names and normalisation."""
+
+    train: ImageTensors
+    test: ImageTensors
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def read_source(name: str, folder: Path | None, *, download: bool, image_size: int) -> RawSource:
+    """Read dataset ``name``; ``folder`` is the data directory (already resolved against the environment)."""
+    if name == "cifar100":
+        return _read_cifar(folder, "cifar100.npz", 100, CIFAR100_MEAN, CIFAR100_STD, "CIFAR100", download)
+    if name == "cifar100-mini":
+        return _read_cifar(folder, "cifar100_mini.npz", 100, CIFAR100_MEAN, CIFAR100_STD, None, download)
+    if name == "cifar10":
+        return _read_cifar(folder, "cifar10.npz", 10, CIFAR10_MEAN, CIFAR10_STD, "CIFAR10", download)
+    if name == "digits":
+        return _read_digits()
+    if name == "imagefolder":
+        return _read_imagefolder(folder, image_size)
+    raise ValueError(f"no reader for dataset {name!r}")
+
+
+# --------------------------------------------------------------------------------------------------- CIFAR
+
+
+def _read_cifar(
+    folder: Path | None,
+    filename: str,
+    num_classes: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    torchvision_name: str | None,
+    download: bool,
+) -> RawSource:
+    npz = folder / filename if folder is not None else None
+    if npz is not None and npz.is_file():
+        train, test = load_npz(npz, num_classes)
+        names = _class_names_beside(npz, num_classes)
+        if names is None:
+            names = CIFAR10_CLASSES if num_classes == 10 else tuple(f"class_{i}" for i in range(num_classes))
+        return RawSource(train, test, names, mean, std)
+    where = f"{npz} does not exist" if npz is not None else f"no data_dir given and ${DATA_DIR_ENV} is unset"
+    layout = f"keys x_train uint8 (N, 32, 32, 3) HWC RGB, y_train (N,) labels 0..{num_classes - 1}, x_test, y_test"
+    if torchvision_name is None:
+        raise FileNotFoundError(
+            f"cannot find {filename}: {where}. Set {DATA_DIR_ENV} (or pass data_dir) to a folder holding "
+            f"{filename} ({layout}); this dataset has no download fallback"
+        )
+    root = (folder if folder is not None else DEFAULT_CACHE).expanduser()
+    fetch = (
+        "give torchvision network access for its download"
+        if download
+        else "pass download=True so torchvision downloads it (needs network access)"
+    )
+    try:
+        train, test, names = _torchvision_cifar(torchvision_name, root, download)
+    except Exception as err:
+        raise FileNotFoundError(
+            f"cannot load {torchvision_name}: {where}, and torchvision could not provide it from {root} "
+            f"({type(err).__name__}: {err}). Either set {DATA_DIR_ENV} (or pass data_dir) to a folder "
+            f"holding {filename} ({layout}), or {fetch}"
+        ) from err
+    return RawSource(train, test, names, mean, std)
+
+
+def load_npz(path: Path, num_classes: int) -> tuple[ImageTensors, ImageTensors]:
+    """Read ``x_train``/``y_train``/``x_test``/``y_test`` (HWC uint8) from ``path``, checking the layout."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable .npz archive ({err}); expected keys {', '.join(NPZ_KEYS)}") from err
+    with archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise ValueError(
+                f"{path} lacks key(s) {', '.join(missing)}; found {', '.join(archive.files) or 'none'}, "
+                f"expected {', '.join(NPZ_KEYS)}"
+            )
+        splits = []
+        for part in ("train", "test"):
+            x, y = archive[f"x_{part}"], archive[f"y_{part}"]
+            _check_npz_images(path, f"x_{part}", x)
+            _check_npz_labels(path, f"y_{part}", y, len(x), num_classes)
+            images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            splits.append(ImageTensors(images, torch.from_numpy(y.astype(np.int64))))
+    return splits[0], splits[1]
+
+
+def _check_npz_images(path: Path, key: str, x: np.ndarray) -> None:
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"{path}: key {key!r} must be uint8 of shape (N, H, W, 3) with H == W (HWC RGB); "
+            f"found {x.dtype} of shape {x.shape}"
+        )
+
+
+def _check_npz_labels(path: Path, key: str, y: np.ndarray, n: int, num_classes: int) -> None:
+    if y.dtype.kind not in "iu" or y.shape != (n,):
+        raise ValueError(
+            f"{path}: key {key!r} must be integer labels of shape ({n},) to match the images; "
+            f"found {y.dtype} of shape {y.shape}"
+        )
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"{path}: key {key!r} holds labels {int(y.min())}..{int(y.max())}; expected 0..{num_classes - 1}"
+        )
+
+
+def _class_names_beside(npz: Path, num_classes: int) -> tuple[str, ...] | None:
+    """``fine_label_names`` from ``cifar100_labels.json`` next to ``npz`` (CIFAR-100 only), else None."""
+    path = npz.with_name("cifar100_labels.json")
+    if num_classes != 100 or not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))["fine_label_names"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} must be JSON with a key 'fine_label_names' (a list of 100 names): {err}") from err
+    if not isinstance(names, list) or len(names) != num_classes:
+        found = len(names) if isinstance(names, list) else type(names).__name__
+        raise ValueError(f"{path}: 'fine_label_names' must list {num_classes} names; found {found}")
+    return tuple(str(n) for n in names)
+
+
+def _torchvision_cifar(name: str, root: Path, download: bool) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
+    import torchvision
+
+    cls: Any = getattr(torchvision.datasets, name)
+    parts = []
+    names: tuple[str, ...] = ()
+    for train in (True, False):
+        ds = cls(root=str(root), train=train, download=download)
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        parts.append(ImageTensors(x, torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)))
+        names = tuple(ds.classes)
+    return parts[0], parts[1], names
+
+
+# --------------------------------------------------------------------------------------------------- digits
+
+
+def _read_digits() -> RawSource:
+    """scikit-learn's 8x8 digits as 32x32 RGB uint8, with a fixed, stratified 20% test split.
+
+    Normalisation: the per-channel mean/std of the non-test images (all three channels are equal).
+    """
+    from sklearn.datasets import load_digits  # lazy: only this dataset needs scikit-learn
+
+    bunch = load_digits()
+    small = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) * (255.0 / 16.0)).unsqueeze(1)
+    big = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    x = big.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    data = ImageTensors(x, torch.as_tensor(np.asarray(bunch.target), dtype=torch.int64))
+    k = round(len(data) * DIGITS_TEST_FRACTION)
+    test_idx, train_idx = stratified_pick(data.y.numpy(), k, np.random.default_rng(DIGITS_TEST_SEED))
+    train, test = data.subset(train_idx), data.subset(test_idx)
+    scaled = train.x[:, 0].float() / 255.0
+    mean, std = round(float(scaled.mean()), 4), round(float(scaled.std()), 4)
+    names = tuple(str(int(t)) for t in bunch.target_names)
+    return RawSource(train, test, names, (mean, mean, mean), (std, std, std))
+
+
+# --------------------------------------------------------------------------------------------------- folders
+
+
+def _read_imagefolder(folder: Path | None, image_size: int) -> RawSource:
+    """``folder/train`` and ``folder/val`` (or ``folder/test``) in ImageFolder layout, resized and cropped."""
+    if isinstance(image_size, bool) or int(image_size) < 1:
+        raise ValueError(f"image_size must be a positive number of pixels; got {image_size!r}")
+    if folder is None:
+        raise FileNotFoundError(
+            f"imagefolder needs a data directory: pass data_dir or set {DATA_DIR_ENV} to a folder holding "
+            "train/<class>/*.jpg and val/<class>/*.jpg (or test/<class>/...)"
+        )
+    train_dir = folder / "train"
+    eval_dir = next((folder / sub for sub in ("val", "test") if (folder / sub).is_dir()), None)
+    if not train_dir.is_dir() or eval_dir is None:
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else None
+        raise FileNotFoundError(
+            f"imagefolder expects {folder}/train/ and {folder}/val/ (or test/), one sub-folder per class; "
+            + (f"found sub-folders {found or 'none'}" if found is not None else f"{folder} does not exist")
+        )
+    train_classes, test_classes = _class_dirs(train_dir), _class_dirs(eval_dir)
+    if train_classes != test_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_eval = sorted(set(test_classes) - set(train_classes))
+        raise ValueError(
+            f"class folders differ between {train_dir} and {eval_dir}: "
+            f"only in train: {only_train or 'none'}, only in {eval_dir.name}: {only_eval or 'none'}; "
+            "both must hold the same class sub-folders"
+        )
+    train, train_classes = _read_image_tree(train_dir, image_size)
+    test, _ = _read_image_tree(eval_dir, image_size)
+    return RawSource(train, test, train_classes, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _class_dirs(root: Path) -> tuple[str, ...]:
+    return tuple(sorted(entry.name for entry in root.iterdir() if entry.is_dir()))
+
+
+def _read_image_tree(root: Path, image_size: int) -> tuple[ImageTensors, tuple[str, ...]]:
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose(
+        [
+            transforms.Resize(int(image_size * 256 / 224)),
+            transforms.CenterCrop(image_size),
+            transforms.PILToTensor(),
+        ]
+    )
+    try:
+        tree = datasets.ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{root} must hold one sub-folder per class with images inside (e.g. {root}/cat/001.jpg): {err}"
+        ) from err
+    x = torch.empty((len(tree), 3, image_size, image_size), dtype=torch.uint8)
+    for i in range(len(tree)):
+        x[i] = tree[i][0]
+    y = torch.as_tensor(tree.targets, dtype=torch.int64)
+    return ImageTensors(x, y), tuple(tree.classes)

@@ -1,0 +1,267 @@
+"""The adaptive inference engine: each sample computes only the blocks its route needs.
+
+``AdaptiveEngine.predict`` runs the main block on the whole batch, the adaptive + extension blocks only on the
+samples the policy routes there, and sends only the complex samples (as uint8 images) to a ``CloudBackend``. Every
+prediction carries its exit, the MACs it executed on the edge and in the cloud, the bytes it sent, its edge energy
+and an estimated latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from meanet_core.cost import CostConfig, RouteLatency, time_per_call
+from meanet_core.models import CloudModel, MEANet, count_macs
+from meanet_core.policies import Policy
+
+EXIT_MAIN, EXIT_EXTENSION, EXIT_CLOUD = 0, 1, 2
+EXIT_NAMES = ("main", "extension", "cloud")
+
+
+@dataclass(frozen=True)
+class CloudReply:
+    labels: torch.Tensor  # (n,) int64 predicted classes
+    ok: torch.Tensor  # (n,) bool: False where the cloud did not answer (the edge falls back)
+
+
+class CloudBackend(Protocol):
+    """Where complex inputs go: an in-process model in simulation, an HTTP service in deployment."""
+
+    macs_per_image: int
+
+    def classify(self, images: torch.Tensor) -> CloudReply:
+        """Classify uint8 images (n, C, H, W)."""
+        ...
+
+
+class LocalCloud:
+    """The cloud model in this process, behind the same interface as the remote service."""
+
+    def __init__(self, model: CloudModel) -> None:
+        self.model = model.eval()
+        side = model.input_size
+        device = next(model.parameters()).device
+        self.macs_per_image = count_macs(lambda: self._run(torch.zeros(1, 3, side, side, device=device)))
+
+    @torch.inference_mode()
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(to_unit_float(images))
+
+    def classify(self, images: torch.Tensor) -> CloudReply:
+        labels = self.logits(images).argmax(dim=1)
+        return CloudReply(labels, torch.ones_like(labels, dtype=torch.bool))
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float images pass through."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def check_images(images: torch.Tensor, input_size: int, channels: int = 3) -> None:
+    """Raise a clear error unless ``images`` is a (B, C, H, W) batch the model accepts."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, {channels}, H, W); got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise ValueError(
+            f"images must have shape (B, {channels}, H, W); got {tuple(images.shape)}. "
+            "Convert HWC arrays with .permute(0, 3, 1, 2) and add a batch dimension for one image."
+        )
+    if images.shape[2] != input_size or images.shape[3] != input_size:
+        raise ValueError(
+            f"this model takes {input_size}x{input_size} images; got {images.shape[2]}x{images.shape[3]}. "
+            f"Resize or crop the inputs to {input_size}x{input_size}."
+        )
+    if images.dtype != torch.uint8:
+        if not images.is_floating_point():
+            raise TypeError(f"images must be uint8 (0..255) or float (0..1); got dtype {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values; clean the inputs before inference")
+
+
+@dataclass
+class Predictions:
+    """Per-sample results of one batch; every tensor has length B."""
+
+    labels: torch.Tensor  # int64 predicted class
+    exit: torch.Tensor  # int8: EXIT_MAIN, EXIT_EXTENSION or EXIT_CLOUD
+    edge_macs: torch.Tensor  # int64 MACs executed on the device
+    cloud_macs: torch.Tensor  # int64 MACs executed in the cloud
+    bytes_sent: torch.Tensor  # int64
+    energy_joule: torch.Tensor  # float64 edge energy (compute + transmission)
+    latency_s: torch.Tensor  # float64 estimated end-to-end latency (needs measured RouteLatency)
+    fallback: torch.Tensor  # bool: offloaded but the cloud did not answer; the edge's own answer stands
+
+    @staticmethod
+    def concat(parts: list[Predictions]) -> Predictions:
+        if not parts:
+            raise ValueError("no predictions to concatenate")
+        return Predictions(**{k: torch.cat([getattr(p, k) for p in parts]) for k in Predictions.__dataclass_fields__})
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+class AdaptiveEngine:
+    """Batched adaptive inference over a MEANet, a routing policy and an optional cloud."""
+
+    def __init__(
+        self,
+        model: MEANet,
+        policy: Policy,
+        cloud: CloudBackend | None = None,
+        cost: CostConfig | None = None,
+        latency: RouteLatency | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.policy = policy
+        self.cloud = cloud
+        self.cost = cost or CostConfig()
+        self.latency = latency
+        side = model.input_size
+        device = model.hard_index.device
+        x = torch.zeros(1, 3, side, side, device=device)
+        with torch.inference_mode():
+            feats = model.forward_main(x).features
+        self.main_macs = count_macs(lambda: self._main(x))
+        self.extension_macs = count_macs(lambda: self._extension(x, feats))
+        self.image_bytes = self.cost.input_bytes(3, side, side)
+
+    @torch.inference_mode()
+    def _main(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_main(x)
+        return out.logits, out.features
+
+    @torch.inference_mode()
+    def _extension(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_extension(x, features)
+
+    def predict(self, images: torch.Tensor) -> Predictions:
+        """Route a batch: uint8 (B, 3, H, W) or float in [0, 1]."""
+        check_images(images, self.model.input_size)
+        x = to_unit_float(images)
+        n = x.shape[0]
+        logits, feats = self._main(x)  # (B, K), (B, C, h, w)
+        probs = logits.softmax(dim=1)
+        labels = probs.argmax(dim=1)
+        top1_hard = self.model.hard_index[labels] >= 0
+        to_cloud, to_ext = (m.cpu() for m in self.policy.after_main(probs, top1_hard))
+        labels = labels.cpu()
+        exits = torch.full((n,), EXIT_MAIN, dtype=torch.int8)
+        edge_macs = torch.full((n,), self.main_macs, dtype=torch.int64)
+
+        ext_idx = to_ext.nonzero().flatten()
+        if ext_idx.numel():
+            sel = ext_idx.to(x.device)
+            ext_probs = self._extension(x[sel], feats[sel]).softmax(dim=1)  # only the routed samples
+            labels[ext_idx] = self.model.hard_classes[ext_probs.argmax(dim=1)].cpu()
+            exits[ext_idx] = EXIT_EXTENSION
+            edge_macs[ext_idx] += self.extension_macs
+            to_cloud[ext_idx] |= self.policy.after_extension(ext_probs).cpu()
+        if self.cloud is None:
+            to_cloud[:] = False
+
+        cloud_idx = to_cloud.nonzero().flatten()
+        cloud_macs = torch.zeros(n, dtype=torch.int64)
+        bytes_sent = torch.zeros(n, dtype=torch.int64)
+        fallback = torch.zeros(n, dtype=torch.bool)
+        if cloud_idx.numel() and self.cloud is not None:
+            reply = self.cloud.classify(to_uint8(images[cloud_idx.to(images.device)]))
+            ok = reply.ok.to(torch.bool).cpu()
+            answered = cloud_idx[ok]
+            labels[answered] = reply.labels.cpu()[ok]
+            exits[answered] = EXIT_CLOUD
+            cloud_macs[answered] = self.cloud.macs_per_image
+            bytes_sent[cloud_idx] = self.image_bytes
+            fallback[cloud_idx[~ok]] = True
+        return self._finish(labels, exits, edge_macs, cloud_macs, bytes_sent, fallback)
+
+    def _finish(
+        self,
+        labels: torch.Tensor,
+        exits: torch.Tensor,
+        edge_macs: torch.Tensor,
+        cloud_macs: torch.Tensor,
+        bytes_sent: torch.Tensor,
+        fallback: torch.Tensor,
+    ) -> Predictions:
+        bytes_f = bytes_sent.double()
+        energy = edge_macs.double() * self.cost.joules_per_mac + self.cost.transmission_energy(bytes_f)
+        latency = torch.zeros_like(energy)
+        if self.latency is not None:
+            lat = self.latency
+            latency += lat.main_s
+            latency += (edge_macs > self.main_macs).double() * lat.extension_s
+            latency += self.cost.uplink_seconds(bytes_f) + (cloud_macs > 0).double() * lat.cloud_s
+        return Predictions(labels.cpu(), exits, edge_macs, cloud_macs, bytes_sent, energy, latency, fallback)
+
+    @torch.inference_mode()
+    def predict_all_branches(self, images: torch.Tensor, cloud: LocalCloud | None = None) -> Predictions:
+        """The public code's way: every branch (main, extension, cloud) on every sample, routing applied after.
+
+        Gives the same labels and exits as ``predict``; costs count what was really computed.
+        """
+        check_images(images, self.model.input_size)
+        x = to_unit_float(images)
+        n = x.shape[0]
+        logits, ext_logits = self.model(x)
+        cloud_labels = cloud.logits(images).argmax(dim=1) if cloud is not None else None
+        routed = route_outputs(self.model, self.policy, logits, ext_logits, cloud_labels)
+        edge = torch.full((n,), self.main_macs + self.extension_macs, dtype=torch.int64)
+        cloud_m = torch.full((n,), cloud.macs_per_image if cloud is not None else 0, dtype=torch.int64)
+        sent = torch.full((n,), self.image_bytes if cloud is not None else 0, dtype=torch.int64)
+        return self._finish(routed.labels, routed.exit, edge, cloud_m, sent, torch.zeros(n, dtype=torch.bool))
+
+
+@dataclass(frozen=True)
+class Routed:
+    labels: torch.Tensor  # (N,) final predicted class
+    exit: torch.Tensor  # (N,) int8 exit code
+    ran_extension: torch.Tensor  # (N,) bool: the route computed the adaptive + extension blocks
+
+
+def route_outputs(
+    model: MEANet,
+    policy: Policy,
+    main_logits: torch.Tensor,
+    ext_logits: torch.Tensor,
+    cloud_labels: torch.Tensor | None,
+) -> Routed:
+    """Apply ``policy`` to precomputed outputs of every branch (for the all-branches baseline and sweeps)."""
+    probs, ext_probs = main_logits.softmax(dim=1), ext_logits.softmax(dim=1)
+    labels = probs.argmax(dim=1)
+    top1_hard = model.hard_index.to(labels.device)[labels] >= 0
+    to_cloud, to_ext = policy.after_main(probs, top1_hard)
+    hard_classes = model.hard_classes.to(labels.device)
+    labels = torch.where(to_ext, hard_classes[ext_probs.argmax(dim=1)], labels)
+    exits = torch.where(to_ext, EXIT_EXTENSION, EXIT_MAIN).to(torch.int8)
+    if cloud_labels is not None:
+        to_cloud = to_cloud | (to_ext & policy.after_extension(ext_probs))
+        labels = torch.where(to_cloud, cloud_labels.to(labels.device), labels)
+        exits[to_cloud] = EXIT_CLOUD
+    return Routed(labels.cpu(), exits.cpu(), to_ext.cpu())
+
+
+def measure_route_latency(
+    model: MEANet, cloud: LocalCloud | None, batch_size: int = 64, repeats: int = 5
+) -> RouteLatency:
+    """Wall-clock seconds per image of the main block, adaptive + extension, and the cloud model, on this machine."""
+    model.eval()
+    side = model.input_size
+    device = model.hard_index.device
+    x = torch.rand(batch_size, 3, side, side, device=device)
+    with torch.inference_mode():
+        feats = model.forward_main(x).features
+        main_s = time_per_call(lambda: model.forward_main(x), repeats)
+        ext_s = time_per_call(lambda: model.forward_extension(x, feats), repeats)
+        cloud_s = time_per_call(lambda: cloud.logits(x), repeats) if cloud is not None else 0.0
+    return RouteLatency(main_s / batch_size, ext_s / batch_size, cloud_s / batch_size, batch_size)

@@ -1,0 +1,245 @@
+"""Evaluation of a trained run: the adaptive engine on the test set, reference accuracies, costs and a sweep.
+
+Everything routed here goes through ``AdaptiveEngine``; the sweep and the reference accuracies reuse the outputs of
+every branch computed once (``BranchOutputs``) and the same routing code (``route_outputs``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from meanet_core.cost import CostConfig
+from meanet_core.data import ImageTensors, TensorBatches
+from meanet_core.engine import (
+    EXIT_CLOUD,
+    EXIT_EXTENSION,
+    EXIT_NAMES,
+    AdaptiveEngine,
+    LocalCloud,
+    Predictions,
+    measure_route_latency,
+    route_outputs,
+)
+from meanet_core.models import CloudModel, MEANet
+from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
+
+POLICIES = ("paper", "calibrated")
+
+
+@dataclass(frozen=True)
+class BranchOutputs:
+    """Logits of every branch on every sample of a split (computed once, reused for sweeps and references)."""
+
+    main: torch.Tensor  # (N, K)
+    extension: torch.Tensor  # (N, H)
+    cloud: torch.Tensor  # (N, K)
+    labels: torch.Tensor  # (N,) ground truth
+
+
+@torch.inference_mode()
+def branch_outputs(model: MEANet, cloud: LocalCloud, data: ImageTensors, batch_size: int = 256) -> BranchOutputs:
+    model.eval()
+    mains, exts, clouds = [], [], []
+    for x, _ in TensorBatches(data, batch_size, shuffle=False):
+        main, ext = model(x)
+        mains.append(main)
+        exts.append(ext)
+        clouds.append(cloud.logits(x))
+    return BranchOutputs(torch.cat(mains), torch.cat(exts), torch.cat(clouds), data.y.clone())
+
+
+def fit_calibrated(
+    model: MEANet,
+    val: BranchOutputs,
+    cost: CostConfig,
+    main_macs: int,
+    extension_macs: int,
+    image_bytes: int,
+    *,
+    target_cloud_fraction: float | None = 0.1,
+    energy_budget_joule: float | None = None,
+) -> CalibratedPolicy:
+    """Fit the calibrated policy's thresholds on validation outputs."""
+    probs, ext_probs = val.main.softmax(1), val.extension.softmax(1)
+    top1 = probs.argmax(1)
+    top1_hard = (model.hard_index[top1] >= 0).numpy()
+    ext_pred = model.hard_classes[ext_probs.argmax(1)]
+    if energy_budget_joule is not None:
+        target_cloud_fraction = None
+    return CalibratedPolicy.fit(
+        probs.max(1).values.numpy(),
+        (top1 == val.labels).numpy(),
+        top1_hard,
+        ext_probs.max(1).values.numpy(),
+        (ext_pred == val.labels).numpy(),
+        (val.cloud.argmax(1) == val.labels).numpy(),
+        target_cloud_fraction=target_cloud_fraction,
+        energy_budget_joule=energy_budget_joule,
+        edge_energy=(main_macs * cost.joules_per_mac, (main_macs + extension_macs) * cost.joules_per_mac),
+        offload_energy=float(cost.transmission_energy(float(image_bytes))),
+    )
+
+
+def summarize(pred: Predictions, labels: torch.Tensor) -> dict[str, Any]:
+    """Accuracy, exits, MACs, bytes and energy of a set of predictions."""
+    correct = pred.labels == labels
+    n = len(labels)
+    exits = {}
+    for code, name in enumerate(EXIT_NAMES):
+        mask = pred.exit == code
+        count = int(mask.sum())
+        exits[name] = {
+            "fraction": count / n,
+            "accuracy": float(correct[mask].float().mean()) if count else None,
+            "count": count,
+        }
+    return {
+        "accuracy": float(correct.float().mean()),
+        "exits": exits,
+        "fallbacks": int(pred.fallback.sum()),
+        "macs_per_image": float((pred.edge_macs + pred.cloud_macs).double().mean()),
+        "edge_macs_per_image": float(pred.edge_macs.double().mean()),
+        "cloud_macs_per_image": float(pred.cloud_macs.double().mean()),
+        "energy_per_image_joule": float(pred.energy_joule.mean()),
+        "bytes_offloaded_per_image": float(pred.bytes_sent.double().mean()),
+        "latency_per_image_s": float(pred.latency_s.mean()),
+    }
+
+
+def run_engine(
+    engine: AdaptiveEngine, data: ImageTensors, batch_size: int, all_branches: LocalCloud | None = None
+) -> tuple[Predictions, float]:
+    """Predictions over ``data`` from uint8 batches, and the wall-clock seconds they took."""
+    parts = []
+    t0 = time.perf_counter()
+    for start in range(0, len(data), batch_size):
+        images = data.x[start : start + batch_size]
+        parts.append(engine.predict_all_branches(images, all_branches) if all_branches else engine.predict(images))
+    return Predictions.concat(parts), time.perf_counter() - t0
+
+
+def sweep(
+    model: MEANet,
+    outputs: BranchOutputs,
+    engine: AdaptiveEngine,
+    policies: list[Policy],
+) -> list[dict[str, Any]]:
+    """Accuracy, cloud fraction and energy per image for each policy, from precomputed outputs."""
+    cost = engine.cost
+    cloud_labels = outputs.cloud.argmax(1)
+    points = []
+    for policy in policies:
+        routed = route_outputs(model, policy, outputs.main, outputs.extension, cloud_labels)
+        offloaded = (routed.exit == EXIT_CLOUD).double()
+        macs = engine.main_macs + routed.ran_extension.double() * engine.extension_macs
+        energy = macs * cost.joules_per_mac + offloaded * float(cost.transmission_energy(float(engine.image_bytes)))
+        points.append(
+            {
+                **{k: v for k, v in policy.as_dict().items() if k != "name"},
+                "accuracy": float((routed.labels == outputs.labels).float().mean()),
+                "cloud_fraction": float(offloaded.mean()),
+                "extension_fraction": float((routed.exit == EXIT_EXTENSION).double().mean()),
+                "energy_per_image_joule": float(energy.mean()),
+            }
+        )
+    return points
+
+
+def evaluate(
+    model: MEANet,
+    cloud_model: CloudModel,
+    val: ImageTensors,
+    test: ImageTensors,
+    *,
+    policy: str = "paper",
+    entropy_threshold: float = 0.5,
+    target_cloud_fraction: float | None = 0.1,
+    energy_budget_joule: float | None = None,
+    cost: CostConfig | None = None,
+    batch_size: int = 256,
+    speed_repeats: int = 1,
+) -> dict[str, Any]:
+    """The full evaluation report (a JSON-ready dict)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}")
+    cost = cost or CostConfig()
+    model.eval()
+    cloud = LocalCloud(cloud_model)
+    latency = measure_route_latency(model, cloud, batch_size=min(batch_size, 64))
+    engine = AdaptiveEngine(model, PaperPolicy(entropy_threshold), cloud, cost, latency)
+    test_out = branch_outputs(model, cloud, test, batch_size)
+    if policy == "calibrated":
+        val_out = branch_outputs(model, cloud, val, batch_size)
+        engine.policy = fit_calibrated(
+            model,
+            val_out,
+            cost,
+            engine.main_macs,
+            engine.extension_macs,
+            engine.image_bytes,
+            target_cloud_fraction=target_cloud_fraction,
+            energy_budget_joule=energy_budget_joule,
+        )
+        sweep_policies: list[Policy] = [
+            fit_calibrated(
+                model,
+                val_out,
+                cost,
+                engine.main_macs,
+                engine.extension_macs,
+                engine.image_bytes,
+                target_cloud_fraction=float(f),
+            )
+            for f in np.linspace(0.0, 0.6, 13)
+        ]
+    else:
+        sweep_policies = [PaperPolicy(float(t)) for t in np.linspace(0.0, 1.0, 21)]
+
+    # Speed: engine and all-branches side by side, alternated, best of `speed_repeats`.
+    t_engine, t_all = float("inf"), float("inf")
+    pred = all_pred = None
+    for _ in range(max(1, speed_repeats)):
+        pred, t = run_engine(engine, test, batch_size)
+        t_engine = min(t_engine, t)
+        all_pred, t = run_engine(engine, test, batch_size, all_branches=cloud)
+        t_all = min(t_all, t)
+    assert pred is not None and all_pred is not None
+    labels = test.y
+    report = summarize(pred, labels)
+    all_branches = engine.main_macs + engine.extension_macs + cloud.macs_per_image
+    predicted_speedup = all_branches / report["macs_per_image"]
+    measured_speedup = t_all / t_engine
+    cloud_labels = test_out.cloud.argmax(1)
+    edge_only = route_outputs(model, engine.policy, test_out.main, test_out.extension, None)
+    report.update(
+        {
+            "policy": engine.policy.as_dict(),
+            "num_images": len(labels),
+            "macs_all_branches_per_image": float(all_branches),
+            "macs_cloud_only_per_image": float(cloud.macs_per_image),
+            "macs_main_per_image": float(engine.main_macs),
+            "macs_extension_per_image": float(engine.extension_macs),
+            "images_per_second": len(labels) / t_engine,
+            "images_per_second_all_branches": len(labels) / t_all,
+            "speedup_measured": measured_speedup,
+            "speedup_predicted_by_macs": predicted_speedup,
+            "speedup_ratio_measured_to_predicted": measured_speedup / predicted_speedup,
+            "all_branches_agree": bool(torch.equal(all_pred.labels, pred.labels)),
+            "reference_accuracy": {
+                "main_only": float((test_out.main.argmax(1) == labels).float().mean()),
+                "edge_main_plus_extension": float((edge_only.labels == labels).float().mean()),
+                "meanet_with_cloud": report["accuracy"],
+                "cloud_only": float((cloud_labels == labels).float().mean()),
+            },
+            "hard_classes": [int(c) for c in model.hard_classes.tolist()],
+            "route_latency_s": latency.as_dict(),
+            "cost_model": cost.as_dict(),
+            "sweep": sweep(model, test_out, engine, sweep_policies),
+        }
+    )
+    return report

@@ -1,0 +1,212 @@
+"""The MEANet edge model: main block, adaptive block and extension block; and the cloud classifier.
+
+Models take float images in [0, 1] of shape (B, C, H, W) and normalise them themselves, so a checkpoint carries
+its own preprocessing and the edge can offload the raw uint8 image unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from meanet_core.models.backbones import Backbone, BasicBlock
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std, stored as buffers so checkpoints carry it."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AdaptiveBlock(nn.Module):
+    """A small network on the raw (normalised) input whose output matches the main block's feature map size.
+
+    A stride-1 convolution, then ``log2(downsample)`` stride-2 convolutions doubling the width up to ``4*width``.
+    """
+
+    def __init__(self, downsample: int, width: int = 16, in_channels: int = 3) -> None:
+        super().__init__()
+        steps = downsample.bit_length() - 1
+        if 2**steps != downsample:
+            raise ValueError(f"adaptive block downsample must be a power of two; got {downsample}")
+        layers: list[nn.Module] = []
+        if downsample < 32:  # small inputs: keep full resolution for the first layer
+            layers.append(_conv_bn_relu(in_channels, width, 1))
+            c = width
+        else:
+            c = in_channels
+        for i in range(steps):
+            c_out = width * 2 ** min(i + (0 if downsample >= 32 else 1), 2)
+            layers.append(_conv_bn_relu(c, c_out, 2))
+            c = c_out
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)  # (B, out_channels, H/downsample, W/downsample)
+
+
+class ExtensionBlock(nn.Module):
+    """Merges the (detached) main-block features with the adaptive features and classifies the hard classes."""
+
+    def __init__(self, main_channels: int, adaptive_channels: int, width: int, num_blocks: int, num_hard: int):
+        super().__init__()
+        self.merge = nn.Sequential(
+            nn.Conv2d(main_channels + adaptive_channels, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.blocks = nn.Sequential(*[BasicBlock(width, width) for _ in range(num_blocks)])
+        self.fc = nn.Linear(width, max(num_hard, 1))
+        self.width = width
+
+    def forward(self, main_features: torch.Tensor, adaptive_features: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([main_features, adaptive_features], dim=1)  # (B, Cm + Ca, h, w)
+        z = self.blocks(self.merge(z))  # (B, width, h, w)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1))  # (B, num_hard)
+
+
+class MainOutput(NamedTuple):
+    logits: torch.Tensor  # (B, num_classes)
+    features: torch.Tensor  # (B, C, h, w)
+
+
+class MEANet(nn.Module):
+    """Main block (all classes), adaptive block (raw input) and extension block (hard classes).
+
+    ``hard_classes`` lists the original class ids the extension answers for; ``hard_index[c]`` is the position of
+    class ``c`` among them, or -1 when ``c`` is easy.
+    """
+
+    hard_classes: torch.Tensor
+    hard_index: torch.Tensor
+
+    def __init__(
+        self,
+        arch: str,
+        main: Backbone,
+        num_classes: int,
+        hard_classes: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: int,
+        adaptive_width: int = 16,
+        extension_width: int | None = None,
+        extension_blocks: int = 2,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.normalize = Normalize(mean, std)
+        self.main = main
+        self.adaptive = AdaptiveBlock(main.downsample, adaptive_width)
+        self.adaptive_width = adaptive_width
+        width = extension_width or min(main.feature_channels, 128)
+        self.extension_width = width
+        self.extension_blocks = extension_blocks
+        self.extension = ExtensionBlock(
+            main.feature_channels, self.adaptive.out_channels, width, extension_blocks, len(hard_classes)
+        )
+        self.register_buffer("hard_classes", torch.empty(0, dtype=torch.long))
+        self.register_buffer("hard_index", torch.full((num_classes,), -1, dtype=torch.long))
+        self._main_frozen = False
+        self.set_hard_classes(hard_classes)
+
+    # ----------------------------------------------------------------------------------------- hard classes
+    def set_hard_classes(self, hard_classes: Sequence[int]) -> None:
+        """Set the hard-class set; rebuilds the extension's classifier when the count changes."""
+        classes = sorted({int(c) for c in hard_classes})
+        if classes and (classes[0] < 0 or classes[-1] >= self.num_classes):
+            raise ValueError(f"hard classes must lie in 0..{self.num_classes - 1}; got {classes}")
+        device = self.hard_index.device
+        self.hard_classes = torch.tensor(classes, dtype=torch.long, device=device)
+        index = torch.full((self.num_classes,), -1, dtype=torch.long, device=device)
+        index[self.hard_classes] = torch.arange(len(classes), device=device)
+        self.hard_index = index
+        if self.extension.fc.out_features != max(len(classes), 1):
+            self.extension.fc = nn.Linear(self.extension.width, max(len(classes), 1)).to(device)
+
+    @property
+    def num_hard(self) -> int:
+        return int(self.hard_classes.numel())
+
+    def is_hard(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.hard_index[labels] >= 0
+
+    # ----------------------------------------------------------------------------------------- freezing
+    def freeze_main(self, frozen: bool = True) -> None:
+        """Freeze the main block: no gradients, and BatchNorm statistics stay as trained (eval mode)."""
+        self._main_frozen = frozen
+        for p in self.main.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.main.eval()
+
+    @property
+    def main_frozen(self) -> bool:
+        return self._main_frozen
+
+    def train(self, mode: bool = True) -> MEANet:
+        super().train(mode)
+        if self._main_frozen:
+            self.main.eval()
+        return self
+
+    def edge_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the adaptive and extension blocks (what edges fine-tune and upload)."""
+        return [*self.adaptive.parameters(), *self.extension.parameters()]
+
+    # ----------------------------------------------------------------------------------------- forwards
+    def forward_main(self, x: torch.Tensor) -> MainOutput:
+        """Main exit: x (B, C, H, W) in [0, 1] -> logits over all classes and the last feature map."""
+        features = self.main.forward_features(self.normalize(x))
+        return MainOutput(self.main.forward_head(features), features)
+
+    def forward_extension(self, x: torch.Tensor, main_features: torch.Tensor) -> torch.Tensor:
+        """Extension exit: logits over the hard classes, from the raw input and the main block's features."""
+        adaptive = self.adaptive(self.normalize(x))  # (B, Ca, h, w)
+        return self.extension(main_features.detach(), adaptive)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every edge branch on every sample (training and the all-branches baseline)."""
+        main = self.forward_main(x)
+        return main.logits, self.forward_extension(x, main.features)
+
+    def extension_to_classes(self, ext_logits: torch.Tensor) -> torch.Tensor:
+        """Map extension argmax positions back to original class ids."""
+        return self.hard_classes[ext_logits.argmax(dim=1)]
+
+
+class CloudModel(nn.Module):
+    """A full classifier that serves the complex inputs offloaded by the edge."""
+
+    def __init__(self, arch: str, net: nn.Module, mean: Sequence[float], std: Sequence[float], input_size: int):
+        super().__init__()
+        self.arch = arch
+        self.input_size = input_size
+        self.normalize = Normalize(mean, std)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))  # (B, num_classes)

@@ -1,0 +1,247 @@
+"""Complexity-aware training stages: main block, cloud model, hard-class split, adaptive + extension blocks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from meanet_core.data import ImageTensors, TensorBatches
+from meanet_core.models import CloudModel, MEANet
+
+HARD_METHODS = ("precision", "confusion")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Optimiser and schedule of one training stage (SGD with Nesterov momentum and a one-cycle schedule)."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    label_smoothing: float = 0.0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0; got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr!r}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
+
+
+EpochHook = Callable[[int, dict[str, Any]], None]
+
+
+def fit(
+    loss_and_logits: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    module: nn.Module,
+    params: Sequence[nn.Parameter],
+    data: ImageTensors,
+    cfg: StageConfig,
+    *,
+    desc: str,
+    seed: int = 0,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: EpochHook | None = None,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``params`` for ``cfg.epochs`` epochs; returns one record per epoch (loss, accuracy, seconds).
+
+    ``loss_and_logits(x, y)`` returns the loss and the logits the accuracy is read from. ``resume`` is a dict saved
+    by ``on_epoch_end`` (keys ``epoch``, ``optimizer``, ``scheduler``, ``history``): training restarts after that
+    epoch with the same optimiser state. ``on_epoch_end(epoch, state)`` is called after every epoch with that dict.
+    """
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError(f"{desc}: nothing to train (no parameter requires a gradient)")
+    if len(data) == 0:
+        raise ValueError(f"{desc}: the training data is empty")
+
+    def epoch_batches(
+        epoch: int,
+    ) -> TensorBatches:  # seeded per epoch, so a resumed run shuffles the same way
+        return TensorBatches(data, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed * 100_003 + epoch)
+
+    batches = epoch_batches(0)
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+    )
+    total_steps = max(cfg.epochs * len(batches), 1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
+    )
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = list(resume["history"])
+        start = int(resume["epoch"]) + 1
+    for epoch in range(start, cfg.epochs):
+        module.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(epoch_batches(epoch), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, logits = loss_and_logits(x, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "seconds": time.perf_counter() - t0,
+            "images_per_second": seen / (time.perf_counter() - t0),
+        }
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(
+                epoch,
+                {
+                    "epoch": epoch,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                },
+            )
+    return history
+
+
+def train_main(model: MEANet, data: ImageTensors, cfg: StageConfig, **kw: Any) -> list[dict[str, float]]:
+    """Stage 1: the main block as a classifier over all classes."""
+    model.freeze_main(False)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model.forward_main(x).logits
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
+
+    return fit(step, model, list(model.main.parameters()), data, cfg, desc="main", **kw)
+
+
+def train_cloud(model: CloudModel, data: ImageTensors, cfg: StageConfig, **kw: Any) -> list[dict[str, float]]:
+    """The cloud classifier over all classes."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
+
+    return fit(step, model, list(model.parameters()), data, cfg, desc="cloud", **kw)
+
+
+def hard_subset(model: MEANet, data: ImageTensors) -> ImageTensors:
+    """The samples of ``data`` whose label is a hard class (labels kept as original class ids)."""
+    if model.num_hard == 0:
+        raise ValueError("the model has no hard classes: run select_hard_classes and set_hard_classes first")
+    mask = model.is_hard(data.y.to(model.hard_index.device)).cpu()
+    return data.subset(mask.nonzero().flatten())
+
+
+def train_extension(model: MEANet, data: ImageTensors, cfg: StageConfig, **kw: Any) -> list[dict[str, float]]:
+    """Stage 3: adaptive + extension on hard-class samples; the main block frozen (weights and BN statistics)."""
+    model.freeze_main(True)
+    hard = hard_subset(model, data)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            features = model.forward_main(x).features
+        target = model.hard_index[y]  # original ids -> 0..H-1
+        logits = model.forward_extension(x, features)
+        return F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing), logits_in_class_space(
+            model, logits, y
+        )
+
+    return fit(step, model, model.edge_parameters(), hard, cfg, desc="extension", **kw)
+
+
+def logits_in_class_space(model: MEANet, ext_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Extension logits scattered into the full class space (easy classes at -inf), for accuracy bookkeeping."""
+    full = torch.full((len(y), model.num_classes), float("-inf"), device=ext_logits.device)
+    full[:, model.hard_classes] = ext_logits.detach()
+    return full
+
+
+# ------------------------------------------------------------------------------------------- hard classes
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts[c_true, c_pred]."""
+    return np.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def select_hard_classes(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int,
+    *,
+    method: str = "precision",
+    fraction: float | None = 0.2,
+    count: int | None = None,
+) -> list[int]:
+    """Choose the hard classes from the main block's predictions on a *validation* split.
+
+    ``precision`` (the paper): the classes with the lowest per-class precision (a class never predicted has
+    precision 0). ``confusion``: the classes with the most confusion mass, (false negatives + false positives) /
+    support. Give ``count`` or ``fraction`` of ``num_classes``. Ties go to the lower class id.
+    """
+    if method not in HARD_METHODS:
+        raise ValueError(f"unknown hard-class method {method!r}; valid: {', '.join(HARD_METHODS)}")
+    pred, target = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    if pred.shape != target.shape or pred.ndim != 1 or len(pred) == 0:
+        raise ValueError(f"pred and target must be equal-length non-empty 1-D arrays; got {pred.shape}, {target.shape}")
+    if count is None:
+        if fraction is None or not 0.0 < fraction < 1.0:
+            raise ValueError(f"hard fraction must lie in (0, 1); got {fraction!r}")
+        count = max(1, round(fraction * num_classes))
+    if not 1 <= count < num_classes:
+        raise ValueError(f"the number of hard classes must lie in 1..{num_classes - 1}; got {count}")
+    cm = confusion_matrix(pred, target, num_classes).astype(np.float64)
+    tp = np.diag(cm)
+    if method == "precision":
+        predicted = cm.sum(axis=0)
+        score = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+        order = np.argsort(score, kind="stable")  # lowest precision first
+    else:
+        support = cm.sum(axis=1)
+        errors = (cm.sum(axis=1) - tp) + (cm.sum(axis=0) - tp)
+        score = np.divide(errors, support, out=np.full_like(tp, np.inf), where=support > 0)
+        order = np.argsort(-score, kind="stable")  # most confused first
+    return sorted(int(c) for c in order[:count])
+
+
+@torch.inference_mode()
+def predict_logits(
+    fn: Callable[[torch.Tensor], torch.Tensor], data: ImageTensors, batch_size: int = 256, device: str = "cpu"
+) -> torch.Tensor:
+    """Concatenated ``fn(x)`` over ``data`` in order (no augmentation)."""
+    outs = [fn(x.to(device)).float().cpu() for x, _ in TensorBatches(data, batch_size, shuffle=False)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def stage_config_dict(cfg: StageConfig) -> dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,1 @@
+"""Placeholder package: see the federation issue (#3). Nothing here is implemented yet."""

@@ -1,0 +1,62 @@
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from meanet_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    args = [
+        "train", "--dataset", "digits", "--model", "resnet20_cifar", "--cloud-model", "resnet20_cifar",
+        "--epochs", "3", "--limit-train", "400", "--hard-count", "3", "--batch-size", "32", "--out", str(out),
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("policy", ["paper", "calibrated"])
+def test_train_then_evaluate_writes_the_report_and_plots(trained_run: Path, tmp_path: Path, policy: str) -> None:
+    report_path = tmp_path / "eval.json"
+    args = [
+        "evaluate", "--run", str(trained_run), "--policy", policy, "--json", str(report_path),
+        "--plots", str(tmp_path / "plots"), "--target-cloud-fraction", "0.2",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(report_path.read_text())
+    for key in (
+        "accuracy", "macs_per_image", "macs_all_branches_per_image", "macs_cloud_only_per_image",
+        "energy_per_image_joule", "bytes_offloaded_per_image", "images_per_second",
+    ):  # fmt: skip
+        assert isinstance(r[key], float), key
+    fractions = [r["exits"][e]["fraction"] for e in ("main", "extension", "cloud")]
+    assert sum(fractions) == pytest.approx(1.0)
+    assert r["num_images"] == 359  # digits: round(20% of 1797) held out as the test split
+    assert r["macs_per_image"] < r["macs_all_branches_per_image"]
+    assert r["all_branches_agree"]
+    if policy == "calibrated":
+        assert r["exits"]["cloud"]["fraction"] <= 0.2 + 0.15  # fitted on validation, checked on test
+    assert r["accuracy"] > 0.2, r["accuracy"]  # chance is 0.1 (10 classes)
+    for name in ("exit_distribution.png", "accuracy_per_exit.png", "accuracy_vs_energy.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_bad_options_give_clear_errors(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--model", "resnet33", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "valid" in result.output and "resnet32_cifar" in result.output
+    result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "meanet train" in result.output
+
+
+def test_models_lists_every_registered_name() -> None:
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ("resnet32_cifar", "mobilenetv2_cifar", "resnet18", "resnet110_cifar", "resnet152"):
+        assert name in result.output

@@ -1,0 +1,217 @@
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from meanet_core.cost import CostConfig
+from meanet_core.engine import (
+    EXIT_CLOUD,
+    EXIT_EXTENSION,
+    EXIT_MAIN,
+    AdaptiveEngine,
+    CloudReply,
+    LocalCloud,
+    route_outputs,
+)
+from meanet_core.models import build_cloud, build_meanet
+from meanet_core.policies import CalibratedPolicy, PaperPolicy, normalized_entropy
+
+HARD = [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple:
+    torch.manual_seed(0)
+    model = build_meanet("resnet20_cifar", 10, HARD).eval()
+    with torch.no_grad():  # make the random main block opinionated so entropies spread out
+        model.main.fc.weight.mul_(40)
+    cloud = LocalCloud(build_cloud("resnet20_cifar", 10))
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    return model, cloud, images
+
+
+@dataclass(frozen=True)
+class FixedPolicy:
+    """Routes by position: a test double for the pure routing decision."""
+
+    cloud: tuple[int, ...]
+    ext: tuple[int, ...]
+    name: str = "fixed"
+
+    def after_main(self, probs: torch.Tensor, top1_hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = probs.shape[0]
+        to_cloud = torch.zeros(n, dtype=torch.bool)
+        to_ext = torch.zeros(n, dtype=torch.bool)
+        to_cloud[list(self.cloud)] = True
+        to_ext[list(self.ext)] = True
+        return to_cloud, to_ext
+
+    def after_extension(self, ext_probs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(ext_probs.shape[0], dtype=torch.bool)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name}
+
+
+def test_a_sample_computes_only_its_route(setup: tuple) -> None:
+    model, cloud, images = setup
+    policy = FixedPolicy(cloud=(0, 1, 2), ext=(3, 4, 5, 6, 7))
+    engine = AdaptiveEngine(model, policy, cloud)
+    with FlopCounterMode(display=False) as counter:
+        pred = engine.predict(images)
+    executed = counter.get_total_flops() // 2
+    n = len(images)
+    expected = n * engine.main_macs + 5 * engine.extension_macs + 3 * cloud.macs_per_image
+    assert executed == expected
+    assert int(pred.edge_macs.sum() + pred.cloud_macs.sum()) == expected
+    assert pred.exit.tolist() == [EXIT_CLOUD] * 3 + [EXIT_EXTENSION] * 5 + [EXIT_MAIN] * (n - 8)
+    assert pred.bytes_sent.tolist() == [3 * 32 * 32] * 3 + [0] * (n - 3)
+    # computing every branch costs much more
+    with FlopCounterMode(display=False) as counter:
+        engine.predict_all_branches(images, cloud)
+    assert counter.get_total_flops() // 2 == n * (engine.main_macs + engine.extension_macs + cloud.macs_per_image)
+
+
+@pytest.mark.parametrize("policy", [PaperPolicy(0.3), CalibratedPolicy(0.5, 0.6)])
+def test_engine_agrees_with_all_branches(setup: tuple, policy) -> None:
+    model, cloud, images = setup
+    engine = AdaptiveEngine(model, policy, cloud)
+    pred = engine.predict(images)
+    ref = engine.predict_all_branches(images, cloud)
+    assert torch.equal(pred.labels, ref.labels)
+    assert torch.equal(pred.exit, ref.exit)
+    assert (pred.edge_macs <= ref.edge_macs).all()
+
+
+def test_paper_policy_routes_by_entropy_and_hard_top1(setup: tuple) -> None:
+    model, cloud, images = setup
+    with torch.no_grad():
+        probs = model.forward_main(images.float() / 255).logits.softmax(1)
+    ent = normalized_entropy(probs)
+    threshold = float(ent.median())
+    pred = AdaptiveEngine(model, PaperPolicy(threshold), cloud).predict(images)
+    top1_hard = model.hard_index[probs.argmax(1)] >= 0
+    assert torch.equal(pred.exit == EXIT_CLOUD, ent > threshold)
+    assert torch.equal(pred.exit == EXIT_EXTENSION, (ent <= threshold) & top1_hard)
+    main_exit = pred.exit == EXIT_MAIN
+    assert torch.equal(pred.labels[main_exit], probs.argmax(1)[main_exit])
+    assert all(int(c) in HARD for c in pred.labels[pred.exit == EXIT_EXTENSION])
+
+
+def test_cost_fields(setup: tuple) -> None:
+    model, cloud, images = setup
+    cost = CostConfig()
+    engine = AdaptiveEngine(model, FixedPolicy(cloud=(0,), ext=(1,)), cloud, cost)
+    pred = engine.predict(images)
+    expected0 = engine.main_macs * cost.joules_per_mac + 3 * 32 * 32 * 8 * cost.joules_per_bit
+    assert pred.energy_joule[0].item() == pytest.approx(expected0)
+    assert pred.energy_joule[2].item() == pytest.approx(engine.main_macs * cost.joules_per_mac)
+    assert pred.cloud_macs[0] == cloud.macs_per_image and pred.cloud_macs[1:].sum() == 0
+
+
+class FlakyCloud:
+    """Answers only even positions of each request (a test double for a failing network)."""
+
+    macs_per_image = 1
+
+    def classify(self, images: torch.Tensor) -> CloudReply:
+        n = images.shape[0]
+        ok = torch.arange(n) % 2 == 0
+        return CloudReply(torch.full((n,), 9, dtype=torch.long), ok)
+
+
+def test_cloud_failure_falls_back_to_the_edge_answer(setup: tuple) -> None:
+    model, _, images = setup
+    engine = AdaptiveEngine(model, FixedPolicy(cloud=(0, 1, 2, 3), ext=()), FlakyCloud())
+    edge = AdaptiveEngine(model, FixedPolicy(cloud=(), ext=()), None).predict(images)
+    pred = engine.predict(images)
+    assert len(pred) == len(images)
+    assert pred.fallback.tolist()[:4] == [False, True, False, True]
+    assert pred.labels[0] == 9 and pred.labels[2] == 9
+    assert pred.labels[1] == edge.labels[1] and pred.labels[3] == edge.labels[3]
+    assert pred.exit[1] != EXIT_CLOUD
+
+
+def test_no_cloud_means_no_offload(setup: tuple) -> None:
+    model, _, images = setup
+    pred = AdaptiveEngine(model, PaperPolicy(0.0), None).predict(images)
+    assert (pred.exit != EXIT_CLOUD).all() and pred.bytes_sent.sum() == 0
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (torch.rand(2, 3, 28, 28), "32x32"),
+        (torch.rand(2, 1, 32, 32), r"\(B, 3, H, W\)"),
+        (torch.rand(3, 32, 32), r"\(B, 3, H, W\)"),
+        (torch.full((2, 3, 32, 32), float("nan")), "NaN"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.int32), "uint8"),
+        (np.zeros((2, 3, 32, 32)), "torch.Tensor"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(setup: tuple, bad, error: str) -> None:
+    model, cloud, _ = setup
+    engine = AdaptiveEngine(model, PaperPolicy(), cloud)
+    with pytest.raises((ValueError, TypeError), match=error):
+        engine.predict(bad)
+
+
+def test_route_outputs_without_cloud_keeps_edge_answers(setup: tuple) -> None:
+    model, _, images = setup
+    with torch.no_grad():
+        main, ext = model(images.float() / 255)
+    routed = route_outputs(model, PaperPolicy(0.0), main, ext, None)
+    assert (routed.exit != EXIT_CLOUD).all()
+
+
+def test_calibrated_fit_meets_the_cloud_budget_and_finds_the_obvious_thresholds() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    main_conf = rng.uniform(0, 1, n)
+    top1_hard = rng.uniform(0, 1, n) < 0.3
+    ext_conf = rng.uniform(0, 1, n)
+    main_correct = main_conf > 0.4  # low confidence <=> wrong
+    ext_correct = ext_conf > 0.5
+    cloud_correct = np.ones(n, dtype=bool)
+    for target in (0.0, 0.1, 0.25, 1.0):
+        pol = CalibratedPolicy.fit(
+            main_conf,
+            main_correct,
+            top1_hard,
+            ext_conf,
+            ext_correct,
+            cloud_correct,
+            target_cloud_fraction=target,
+        )
+        offloaded = (~top1_hard & (main_conf < pol.main_threshold)) | (top1_hard & (ext_conf < pol.extension_threshold))
+        assert offloaded.mean() <= target + 1e-9
+    # with enough budget, it offloads exactly the wrong ones
+    pol = CalibratedPolicy.fit(
+        main_conf, main_correct, top1_hard, ext_conf, ext_correct, cloud_correct, target_cloud_fraction=1.0
+    )
+    offloaded = (~top1_hard & (main_conf < pol.main_threshold)) | (top1_hard & (ext_conf < pol.extension_threshold))
+    wrong = (~top1_hard & ~main_correct) | (top1_hard & ~ext_correct)
+    assert (offloaded >= wrong).all()
+    with pytest.raises(ValueError, match="exactly one"):
+        CalibratedPolicy.fit(main_conf, main_correct, top1_hard, ext_conf, ext_correct, cloud_correct)
+    with pytest.raises(ValueError, match="raise the budget"):
+        CalibratedPolicy.fit(
+            main_conf, main_correct, top1_hard, ext_conf, ext_correct, cloud_correct,
+            energy_budget_joule=0.5, edge_energy=(1.0, 2.0), offload_energy=1.0,
+        )  # fmt: skip
+
+
+def test_cost_model_follows_the_lte_power_model() -> None:
+    cost = CostConfig()
+    # Huang et al. 2012: P = 438.39 mW/Mbps * 5.64 Mbps + 1288.04 mW = 3.7605 W; per bit: P / 5.64e6
+    assert cost.uplink_power_w == pytest.approx(3.76053, rel=1e-4)
+    assert cost.joules_per_bit == pytest.approx(3.76053 / 5.64e6, rel=1e-4)
+    assert cost.uplink_seconds(705_000.0) == pytest.approx(705_000 * 8 / 5.64e6 + 0.07)
+    with pytest.raises(ValueError, match="unknown cost setting"):
+        CostConfig.from_dict({"joules_per_flop": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        CostConfig(joules_per_mac=-1.0)
+    with pytest.raises(ValueError, match="entropy_threshold"):
+        PaperPolicy(1.5)

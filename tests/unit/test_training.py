@@ -1,0 +1,146 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import meanet_core.pipeline as pipeline
+from meanet_core.checkpoint import CheckpointError, load_cloud, load_meanet
+from meanet_core.config import ConfigError, TrainConfig, from_dict
+from meanet_core.data import DatasetSplits, ImageTensors, load_dataset
+from meanet_core.models import build_meanet
+from meanet_core.training import (
+    StageConfig,
+    hard_subset,
+    predict_logits,
+    select_hard_classes,
+    train_extension,
+)
+
+
+def test_precision_split_picks_the_least_precise_classes() -> None:
+    target = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    pred = np.array([0, 0, 0, 1, 2, 1, 3, 3])  # class 0 precision 2/3, class 1 1/2, class 2 1/1, class 3 1/1
+    assert select_hard_classes(pred, target, 4, count=1) == [1]
+    assert select_hard_classes(pred, target, 4, count=2) == [0, 1]
+    assert select_hard_classes(pred, target, 4, fraction=0.5) == [0, 1]
+
+
+def test_confusion_split_and_never_predicted_classes() -> None:
+    target = np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 0, 0, 2, 2, 2, 1])  # class 1: precision 0, (2 FN + 1 FP) / 2 = 1.5 confusion
+    assert select_hard_classes(pred, target, 3, count=1, method="precision") == [1]
+    assert select_hard_classes(pred, target, 3, count=1, method="confusion") == [1]
+
+
+def test_split_rejects_bad_arguments() -> None:
+    y = np.array([0, 1, 2])
+    with pytest.raises(ValueError, match="unknown hard-class method"):
+        select_hard_classes(y, y, 3, method="recall")
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        select_hard_classes(y, y, 3, count=3)
+    with pytest.raises(ValueError, match="fraction"):
+        select_hard_classes(y, y, 3, fraction=1.5)
+    with pytest.raises(ValueError, match="equal-length"):
+        select_hard_classes(y, y[:2], 3)
+
+
+def _tiny(n: int = 64, classes: int = 4, seed: int = 0) -> ImageTensors:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    x[:, 0] = (y * 60).view(-1, 1, 1).to(torch.uint8)  # learnable: the red channel encodes the class
+    return ImageTensors(x, y)
+
+
+def test_extension_training_leaves_the_main_block_untouched() -> None:
+    torch.manual_seed(0)
+    model = build_meanet("resnet20_cifar", 4, [2, 3])
+    main_before = {k: v.clone() for k, v in model.main.state_dict().items()}
+    ext_before = {k: v.clone() for k, v in model.extension.state_dict().items()}
+    hist = train_extension(model, _tiny(), StageConfig(epochs=1, batch_size=16, lr=0.05), progress=False)
+    assert len(hist) == 1
+    for k, v in model.main.state_dict().items():  # weights and BatchNorm running statistics
+        assert torch.equal(v, main_before[k]), f"main block changed: {k}"
+    assert any(not torch.equal(v, ext_before[k]) for k, v in model.extension.state_dict().items())
+
+
+def test_extension_trains_on_hard_class_samples_only() -> None:
+    model = build_meanet("resnet20_cifar", 4, [2, 3])
+    sub = hard_subset(model, _tiny())
+    assert set(sub.y.tolist()) == {2, 3} and len(sub) == 32
+
+
+@pytest.fixture(scope="module")
+def digits() -> DatasetSplits:
+    return load_dataset("digits", seed=0, limit_train=240)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(
+        dataset="digits", model="resnet20_cifar", cloud_model="resnet20_cifar", epochs=1, batch_size=64,
+        lr=0.05, hard_count=3, limit_train=240,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_pipeline_chooses_hard_classes_on_validation_data(tmp_path, digits: DatasetSplits) -> None:
+    # Scramble the test labels: a split that peeked at the test set would pick other classes.
+    rng = np.random.default_rng(0)
+    scrambled = ImageTensors(digits.test.x, torch.from_numpy(rng.permutation(digits.test.y.numpy())))
+    splits = DatasetSplits(**{**digits.__dict__, "test": scrambled})
+    summary = pipeline.run_training(_cfg(), tmp_path, progress=False, log=lambda s: None, splits=splits)
+    model = load_meanet(tmp_path / "meanet.pt")
+    val_pred = predict_logits(lambda x: model.forward_main(x).logits, digits.val).argmax(1).numpy()
+    expected = select_hard_classes(val_pred, digits.val.y.numpy(), 10, count=3)
+    assert summary["hard_classes"] == expected == model.hard_classes.tolist()
+    report = json.loads((tmp_path / "train.json").read_text())
+    assert report["hard_classes"] == expected and set(report["history"]) == {"main", "extension", "cloud"}
+    assert load_cloud(tmp_path / "cloud.pt").arch == "resnet20_cifar"
+
+
+def test_pipeline_resumes_after_a_crash_without_retraining(tmp_path, digits, monkeypatch) -> None:
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train_cloud", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_training(_cfg(epochs=2), tmp_path, progress=False, log=lambda s: None, splits=digits)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["stage"] == "cloud" and len(state["history"]["main"]) == 2
+    saved_main = {k: v.clone() for k, v in state["meanet"].items() if k.startswith("main.")}
+    monkeypatch.undo()
+    logs: list[str] = []
+    pipeline.run_training(_cfg(epochs=2), tmp_path, progress=False, log=logs.append, splits=digits)
+    assert any("resuming" in line and "stage cloud" in line for line in logs)
+    model = load_meanet(tmp_path / "meanet.pt")
+    for k, v in model.state_dict().items():
+        if k.startswith("main."):
+            assert torch.equal(v, saved_main[k]), k
+    with pytest.raises(ValueError, match="other settings"):
+        pipeline.run_training(_cfg(epochs=3), tmp_path, progress=False, log=lambda s: None, splits=digits)
+
+
+def test_config_rejects_unknown_and_ill_typed_keys() -> None:
+    with pytest.raises(ConfigError, match="unknown TrainConfig key"):
+        from_dict(TrainConfig, {"epochz": 3})
+    with pytest.raises(ConfigError, match="epochs must be int"):
+        from_dict(TrainConfig, {"epochs": "3"})
+    with pytest.raises(ConfigError, match="valid"):
+        TrainConfig(model="resnet33")
+    with pytest.raises(ConfigError, match="hard_fraction"):
+        TrainConfig(hard_fraction=1.0)
+    assert from_dict(TrainConfig, {"lr": 1}).lr == 1.0
+
+
+def test_checkpoint_errors_are_clear(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_meanet(tmp_path / "missing.pt")
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_meanet(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a meanet-fl/1 checkpoint"):
+        load_meanet(other)
