@@ -1,1 +1,1 @@
-"""Placeholder package: see the federation issue (#3). Nothing here is implemented yet."""
+"""The edge device: the Flower ClientApp (train / evaluate) and its view of the data stream."""

@@ -1,1 +1,1 @@
-"""Placeholder package: see the federation issue (#3). Nothing here is implemented yet."""
+"""The cloud: the Flower ServerApp with its experience/round loop, cloud training, broadcast, reports."""

@@ -144,6 +144,47 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 @app.command()
+def federate(
+    num_clients: int = typer.Option(3, help="edge clients (SuperNodes)"),
+    report_dir: Path = typer.Option(Path("runs/federation"), help="where report.json, plots and state.pt go"),
+    deployment: bool = typer.Option(False, help="deployment engine (SuperLink + SuperNodes) instead of simulation"),
+    config: list[str] = typer.Option([], "--config", "-c", help="run-config override KEY=VALUE (repeatable)"),
+    timeout: float = typer.Option(3600, help="seconds before the run is abandoned"),
+) -> None:
+    """Run the federation (cloud ServerApp + edge ClientApps) on a SuperLink started here, and stop it after."""
+    import tomllib
+
+    from meanet_cli.flower_runner import APP_DIR, run_deployment, run_simulation
+    from meanet_core.config import ConfigError, FederationConfig
+
+    overrides: dict[str, object] = {}
+    for item in config:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            _fail(f"--config takes KEY=VALUE; got {item!r}")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = raw
+    overrides["num-clients"] = num_clients
+    overrides["report-dir"] = str(report_dir.resolve())
+    defaults = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    try:
+        cfg = FederationConfig.from_run_config({**defaults, **overrides})
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    runner = run_deployment if deployment else run_simulation
+    engine = "deployment engine" if deployment else "simulation engine"
+    typer.echo(f"running the federation on Flower's {engine} with {num_clients} clients; report in {cfg.report_path()}")
+    run = runner(overrides, num_clients, timeout=timeout)
+    typer.echo(run.logs[-6000:])
+    if not run.ok:
+        _fail(f"the Flower run {run.run_id} ended {run.status}: {run.details} (Flower home {run.home})")
+    typer.echo(f"report: {cfg.report_path() / 'report.json'}")
+
+
+@app.command()
 def models() -> None:
     """List the registered MEANet and cloud models with parameters and MACs per image."""
     import torch

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from meanet_core.data import DATASETS
@@ -116,3 +118,93 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Every knob of the federated loop; Flower's ``run_config`` keys are the kebab-case forms of these names."""
+
+    dataset: str = "cifar100"
+    model: str = "resnet20_cifar"
+    cloud_model: str = "resnet32_cifar"
+    num_clients: int = 3
+    experiences: int = 2
+    stream: str = "class-incremental"
+    rounds_per_experience: int = 2
+    local_epochs: int = 1
+    cloud_epochs: int = 1
+    lr: float = 0.05
+    batch_size: int = 64
+    partition: str = "iid"
+    alpha: float = 0.5
+    cloud_share: float = 0.5
+    val_fraction: float = 0.1
+    hard_fraction: float = 0.2
+    hard_method: str = "precision"
+    policy: str = "paper"
+    entropy_threshold: float = 0.5
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    max_norm_ratio: float = 0.0  # 0 turns the norm bound off
+    limit_train: int = 0  # 0 = every training image
+    seed: int = 0
+    report_dir: str = "meanet-federation"  # relative: under $MEANET_RUNS_DIR (default ~/.meanet/runs)
+    data_dir: str = ""  # "": $MEANET_DATA_DIR
+
+    def report_path(self) -> Path:
+        path = Path(self.report_dir).expanduser()
+        if path.is_absolute():
+            return path
+        return Path(os.environ.get("MEANET_RUNS_DIR", "~/.meanet/runs")).expanduser().resolve() / path
+
+    def __post_init__(self) -> None:
+        from meanet_core.data import PARTITION_SCHEMES
+        from meanet_core.streams import STREAMS
+
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"run config {key.replace('_', '-')}: {msg}")
+
+        choices = {
+            "dataset": DATASETS,
+            "model": tuple(MEANET_ARCHS),
+            "cloud_model": tuple(CLOUD_ARCHS),
+            "stream": STREAMS,
+            "partition": PARTITION_SCHEMES,
+            "hard_method": HARD_METHODS,
+            "policy": ("paper",),
+            "aggregation": ("mean", "median", "trimmed-mean"),
+        }
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise bad(key, f"{getattr(self, key)!r} is not one of {', '.join(valid)}")
+        for key in (
+            "num_clients",
+            "experiences",
+            "rounds_per_experience",
+            "local_epochs",
+            "cloud_epochs",
+            "batch_size",
+        ):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be >= 1; got {getattr(self, key)}")
+        for key in ("cloud_share", "val_fraction", "hard_fraction"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise bad(key, f"must lie in (0, 1); got {getattr(self, key)}")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise bad("trim_fraction", f"must lie in [0, 0.5); got {self.trim_fraction}")
+        for key in ("lr", "alpha"):
+            if not getattr(self, key) > 0:
+                raise bad(key, f"must be > 0; got {getattr(self, key)}")
+        if self.max_norm_ratio < 0 or self.limit_train < 0 or not 0.0 <= self.entropy_threshold <= 1.0:
+            raise ConfigError("run config: max-norm-ratio and limit-train must be >= 0, entropy-threshold in [0, 1]")
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
+        """Parse Flower's ``context.run_config`` (kebab-case keys); unknown or ill-typed keys are errors."""
+        return from_dict(cls, {str(k).replace("-", "_"): v for k, v in run_config.items()})
+
+    def as_run_config(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def stage(self, epochs: int) -> StageConfig:
+        return StageConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size)

@@ -214,8 +214,6 @@ def evaluate(
     all_branches = engine.main_macs + engine.extension_macs + cloud.macs_per_image
     predicted_speedup = all_branches / report["macs_per_image"]
     measured_speedup = t_all / t_engine
-    cloud_labels = test_out.cloud.argmax(1)
-    edge_only = route_outputs(model, engine.policy, test_out.main, test_out.extension, None)
     report.update(
         {
             "policy": engine.policy.as_dict(),
@@ -230,16 +228,42 @@ def evaluate(
             "speedup_predicted_by_macs": predicted_speedup,
             "speedup_ratio_measured_to_predicted": measured_speedup / predicted_speedup,
             "all_branches_agree": bool(torch.equal(all_pred.labels, pred.labels)),
-            "reference_accuracy": {
-                "main_only": float((test_out.main.argmax(1) == labels).float().mean()),
-                "edge_main_plus_extension": float((edge_only.labels == labels).float().mean()),
-                "meanet_with_cloud": report["accuracy"],
-                "cloud_only": float((cloud_labels == labels).float().mean()),
-            },
+            "reference_accuracy": reference_accuracy(model, engine.policy, test_out, report["accuracy"]),
             "hard_classes": [int(c) for c in model.hard_classes.tolist()],
             "route_latency_s": latency.as_dict(),
             "cost_model": cost.as_dict(),
             "sweep": sweep(model, test_out, engine, sweep_policies),
         }
     )
+    return report
+
+
+def reference_accuracy(model: MEANet, policy: Policy, out: BranchOutputs, meanet_accuracy: float) -> dict[str, float]:
+    """Main block alone, the edge (main + extension, nothing offloaded), MEANet with cloud, and the cloud alone."""
+    edge_only = route_outputs(model, policy, out.main, out.extension, None)
+    return {
+        "main_only": float((out.main.argmax(1) == out.labels).float().mean()),
+        "edge_main_plus_extension": float((edge_only.labels == out.labels).float().mean()),
+        "meanet_with_cloud": meanet_accuracy,
+        "cloud_only": float((out.cloud.argmax(1) == out.labels).float().mean()),
+    }
+
+
+def evaluate_routing(
+    model: MEANet,
+    cloud_model: CloudModel,
+    test: ImageTensors,
+    policy: Policy,
+    cost: CostConfig | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Accuracy, exits and costs of the engine on ``test`` with the reference accuracies (no timing, no sweep)."""
+    model.eval()
+    cloud = LocalCloud(cloud_model)
+    engine = AdaptiveEngine(model, policy, cloud, cost)
+    pred, _ = run_engine(engine, test, batch_size)
+    report = summarize(pred, test.y)
+    out = branch_outputs(model, cloud, test, batch_size)
+    report["reference_accuracy"] = reference_accuracy(model, policy, out, report["accuracy"])
+    report["num_images"] = len(test)
     return report

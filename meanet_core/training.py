@@ -202,35 +202,40 @@ def select_hard_classes(
     method: str = "precision",
     fraction: float | None = 0.2,
     count: int | None = None,
+    candidates: Sequence[int] | None = None,
 ) -> list[int]:
     """Choose the hard classes from the main block's predictions on a *validation* split.
 
     ``precision`` (the paper): the classes with the lowest per-class precision (a class never predicted has
     precision 0). ``confusion``: the classes with the most confusion mass, (false negatives + false positives) /
-    support. Give ``count`` or ``fraction`` of ``num_classes``. Ties go to the lower class id.
+    support. Give ``count`` or ``fraction`` of the candidate classes (``candidates``, default all ``num_classes``;
+    in a class-incremental stream, the classes seen so far). Ties go to the lower class id.
     """
     if method not in HARD_METHODS:
         raise ValueError(f"unknown hard-class method {method!r}; valid: {', '.join(HARD_METHODS)}")
     pred, target = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
     if pred.shape != target.shape or pred.ndim != 1 or len(pred) == 0:
         raise ValueError(f"pred and target must be equal-length non-empty 1-D arrays; got {pred.shape}, {target.shape}")
+    pool = np.arange(num_classes) if candidates is None else np.unique(np.asarray(candidates, dtype=np.int64))
+    if pool.size < 2 or pool.min() < 0 or pool.max() >= num_classes:
+        raise ValueError(f"candidates must hold at least 2 class ids in 0..{num_classes - 1}; got {pool.tolist()}")
     if count is None:
         if fraction is None or not 0.0 < fraction < 1.0:
             raise ValueError(f"hard fraction must lie in (0, 1); got {fraction!r}")
-        count = max(1, round(fraction * num_classes))
-    if not 1 <= count < num_classes:
-        raise ValueError(f"the number of hard classes must lie in 1..{num_classes - 1}; got {count}")
+        count = max(1, round(fraction * len(pool)))
+    if not 1 <= count < len(pool):
+        raise ValueError(f"the number of hard classes must lie in 1..{len(pool) - 1}; got {count}")
     cm = confusion_matrix(pred, target, num_classes).astype(np.float64)
     tp = np.diag(cm)
     if method == "precision":
         predicted = cm.sum(axis=0)
         score = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-        order = np.argsort(score, kind="stable")  # lowest precision first
+        order = pool[np.argsort(score[pool], kind="stable")]  # lowest precision first
     else:
         support = cm.sum(axis=1)
         errors = (cm.sum(axis=1) - tp) + (cm.sum(axis=0) - tp)
         score = np.divide(errors, support, out=np.full_like(tp, np.inf), where=support > 0)
-        order = np.argsort(-score, kind="stable")  # most confused first
+        order = pool[np.argsort(-score[pool], kind="stable")]  # most confused first
     return sorted(int(c) for c in order[:count])
 
 

@@ -135,16 +135,17 @@ class MEANet(nn.Module):
 
     # ----------------------------------------------------------------------------------------- hard classes
     def set_hard_classes(self, hard_classes: Sequence[int]) -> None:
-        """Set the hard-class set; rebuilds the extension's classifier when the count changes."""
+        """Set the hard-class set; a new set gets a freshly initialised extension classifier (its rows are classes)."""
         classes = sorted({int(c) for c in hard_classes})
         if classes and (classes[0] < 0 or classes[-1] >= self.num_classes):
             raise ValueError(f"hard classes must lie in 0..{self.num_classes - 1}; got {classes}")
         device = self.hard_index.device
+        changed = classes != ([] if self.hard_classes.is_meta else self.hard_classes.tolist())
         self.hard_classes = torch.tensor(classes, dtype=torch.long, device=device)
         index = torch.full((self.num_classes,), -1, dtype=torch.long, device=device)
         index[self.hard_classes] = torch.arange(len(classes), device=device)
         self.hard_index = index
-        if self.extension.fc.out_features != max(len(classes), 1):
+        if changed or self.extension.fc.out_features != max(len(classes), 1):
             self.extension.fc = nn.Linear(self.extension.width, max(len(classes), 1)).to(device)
 
     @property

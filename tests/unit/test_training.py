@@ -144,3 +144,12 @@ def test_checkpoint_errors_are_clear(tmp_path) -> None:
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CheckpointError, match="not a meanet-fl/1 checkpoint"):
         load_meanet(other)
+
+
+def test_split_restricted_to_candidate_classes() -> None:
+    target = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    pred = np.array([0, 0, 0, 1, 2, 2, 3, 3])  # classes 4..9 never predicted: precision 0, but not seen yet
+    assert select_hard_classes(pred, target, 10, count=1, candidates=[0, 1, 2, 3]) == [0]  # precision 2/3
+    assert select_hard_classes(pred, target, 10, fraction=0.5, candidates=[0, 1, 2, 3]) == [0, 1]
+    with pytest.raises(ValueError, match="candidates"):
+        select_hard_classes(pred, target, 10, count=1, candidates=[12])

@@ -1,0 +1,104 @@
+"""The edge device as a Flower ClientApp.
+
+``train``: load the broadcast MEANet with its main block frozen, fine-tune only the adaptive and extension blocks on
+this client's partition of the current experience (hard-class samples), reply with just those arrays, the number of
+examples, and a digest of the main block as it was loaded (so the server can check nobody changed it).
+
+``evaluate``: run the adaptive inference engine on this client's test shard; complex samples go to the cloud model
+(in simulation, ``LocalCloud``: an in-process stand-in with the interface of the real offload service).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_client.data import client_index, local_test, stream_for
+from meanet_core import keys
+from meanet_core.broadcast import digest, edge_state, model_from_broadcast
+from meanet_core.config import FederationConfig
+from meanet_core.engine import AdaptiveEngine, LocalCloud, Predictions
+from meanet_core.evaluation import summarize
+from meanet_core.models import build_cloud
+from meanet_core.policies import PaperPolicy
+from meanet_core.training import train_extension
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context) -> tuple[FederationConfig, int, int, list[int]]:
+    cfg = FederationConfig.from_run_config(dict(context.run_config))
+    config = msg.content[keys.CONFIG]
+    experience = int(config[keys.EXPERIENCE])  # type: ignore[arg-type]
+    hard = [int(c) for c in config[keys.HARD_CLASSES]]  # type: ignore[union-attr]
+    return cfg, client_index(dict(context.node_config), cfg), experience, hard
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    torch.set_num_threads(1)  # many clients share the machine in simulation
+    cfg, client, e, hard = _setup(msg, context)
+    splits, stream = stream_for(cfg)
+    state = msg.content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    model = model_from_broadcast(cfg.model, splits.num_classes, hard, state, splits.mean, splits.std)
+    loaded_digest = digest(model.state_dict())
+    data = stream[e].client_data(client)
+    n_hard = int(model.is_hard(data.y).sum())
+    t0 = time.perf_counter()
+    history = []
+    if n_hard:
+        history = train_extension(model, data, cfg.stage(cfg.local_epochs), seed=cfg.seed + client, progress=False)
+    seconds = time.perf_counter() - t0
+    if digest(model.state_dict()) != loaded_digest:  # an internal invariant: training never touches the main block
+        raise RuntimeError("the main block changed during edge fine-tuning")
+    metrics = MetricRecord(
+        {
+            keys.NUM_EXAMPLES: n_hard,
+            "train-loss": history[-1]["loss"] if history else 0.0,
+            "train-accuracy": history[-1]["train_accuracy"] if history else 0.0,
+            keys.TRAIN_SECONDS: seconds,
+        }
+    )
+    info = ConfigRecord({keys.MAIN_DIGEST: loaded_digest, keys.CLIENT: client})
+    content = RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord(edge_state(model.state_dict())),
+            keys.METRICS: metrics,
+            keys.EDGE_INFO: info,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    torch.set_num_threads(1)
+    cfg, client, e, hard = _setup(msg, context)
+    splits, stream = stream_for(cfg)
+    state = msg.content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    model = model_from_broadcast(cfg.model, splits.num_classes, hard, state, splits.mean, splits.std)
+    cloud = None
+    if keys.CLOUD_ARRAYS in msg.content:
+        cloud_model = build_cloud(cfg.cloud_model, splits.num_classes, mean=splits.mean, std=splits.std)
+        cloud_model.load_state_dict(msg.content[keys.CLOUD_ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
+        cloud = LocalCloud(cloud_model)
+    engine = AdaptiveEngine(model, PaperPolicy(cfg.entropy_threshold), cloud)
+    test = local_test(stream[e], client, cfg.num_clients, cfg.seed)
+    parts = [engine.predict(test.x[i : i + 256]) for i in range(0, len(test), 256)]
+    summary = summarize(Predictions.concat(parts), test.y)
+    metrics = MetricRecord(
+        {
+            keys.NUM_EXAMPLES: len(test),
+            keys.ACCURACY: summary["accuracy"],
+            keys.EXIT_MAIN: summary["exits"]["main"]["fraction"],
+            keys.EXIT_EXTENSION: summary["exits"]["extension"]["fraction"],
+            keys.EXIT_CLOUD: summary["exits"]["cloud"]["fraction"],
+            keys.MACS_PER_IMAGE: summary["macs_per_image"],
+            keys.ENERGY_PER_IMAGE: summary["energy_per_image_joule"],
+            keys.BYTES_OFFLOADED_PER_IMAGE: summary["bytes_offloaded_per_image"],
+        }
+    )
+    return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)

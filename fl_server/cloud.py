@@ -1,0 +1,218 @@
+"""The cloud side of MEANet-FL: for each experience of the stream, train, split, broadcast, federate, evaluate.
+
+For experience ``e``:
+1. the cloud trains the main block, the edge blocks (a starting point for the edges) and the cloud model on all the
+   data it has received so far;
+2. it re-estimates the hard classes on its validation data of the classes seen so far;
+3. it broadcasts the MEANet (main block + edge blocks) and the hard-class set, and runs the strategy's rounds of edge
+   fine-tuning (only adaptive + extension come back, and are aggregated);
+4. it evaluates the adaptive engine (edge + cloud) on the test images of the seen classes, and writes the report.
+Server state is written atomically after every round (``state.pt``); a restarted server resumes at the experience and
+round it reached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from fl_client.data import stream_for
+from meanet_core import keys
+from meanet_core.broadcast import digest
+from meanet_core.checkpoint import FORMAT, atomic_save, safe_load
+from meanet_core.config import FederationConfig
+from meanet_core.evaluation import evaluate_routing
+from meanet_core.models import build_cloud, build_meanet
+from meanet_core.policies import PaperPolicy
+from meanet_core.streams import concat
+from meanet_core.training import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
+from strategies import MEANetStrategy
+
+log = logging.getLogger("meanet.server")
+
+
+class CloudServer:
+    """Runs the experience/round loop of one federation and writes its report into ``cfg.report_dir``."""
+
+    def __init__(self, cfg: FederationConfig, *, log_fn: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.out = cfg.report_path()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.say = log_fn or log.info
+        self.splits, self.stream = stream_for(cfg)
+        torch.manual_seed(cfg.seed)
+        k, mean, std = self.splits.num_classes, self.splits.mean, self.splits.std
+        self.model = build_meanet(cfg.model, k, mean=mean, std=std)
+        self.cloud = build_cloud(cfg.cloud_model, k, mean=mean, std=std)
+        self.strategy = MEANetStrategy(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=cfg.num_clients,
+            min_evaluate_nodes=cfg.num_clients,
+            min_available_nodes=cfg.num_clients,
+            aggregation=cfg.aggregation,
+            trim_fraction=cfg.trim_fraction,
+            max_norm_ratio=cfg.max_norm_ratio or None,
+        )
+        self.report: dict[str, Any] = {"config": cfg.as_run_config(), "experiences": [], "rounds": []}
+        self.state_path = self.out / "state.pt"
+        self.position: dict[str, Any] = {"experience": 0, "phase": "cloud-training", "round": 0}
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _save(self) -> None:
+        atomic_save(
+            {
+                "format": FORMAT,
+                "config": self.cfg.as_run_config(),
+                "position": dict(self.position),
+                "hard_classes": [int(c) for c in self.model.hard_classes.tolist()],
+                "meanet": self.model.state_dict(),
+                "cloud": self.cloud.state_dict(),
+                "report": json.dumps(self.report),
+            },
+            self.state_path,
+        )
+
+    def _resume(self) -> None:
+        if not self.state_path.exists():
+            return
+        saved = safe_load(self.state_path)
+        if saved["config"] != self.cfg.as_run_config():
+            raise ValueError(
+                f"{self.state_path} belongs to a run with other settings; set report-dir to a new folder "
+                "or delete the old state to start over"
+            )
+        self.model.set_hard_classes(saved["hard_classes"])
+        self.model.load_state_dict(saved["meanet"])
+        self.cloud.load_state_dict(saved["cloud"])
+        self.report = json.loads(saved["report"])
+        self.position = dict(saved["position"])
+        self.say(f"resuming from {self.state_path} at {self.position}")
+
+    # ------------------------------------------------------------------------------------------ stages
+    def _cloud_training(self, e: int) -> None:
+        cfg, exp = self.cfg, self.stream[e]
+        data = concat([self.stream[i].cloud for i in range(e + 1)])  # the cloud keeps everything it has seen
+        stage = cfg.stage(cfg.cloud_epochs)
+        t0 = time.perf_counter()
+        train_main(self.model, data, stage, seed=cfg.seed + e, progress=False)
+        self.model.eval()
+        val_pred = predict_logits(lambda x: self.model.forward_main(x).logits, exp.val).argmax(1).numpy()
+        hard = select_hard_classes(
+            val_pred,
+            exp.val.y.numpy(),
+            self.splits.num_classes,
+            method=cfg.hard_method,
+            fraction=cfg.hard_fraction,
+            candidates=exp.seen_classes,
+        )
+        self.model.set_hard_classes(hard)
+        train_extension(self.model, data, stage, seed=cfg.seed + e, progress=False)
+        train_cloud(self.cloud, data, stage, seed=cfg.seed + e, progress=False)
+        self.say(f"experience {e}: cloud trained on {len(data)} images in {time.perf_counter() - t0:.0f}s; hard {hard}")
+        self.report["experiences"].append(
+            {
+                "experience": e,
+                "new_classes": list(exp.classes),
+                "seen_classes": len(exp.seen_classes),
+                "cloud_images": len(data),
+                "edge_images": [len(p) for p in exp.edge],
+                "hard_classes": hard,
+                "cloud_training_seconds": time.perf_counter() - t0,
+            }
+        )
+
+    def _federate(self, e: int, start_round: int, grid: Grid) -> None:
+        cfg = self.cfg
+        hard = [int(c) for c in self.model.hard_classes.tolist()]
+        state = self.model.state_dict()
+        broadcast = ArrayRecord(state)
+        main_digest = digest(state)
+        self.strategy.cloud_arrays = ArrayRecord(self.cloud.state_dict())
+        config = ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard})
+        rounds_left = cfg.rounds_per_experience - start_round
+        round_start = time.perf_counter()
+
+        def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            nonlocal round_start
+            if server_round == 0:
+                return None
+            self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
+            info: dict[str, Any] = dict(self.strategy.last_round or {})
+            digests = info.pop("main_digests", {})
+            local = max(info.get("client_train_seconds") or [0.0])
+            wall = time.perf_counter() - round_start
+            record = {
+                "experience": e,
+                "round": start_round + server_round,
+                "wall_seconds": wall,  # training phase + aggregation + client evaluation
+                "local_training_seconds": local,  # the slowest edge's fine-tuning
+                "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
+                "main_digest_matches": len(digests) > 0 and all(d == main_digest for d in digests.values()),
+                "main_block_unchanged": digest(self.model.state_dict()) == main_digest,
+                **info,
+                "bytes_broadcast_per_client": broadcast.count_bytes(),
+            }
+            self.report["rounds"].append(record)
+            self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
+            self._save()
+            round_start = time.perf_counter()
+            return None
+
+        result = self.strategy.start(
+            grid=grid,
+            initial_arrays=broadcast,
+            num_rounds=rounds_left,
+            train_config=config,
+            evaluate_config=ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard}),
+            evaluate_fn=after_round,
+        )
+        for r, metrics in result.evaluate_metrics_clientapp.items():
+            for rec in self.report["rounds"]:
+                if rec["experience"] == e and rec["round"] == start_round + r:
+                    rec["client_evaluation"] = dict(metrics)
+        self.say(f"experience {e}: {rounds_left} rounds of edge fine-tuning done")
+
+    def _evaluate(self, e: int) -> None:
+        exp = self.stream[e]
+        t0 = time.perf_counter()
+        summary = evaluate_routing(self.model, self.cloud, exp.test, PaperPolicy(self.cfg.entropy_threshold))
+        summary["evaluation_seconds"] = time.perf_counter() - t0
+        self.report["experiences"][e]["evaluation"] = summary
+        ref = summary["reference_accuracy"]
+        self.say(
+            f"experience {e}: accuracy {summary['accuracy']:.4f} (edge {ref['edge_main_plus_extension']:.4f}, "
+            f"cloud only {ref['cloud_only']:.4f}); exits main {summary['exits']['main']['fraction']:.3f} "
+            f"extension {summary['exits']['extension']['fraction']:.3f} "
+            f"cloud {summary['exits']['cloud']['fraction']:.3f}"
+        )
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def run(self, grid: Grid) -> dict[str, Any]:
+        from fl_server.report import write_report
+
+        self._resume()
+        t0 = time.perf_counter()
+        for e in range(self.position["experience"], self.cfg.experiences):
+            phase = self.position["phase"] if e == self.position["experience"] else "cloud-training"
+            if phase == "cloud-training":
+                self._cloud_training(e)
+                self.position = {"experience": e, "phase": "federation", "round": 0}
+                self._save()
+            if self.position["round"] < self.cfg.rounds_per_experience:
+                self._federate(e, self.position["round"], grid)
+            self._evaluate(e)
+            self.position = {"experience": e + 1, "phase": "cloud-training", "round": 0}
+            self._save()
+            write_report(self.report, self.out)
+        self.report["wall_seconds"] = self.report.get("wall_seconds", 0.0) + time.perf_counter() - t0
+        paths = write_report(self.report, self.out)
+        self.say(f"report: {paths[0]}")
+        return self.report

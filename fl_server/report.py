@@ -1,0 +1,77 @@
+"""The federation report: JSON with every number, and PNG plots of accuracy, exits and bytes per round/experience."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``report.json`` and the plots into ``out``; returns the paths, the JSON first."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+    paths = [path]
+    evaluated = [x for x in report["experiences"] if "evaluation" in x]
+    if evaluated:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        xs = [x["experience"] for x in evaluated]
+        for key, label in [
+            ("meanet_with_cloud", "MEANet (edge + cloud)"),
+            ("edge_main_plus_extension", "edge (main + extension)"),
+            ("main_only", "main block only"),
+            ("cloud_only", "cloud only"),
+        ]:
+            ax1.plot(xs, [x["evaluation"]["reference_accuracy"][key] for x in evaluated], marker="o", label=label)
+        ax1.set_xlabel("experience")
+        ax1.set_ylabel("test accuracy (seen classes)")
+        ax1.set_xticks(xs)
+        ax1.legend(fontsize=8)
+        ax1.set_title("Accuracy per experience")
+        bottom = [0.0] * len(xs)
+        for name, color in [("main", "#4C72B0"), ("extension", "#DD8452"), ("cloud", "#55A868")]:
+            vals = [x["evaluation"]["exits"][name]["fraction"] for x in evaluated]
+            ax2.bar(xs, vals, bottom=bottom, label=name, color=color)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax2.set_xlabel("experience")
+        ax2.set_ylabel("fraction of test images")
+        ax2.set_xticks(xs)
+        ax2.legend(fontsize=8)
+        ax2.set_title("Where inference ends")
+        paths.append(_save(fig, out / "experiences.png"))
+    rounds = report["rounds"]
+    if rounds:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        idx = list(range(1, len(rounds) + 1))
+        labels = [f"e{r['experience']}r{r['round']}" for r in rounds]
+        evals = [r.get("client_evaluation", {}) for r in rounds]
+        for key, label in [("accuracy", "accuracy"), ("exit-cloud", "cloud fraction"), ("exit-extension", "extension")]:
+            ax1.plot(idx, [ev.get(key, float("nan")) for ev in evals], marker="o", label=label)
+        ax1.set_xticks(idx, labels, rotation=45, fontsize=7)
+        ax1.set_title("Edge evaluation per round (weighted over clients)")
+        ax1.legend(fontsize=8)
+        up = [r.get("bytes_received_per_client", 0) / 1e6 for r in rounds]
+        down = [r.get("bytes_broadcast_per_client", 0) / 1e6 for r in rounds]
+        ax2.bar([i - 0.2 for i in idx], down, width=0.4, label="sent to each client")
+        ax2.bar([i + 0.2 for i in idx], up, width=0.4, label="received from each client")
+        ax2.set_xticks(idx, labels, rotation=45, fontsize=7)
+        ax2.set_ylabel("MB")
+        ax2.set_title("Bytes per client per round")
+        ax2.legend(fontsize=8)
+        paths.append(_save(fig, out / "rounds.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

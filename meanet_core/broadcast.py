@@ -1,0 +1,62 @@
+"""What the cloud sends the edges and what they send back: the split of a MEANet state into main and edge parts.
+
+The cloud broadcasts the whole MEANet state (main block + adaptive + extension) with the hard-class set; an edge
+loads it, freezes the main block and replies with only the adaptive and extension entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from meanet_core.keys import EDGE_PREFIXES, MAIN_PREFIX, is_edge_key
+from meanet_core.models import MEANet, build_meanet
+
+
+def edge_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adaptive and extension entries (parameters and BatchNorm buffers) of a MEANet state dict."""
+    return {k: v for k, v in state.items() if is_edge_key(k)}
+
+
+def main_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith(MAIN_PREFIX)}
+
+
+def digest(state: Mapping[str, torch.Tensor | np.ndarray], prefix: str = MAIN_PREFIX) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the entries under ``prefix``, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in state if k.startswith(prefix)):
+        value = state[name]
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        array = np.ascontiguousarray(array)
+        h.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def model_from_broadcast(
+    arch: str,
+    num_classes: int,
+    hard_classes: Sequence[int],
+    state: Mapping[str, torch.Tensor],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> MEANet:
+    """Build the MEANet an edge runs from a broadcast; every key must match (strict load)."""
+    model = build_meanet(arch, num_classes, hard_classes, mean=mean, std=std)
+    try:
+        missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"the broadcast does not fit a {arch} MEANet: {e}") from e
+    if missing or unexpected:
+        raise ValueError(
+            f"the broadcast does not fit a {arch} MEANet with {len(hard_classes)} hard classes: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model
+
+
+__all__ = ["EDGE_PREFIXES", "digest", "edge_state", "main_state", "model_from_broadcast"]

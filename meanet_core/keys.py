@@ -1,0 +1,111 @@
+"""Record keys and metric names shared by the edge client, the cloud server and the aggregation strategy.
+
+Every key that travels inside a Flower ``Message`` is defined here once, as a plain string, so that the client that
+writes a record and the server that reads it cannot drift apart. This module must stay free of Flower (``flwr``) and
+torch imports: ``meanet_core`` is plain PyTorch/numpy and is imported by both sides.
+
+The model's state dict is split by prefix (see :class:`meanet_core.models.meanet.MEANet`):
+
+* ``main.*``: the main block, trained by the cloud only and never changed by an edge update;
+* ``adaptive.*`` and ``extension.*``: the edge blocks, fine-tuned by the edges and aggregated by the strategy;
+* anything else (``normalize.mean``/``normalize.std``, ``hard_classes``, ``hard_index``) belongs to the cloud, like
+  the main block: an edge update may carry only edge keys.
+"""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------------------------------- record keys (RecordDict)
+ARRAYS = "arrays"
+"""Key of the ``ArrayRecord`` of model arrays: the full state dict server -> edge, edge entries only edge -> server."""
+
+METRICS = "metrics"
+"""Key of the ``MetricRecord`` in a reply (training or evaluation metrics, and :data:`NUM_EXAMPLES`)."""
+
+CONFIG = "config"
+"""Key of the ``ConfigRecord`` in an instruction (training or evaluation settings)."""
+
+CLOUD_ARRAYS = "cloud-arrays"
+"""Key of the ``ArrayRecord`` with the cloud model's state dict, added to evaluation instructions when the edges need a
+local stand-in for the cloud (simulation)."""
+
+EDGE_INFO = "edge-info"
+"""Key of the ``ConfigRecord`` in a training reply describing the edge (:data:`MAIN_DIGEST`, :data:`CLIENT`)."""
+
+# ----------------------------------------------------------------------------------------- metric / config entries
+NUM_EXAMPLES = "num-examples"
+"""Number of examples a client trained or evaluated on: the weight of its reply in every weighted average."""
+
+SERVER_ROUND = "server-round"
+"""Config entry Flower's ``FedAvg.configure_train``/``configure_evaluate`` inject into every instruction."""
+
+TRAIN_SECONDS = "train-seconds"
+"""Seconds an edge spent fine-tuning in a round (a training metric)."""
+
+LOSS = "loss"
+"""Mean training or evaluation loss of a client."""
+
+EXPERIENCE = "experience"
+"""Config entry: index of the current experience (step) of the continual-learning stream."""
+
+HARD_CLASSES = "hard-classes"
+"""Config entry: the hard-class ids (a list of int) the extension block answers for."""
+
+MAIN_DIGEST = "main-digest"
+"""Edge-info entry: digest of the main block as the edge loaded it (proves the broadcast arrived intact)."""
+
+CLIENT = "client"
+"""Edge-info entry: the client's partition index."""
+
+# ----------------------------------------------------------------------------------------- exit metrics
+ACCURACY = "accuracy"
+"""Overall accuracy, whichever exit answered."""
+
+EXIT_MAIN = "exit-main"
+"""Fraction of samples answered by the main block alone."""
+
+EXIT_EXTENSION = "exit-extension"
+"""Fraction of samples answered by the extension block (hard classes)."""
+
+EXIT_CLOUD = "exit-cloud"
+"""Fraction of samples offloaded to the cloud (complex inputs)."""
+
+MACS_PER_IMAGE = "macs-per-image"
+"""Mean multiply-accumulates per image, edge and cloud together."""
+
+ENERGY_PER_IMAGE = "energy-per-image"
+"""Mean energy per image in joules (edge compute plus transmission)."""
+
+BYTES_OFFLOADED_PER_IMAGE = "bytes-offloaded-per-image"
+"""Mean bytes sent to the cloud per image."""
+
+EXIT_METRICS: tuple[str, ...] = (
+    ACCURACY,
+    EXIT_MAIN,
+    EXIT_EXTENSION,
+    EXIT_CLOUD,
+    MACS_PER_IMAGE,
+    ENERGY_PER_IMAGE,
+    BYTES_OFFLOADED_PER_IMAGE,
+)
+"""Every metric an adaptive-inference evaluation reports, in a stable order."""
+
+# ----------------------------------------------------------------------------------------- state-dict prefixes
+MAIN_PREFIX = "main."
+"""Prefix of the main block's state-dict entries (cloud-owned)."""
+
+EDGE_PREFIXES: tuple[str, ...] = ("adaptive.", "extension.")
+"""Prefixes of the state-dict entries the edges fine-tune and upload (parameters and BatchNorm buffers)."""
+
+
+def is_edge_key(name: str) -> bool:
+    """Whether a state-dict entry belongs to the edge blocks (``adaptive.*`` or ``extension.*``).
+
+    >>> is_edge_key("extension.fc.weight"), is_edge_key("main.fc.weight"), is_edge_key("normalize.mean")
+    (True, False, False)
+    """
+    return name.startswith(EDGE_PREFIXES)
+
+
+def is_main_key(name: str) -> bool:
+    """Whether a state-dict entry belongs to the main block (``main.*``)."""
+    return name.startswith(MAIN_PREFIX)
