@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install MEANet-FL into ./.venv (once), train a MEANet on CIFAR-100 and evaluate its adaptive inference.
-# Override the schedule with environment variables, e.g. EPOCHS=30 CLOUD_MODEL=resnet110_cifar dev/main.sh
+# The main job: install MEANet-FL into ./.venv (once) and run the federation on Flower's simulation engine with the
+# app's default config (pyproject.toml [tool.flwr.app.config]): CIFAR-100 in 2 experiences, 3 edge clients, 2 rounds
+# each. Extra arguments go to `meanet federate`, e.g. `dev/main.sh -c rounds-per-experience=5 -c cloud-epochs=3`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,8 +12,4 @@ if [ -z "${MEANET_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   MEANET_DATA_DIR="$(cd ../shared/data && pwd)"
   export MEANET_DATA_DIR
 fi
-OUT=${OUT:-runs/cifar100-resnet32}
-.venv/bin/meanet train --dataset "${DATASET:-cifar100}" --model "${MODEL:-resnet32_cifar}" \
-  --cloud-model "${CLOUD_MODEL:-resnet56_cifar}" --epochs "${EPOCHS:-6}" --cloud-epochs "${CLOUD_EPOCHS:-8}" \
-  --extension-epochs "${EXTENSION_EPOCHS:-${EPOCHS:-6}}" --out "$OUT"
-.venv/bin/meanet evaluate --run "$OUT" --policy "${POLICY:-paper}" --json "$OUT/eval.json" --plots "$OUT/plots"
+exec .venv/bin/meanet federate --report-dir "${REPORT_DIR:-runs/federation}" "$@"

@@ -23,7 +23,7 @@ from meanet_core.config import FederationConfig
 from meanet_core.engine import AdaptiveEngine, LocalCloud, Predictions
 from meanet_core.evaluation import summarize
 from meanet_core.models import build_cloud
-from meanet_core.policies import PaperPolicy
+from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.training import train_extension
 
 app = ClientApp()
@@ -35,6 +35,20 @@ def _setup(msg: Message, context: Context) -> tuple[FederationConfig, int, int, 
     experience = int(config[keys.EXPERIENCE])  # type: ignore[arg-type]
     hard = [int(c) for c in config[keys.HARD_CLASSES]]  # type: ignore[union-attr]
     return cfg, client_index(dict(context.node_config), cfg), experience, hard
+
+
+def _policy(msg: Message, cfg: FederationConfig) -> Policy:
+    """The routing policy the server sent (calibrated thresholds), else the paper's entropy rule from the config."""
+    config = msg.content[keys.CONFIG]
+    if config.get(keys.POLICY) == "calibrated":
+        try:
+            return CalibratedPolicy(
+                main_threshold=float(config[keys.MAIN_THRESHOLD]),  # type: ignore[arg-type]
+                extension_threshold=float(config[keys.EXTENSION_THRESHOLD]),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"the server asked for the calibrated policy without valid thresholds: {e}") from e
+    return PaperPolicy(cfg.entropy_threshold)
 
 
 @app.train()
@@ -85,7 +99,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         cloud_model = build_cloud(cfg.cloud_model, splits.num_classes, mean=splits.mean, std=splits.std)
         cloud_model.load_state_dict(msg.content[keys.CLOUD_ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
         cloud = LocalCloud(cloud_model)
-    engine = AdaptiveEngine(model, PaperPolicy(cfg.entropy_threshold), cloud)
+    engine = AdaptiveEngine(model, _policy(msg, cfg), cloud)
     test = local_test(stream[e], client, cfg.num_clients, cfg.seed)
     parts = [engine.predict(test.x[i : i + 256]) for i in range(0, len(test), 256)]
     summary = summarize(Predictions.concat(parts), test.y)

@@ -28,9 +28,9 @@ from meanet_core import keys
 from meanet_core.broadcast import digest
 from meanet_core.checkpoint import FORMAT, atomic_save, safe_load
 from meanet_core.config import FederationConfig
-from meanet_core.evaluation import evaluate_routing
+from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routing
 from meanet_core.models import build_cloud, build_meanet
-from meanet_core.policies import PaperPolicy
+from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.streams import concat
 from meanet_core.training import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
 from strategies import MEANetStrategy
@@ -96,13 +96,33 @@ class CloudServer:
         self.position = dict(saved["position"])
         self.say(f"resuming from {self.state_path} at {self.position}")
 
+    # ------------------------------------------------------------------------------------------ routing
+    def _policy(self, e: int) -> Policy:
+        """The routing policy for the current edge blocks: the paper's entropy rule, or thresholds fitted on the
+        cloud's validation images of the seen classes to offload at most ``target-cloud-fraction``."""
+        if self.cfg.policy == "paper":
+            return PaperPolicy(self.cfg.entropy_threshold)
+        self.model.eval()
+        return calibrate_for_cloud_fraction(self.model, self.cloud, self.stream[e].val, self.cfg.target_cloud_fraction)
+
+    def _policy_config(self, policy: Policy) -> dict[str, Any]:
+        if isinstance(policy, CalibratedPolicy):
+            return {
+                keys.POLICY: policy.name,
+                keys.MAIN_THRESHOLD: policy.main_threshold,
+                keys.EXTENSION_THRESHOLD: policy.extension_threshold,
+            }
+        return {keys.POLICY: policy.name}
+
     # ------------------------------------------------------------------------------------------ stages
     def _cloud_training(self, e: int) -> None:
         cfg, exp = self.cfg, self.stream[e]
         data = concat([self.stream[i].cloud for i in range(e + 1)])  # the cloud keeps everything it has seen
         stage = cfg.stage(cfg.cloud_epochs)
         t0 = time.perf_counter()
-        train_main(self.model, data, stage, seed=cfg.seed + e, progress=False)
+        self.say(f"experience {e}: training the main block on {len(data)} images ({cfg.cloud_epochs} epochs)")
+        train_main(self.model, data, stage, seed=cfg.seed + e, progress=False, channels_last=True)
+        seconds = {"main": time.perf_counter() - t0}
         self.model.eval()
         val_pred = predict_logits(lambda x: self.model.forward_main(x).logits, exp.val).argmax(1).numpy()
         hard = select_hard_classes(
@@ -114,8 +134,13 @@ class CloudServer:
             candidates=exp.seen_classes,
         )
         self.model.set_hard_classes(hard)
-        train_extension(self.model, data, stage, seed=cfg.seed + e, progress=False)
-        train_cloud(self.cloud, data, stage, seed=cfg.seed + e, progress=False)
+        seconds["hard_classes"] = time.perf_counter() - t0 - sum(seconds.values())
+        self.say(f"experience {e}: training adaptive + extension on the {len(hard)} hard classes")
+        train_extension(self.model, data, stage, seed=cfg.seed + e, progress=False, channels_last=True)
+        seconds["extension"] = time.perf_counter() - t0 - sum(seconds.values())
+        self.say(f"experience {e}: training the cloud model ({cfg.cloud_model})")
+        train_cloud(self.cloud, data, stage, seed=cfg.seed + e, progress=False, channels_last=True)
+        seconds["cloud_model"] = time.perf_counter() - t0 - sum(seconds.values())
         self.say(f"experience {e}: cloud trained on {len(data)} images in {time.perf_counter() - t0:.0f}s; hard {hard}")
         self.report["experiences"].append(
             {
@@ -126,6 +151,7 @@ class CloudServer:
                 "edge_images": [len(p) for p in exp.edge],
                 "hard_classes": hard,
                 "cloud_training_seconds": time.perf_counter() - t0,
+                "cloud_training_stage_seconds": seconds,
             }
         )
 
@@ -137,6 +163,8 @@ class CloudServer:
         main_digest = digest(state)
         self.strategy.cloud_arrays = ArrayRecord(self.cloud.state_dict())
         config = ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard})
+        # The edges evaluate with thresholds fitted to the blocks as broadcast (the server's final evaluation refits).
+        routing = self._policy_config(self._policy(e))
         rounds_left = cfg.rounds_per_experience - start_round
         round_start = time.perf_counter()
 
@@ -160,6 +188,10 @@ class CloudServer:
                 **info,
                 "bytes_broadcast_per_client": broadcast.count_bytes(),
             }
+            # Full-model FedAvg would upload the whole MEANet (main block included): what the broadcast holds.
+            record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(
+                1, record["bytes_broadcast_per_client"]
+            )
             self.report["rounds"].append(record)
             self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
             self._save()
@@ -171,7 +203,7 @@ class CloudServer:
             initial_arrays=broadcast,
             num_rounds=rounds_left,
             train_config=config,
-            evaluate_config=ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard}),
+            evaluate_config=ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard, **routing}),
             evaluate_fn=after_round,
         )
         for r, metrics in result.evaluate_metrics_clientapp.items():
@@ -183,7 +215,9 @@ class CloudServer:
     def _evaluate(self, e: int) -> None:
         exp = self.stream[e]
         t0 = time.perf_counter()
-        summary = evaluate_routing(self.model, self.cloud, exp.test, PaperPolicy(self.cfg.entropy_threshold))
+        policy = self._policy(e)
+        summary = evaluate_routing(self.model, self.cloud, exp.test, policy)
+        summary["policy"] = policy.as_dict()
         summary["evaluation_seconds"] = time.perf_counter() - t0
         self.report["experiences"][e]["evaluation"] = summary
         ref = summary["reference_accuracy"]

@@ -2,7 +2,7 @@
 
 Used by ``meanet federate`` and by the tests. Every process started here runs in its own session and is ended
 (SIGTERM, then SIGKILL) whatever happens. Flower's ``flwr run --stream`` exits 0 even when the run failed, so the
-status is read back with ``flwr ls``.
+status is read back with ``flwr ls`` (polled until the run has finished).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 APP_DIR = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -56,15 +58,24 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    """End ``proc`` and everything it started: its process group and every descendant, which may sit in sessions of
+    their own (the SuperLink's SuperExec starts ``flwr-simulation``, which starts Ray's processes)."""
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    if proc.poll() is None:
         with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
+    for p in family:
+        with suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(family, timeout=20)
+    for p in alive:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    with suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
 
 
@@ -129,25 +140,52 @@ def flwr_run(
     timeout: float = 3600,
     stream_to_stdout: bool = False,
 ) -> FlowerRun:
-    """``flwr run APP CONNECTION`` until the run ends; returns its final status and logs."""
+    """``flwr run APP CONNECTION``, then wait until the run ends; returns its final status and logs.
+
+    With ``stream_to_stdout`` the run's log (the server's progress lines) is printed as it happens. A run still going
+    after ``timeout`` seconds is stopped (``flwr stop``) and reported with its status at that point.
+    """
     env = _env(home)
     flwr = str(VENV_BIN / "flwr")
     overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-    cmd = [flwr, "run", str(app_dir), connection, "--stream", "--format", "json"]
+    cmd = [flwr, "run", str(app_dir), connection, "--format", "json"]
     cmd += ["--federation-config", federation_config] if federation_config else []
     cmd += ["--run-config", overrides] if overrides else []
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"flwr run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    run_id = str(json.loads(out.stdout)["run-id"])
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        run_id = str(json.loads(out.stdout)["run-id"])
+    except (ValueError, KeyError) as e:
+        raise RuntimeError(f"flwr run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}") from e
+    streamer = None
+    if stream_to_stdout:  # `flwr log --stream` follows the run's log until the run ends
+        streamer = subprocess.Popen([flwr, "log", run_id, connection, "--stream"], env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            run = _run_info(flwr, connection, run_id, env)
+            if str(run["status"]).startswith("finished") or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        if not str(run["status"]).startswith("finished"):
+            subprocess.run([flwr, "stop", run_id, connection], env=env, capture_output=True, text=True, timeout=60)
+            run = {**run, "status-details": f"stopped after {timeout:.0f}s (timeout); was {run['status']}"}
+    finally:
+        if streamer is not None:
+            with suppress(subprocess.TimeoutExpired):
+                streamer.wait(timeout=10)
+            _stop(streamer)
+    logs = subprocess.run([flwr, "log", run_id, connection, "--show"], env=env, capture_output=True, text=True).stdout
+    return FlowerRun(run_id, str(run["status"]), str(run.get("status-details", "")), logs, home)
+
+
+def _run_info(flwr: str, connection: str, run_id: str, env: dict[str, str]) -> dict[str, object]:
     ls = subprocess.run(
         [flwr, "ls", connection, "--run-id", run_id, "--format", "json"], env=env, capture_output=True, text=True
     )
-    run = json.loads(ls.stdout)["runs"][0]
-    logs = subprocess.run([flwr, "log", run_id, connection, "--show"], env=env, capture_output=True, text=True).stdout
-    if stream_to_stdout:
-        print(logs)
-    return FlowerRun(run_id, str(run["status"]), str(run.get("status-details", "")), logs, home)
+    try:
+        return dict(json.loads(ls.stdout)["runs"][0])
+    except (ValueError, KeyError, IndexError) as e:
+        raise RuntimeError(f"flwr ls gave no status for run {run_id}:\n{ls.stdout[-2000:]}\n{ls.stderr[-2000:]}") from e
 
 
 def _toml(value: object) -> str:
@@ -159,7 +197,12 @@ def _toml(value: object) -> str:
 
 
 def run_simulation(
-    run_config: dict[str, object], num_supernodes: int, *, timeout: float = 3600, home: Path | None = None
+    run_config: dict[str, object],
+    num_supernodes: int,
+    *,
+    timeout: float = 3600,
+    home: Path | None = None,
+    stream_to_stdout: bool = False,
 ) -> FlowerRun:
     """The app on Flower's simulation engine (Ray), one CPU per ClientApp."""
     with loopback_federation(simulation=True, home=home) as (conn, flwr_home, _):
@@ -169,15 +212,21 @@ def run_simulation(
             run_config,
             federation_config=f"num-supernodes={num_supernodes} client-resources-num-cpus=1",
             timeout=timeout,
+            stream_to_stdout=stream_to_stdout,
         )
 
 
 def run_deployment(
-    run_config: dict[str, object], num_supernodes: int, *, timeout: float = 3600, home: Path | None = None
+    run_config: dict[str, object],
+    num_supernodes: int,
+    *,
+    timeout: float = 3600,
+    home: Path | None = None,
+    stream_to_stdout: bool = False,
 ) -> FlowerRun:
     """The app on Flower's deployment engine: a SuperLink and ``num_supernodes`` SuperNodes on loopback."""
     with loopback_federation(simulation=False, num_supernodes=num_supernodes, home=home) as (conn, flwr_home, _):
-        return flwr_run(conn, flwr_home, run_config, timeout=timeout)
+        return flwr_run(conn, flwr_home, run_config, timeout=timeout, stream_to_stdout=stream_to_stdout)
 
 
 __all__: Sequence[str] = ["FlowerRun", "loopback_federation", "run_deployment", "run_simulation"]

@@ -177,8 +177,7 @@ def federate(
     runner = run_deployment if deployment else run_simulation
     engine = "deployment engine" if deployment else "simulation engine"
     typer.echo(f"running the federation on Flower's {engine} with {num_clients} clients; report in {cfg.report_path()}")
-    run = runner(overrides, num_clients, timeout=timeout)
-    typer.echo(run.logs[-6000:])
+    run = runner(overrides, num_clients, timeout=timeout, stream_to_stdout=True)
     if not run.ok:
         _fail(f"the Flower run {run.run_id} ended {run.status}: {run.details} (Flower home {run.home})")
     typer.echo(f"report: {cfg.report_path() / 'report.json'}")

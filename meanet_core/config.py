@@ -137,12 +137,13 @@ class FederationConfig:
     batch_size: int = 64
     partition: str = "iid"
     alpha: float = 0.5
-    cloud_share: float = 0.5
+    cloud_share: float = 0.3
     val_fraction: float = 0.1
     hard_fraction: float = 0.2
     hard_method: str = "precision"
-    policy: str = "paper"
-    entropy_threshold: float = 0.5
+    policy: str = "calibrated"
+    entropy_threshold: float = 0.5  # paper policy
+    target_cloud_fraction: float = 0.2  # calibrated policy: thresholds fitted on the cloud's validation data
     aggregation: str = "mean"
     trim_fraction: float = 0.2
     max_norm_ratio: float = 0.0  # 0 turns the norm bound off
@@ -171,7 +172,7 @@ class FederationConfig:
             "stream": STREAMS,
             "partition": PARTITION_SCHEMES,
             "hard_method": HARD_METHODS,
-            "policy": ("paper",),
+            "policy": ("paper", "calibrated"),
             "aggregation": ("mean", "median", "trimmed-mean"),
         }
         for key, valid in choices.items():
@@ -192,6 +193,8 @@ class FederationConfig:
                 raise bad(key, f"must lie in (0, 1); got {getattr(self, key)}")
         if not 0.0 <= self.trim_fraction < 0.5:
             raise bad("trim_fraction", f"must lie in [0, 0.5); got {self.trim_fraction}")
+        if not 0.0 <= self.target_cloud_fraction <= 1.0:
+            raise bad("target_cloud_fraction", f"must lie in [0, 1]; got {self.target_cloud_fraction}")
         for key in ("lr", "alpha"):
             if not getattr(self, key) > 0:
                 raise bad(key, f"must be > 0; got {getattr(self, key)}")

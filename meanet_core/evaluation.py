@@ -53,6 +53,14 @@ def branch_outputs(model: MEANet, cloud: LocalCloud, data: ImageTensors, batch_s
     return BranchOutputs(torch.cat(mains), torch.cat(exts), torch.cat(clouds), data.y.clone())
 
 
+def calibrate_for_cloud_fraction(
+    model: MEANet, cloud_model: CloudModel, val: ImageTensors, target_cloud_fraction: float, batch_size: int = 256
+) -> CalibratedPolicy:
+    """The calibrated policy's thresholds fitted on ``val`` so that at most ``target_cloud_fraction`` is offloaded."""
+    out = branch_outputs(model, LocalCloud(cloud_model), val, batch_size)
+    return fit_calibrated(model, out, CostConfig(), 0, 0, 0, target_cloud_fraction=target_cloud_fraction)
+
+
 def fit_calibrated(
     model: MEANet,
     val: BranchOutputs,

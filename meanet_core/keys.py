@@ -53,6 +53,15 @@ HARD_CLASSES = "hard-classes"
 MAIN_DIGEST = "main-digest"
 """Edge-info entry: digest of the main block as the edge loaded it (proves the broadcast arrived intact)."""
 
+POLICY = "policy"
+"""Config entry: the routing policy the edges use (``paper`` or ``calibrated``)."""
+
+MAIN_THRESHOLD = "main-threshold"
+"""Config entry (calibrated policy): an easy top-1 stays at the main block when its max-probability reaches this."""
+
+EXTENSION_THRESHOLD = "extension-threshold"
+"""Config entry (calibrated policy): the extension keeps its answer when its max-probability reaches this."""
+
 CLIENT = "client"
 """Edge-info entry: the client's partition index."""
 

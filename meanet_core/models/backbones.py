@@ -7,7 +7,6 @@ Every backbone splits into ``forward_features`` (the last feature map, which the
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 
@@ -87,6 +86,8 @@ class TorchvisionResNet(Backbone):
 
     def __init__(self, depth: int, num_classes: int) -> None:
         super().__init__()
+        import torchvision  # imported where needed: it adds seconds to every edge process start
+
         builders = {
             18: torchvision.models.resnet18,
             34: torchvision.models.resnet34,
@@ -114,6 +115,8 @@ class MobileNetV2(Backbone):
 
     def __init__(self, num_classes: int, cifar: bool) -> None:
         super().__init__()
+        import torchvision
+
         net = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
         if cifar:
             net.features[0][0].stride = (1, 1)  # stem: 32x32 stays 32x32

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from meanet_cli.flower_runner import run_deployment, run_simulation
@@ -25,13 +26,13 @@ needs_mini = pytest.mark.skipif(
 def _config(report: Path, **kw: object) -> dict[str, object]:
     base: dict[str, object] = {
         "dataset": "cifar100-mini", "data-dir": str(DATA), "model": "resnet20_cifar", "cloud-model": "resnet20_cifar",
-        "experiences": 2, "rounds-per-experience": 2, "cloud-epochs": 3, "local-epochs": 1, "batch-size": 32,
-        "report-dir": str(report),
+        "experiences": 2, "rounds-per-experience": 2, "cloud-epochs": 5, "local-epochs": 1, "batch-size": 32,
+        "cloud-share": 0.5, "report-dir": str(report),
     }  # fmt: skip
     return {**base, **kw}
 
 
-def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: int) -> dict:
+def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: int, learned: bool = True) -> dict:
     report = json.loads((report_dir / "report.json").read_text())
     assert len(report["rounds"]) == experiences * rounds
     for r in report["rounds"]:
@@ -39,29 +40,51 @@ def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: 
         assert r["main_digest_matches"], r  # the main block the clients loaded is the server's broadcast
         assert r["main_block_unchanged"], r  # and aggregation did not touch it
         assert r["bytes_received_per_client"] < r["bytes_broadcast_per_client"]
+        assert r["upload_ratio_vs_full_model"] == pytest.approx(
+            r["bytes_received_per_client"] / r["bytes_broadcast_per_client"]
+        )
     assert len(report["experiences"]) == experiences
     for e in report["experiences"]:
         ev = e["evaluation"]
         chance = 1.0 / e["seen_classes"]
-        assert ev["accuracy"] > 2 * chance, (ev["accuracy"], chance)
+        assert 0.0 <= ev["accuracy"] <= 1.0
+        if learned:
+            assert ev["accuracy"] > 2 * chance, (ev["accuracy"], chance)
         assert sum(ev["exits"][x]["fraction"] for x in ("main", "extension", "cloud")) == pytest.approx(1.0)
     assert (report_dir / "experiences.png").is_file() and (report_dir / "rounds.png").is_file()
     return report
 
 
+def _left_behind(home: Path) -> list[str]:
+    """Processes still running with this Flower home (the SuperLink, SuperNodes, flwr-simulation, Ray's workers)."""
+    left = []
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            if p.environ().get("FLWR_HOME") == str(home) and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {p.name()}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return left
+
+
 @pytest.mark.sim
+@pytest.mark.timeout(1200)  # about 3 minutes on 2 idle cores; generous for a loaded CI machine
 @needs_mini
 def test_simulation_engine_runs_the_experience_loop(tmp_path: Path) -> None:
     run = run_simulation(_config(tmp_path / "report", **{"num-clients": 3}), 3, timeout=900, home=tmp_path / "flwr")
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
     _check_report(tmp_path / "report", num_clients=3, experiences=2, rounds=2)
+    assert _left_behind(tmp_path / "flwr") == []  # Ray and flwr-simulation were ended with the SuperLink
 
 
 @pytest.mark.sim
 @pytest.mark.deploy
+@pytest.mark.timeout(1200)
 @needs_mini
 def test_deployment_engine_with_two_supernodes(tmp_path: Path) -> None:
+    # The plumbing, not the learning (the simulation test checks that): one experience, one round, one cloud epoch.
     cfg = _config(tmp_path / "report", **{"num-clients": 2, "experiences": 1, "rounds-per-experience": 1})
-    run = run_deployment(cfg, 2, timeout=900, home=tmp_path / "flwr")
+    run = run_deployment({**cfg, "cloud-epochs": 1}, 2, timeout=900, home=tmp_path / "flwr")
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
-    _check_report(tmp_path / "report", num_clients=2, experiences=1, rounds=1)
+    _check_report(tmp_path / "report", num_clients=2, experiences=1, rounds=1, learned=False)
+    assert _left_behind(tmp_path / "flwr") == []  # the SuperLink and both SuperNodes were ended

@@ -8,7 +8,7 @@ as a ClientApp builds it, so ``metadata.src_node_id`` is the node the instructio
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from unittest.mock import Mock
 
@@ -18,7 +18,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
-from flwr.supercore.task_identity import TaskIdentity
 
 from meanet_core.keys import ARRAYS, CLOUD_ARRAYS, EDGE_INFO, MAIN_DIGEST, METRICS, NUM_EXAMPLES, is_edge_key
 from strategies import (
@@ -59,15 +58,6 @@ def shifted(update: Arrays, delta: float, steps: int = 10) -> Arrays:
     for k, v in update.items():
         out[k] = np.asarray((v + delta).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v + steps)
     return out
-
-
-@pytest.fixture
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Flower stamps instructions with the running task's identity: a ServerApp runtime sets it, a test fakes it."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    yield
 
 
 def send(strategy: MEANetStrategy, state: Arrays, server_round: int = 1) -> dict[int, Message]:

@@ -1,0 +1,75 @@
+"""The federation's run config and the routing policy it hands to the edges."""
+
+from pathlib import Path
+
+import pytest
+import tomllib
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fl_client.app import _policy
+from meanet_core import keys
+from meanet_core.config import ConfigError, FederationConfig
+from meanet_core.data import ImageTensors
+from meanet_core.engine import LocalCloud
+from meanet_core.evaluation import branch_outputs, calibrate_for_cloud_fraction
+from meanet_core.models import build_cloud, build_meanet
+from meanet_core.policies import CalibratedPolicy, PaperPolicy
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def _defaults() -> dict:
+    return tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_the_app_defaults_parse_and_round_trip() -> None:
+    cfg = FederationConfig.from_run_config(_defaults())
+    assert cfg.policy == "calibrated" and cfg.num_clients == 3
+    assert cfg.as_run_config() == {**cfg.as_run_config(), **_defaults()}  # every pyproject key is a config field
+    assert FederationConfig.from_run_config(cfg.as_run_config()) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"num-clients": 0}, "num-clients: must be >= 1"),
+        ({"policy": "oracle"}, "policy: 'oracle' is not one of paper, calibrated"),
+        ({"target-cloud-fraction": 1.5}, "target-cloud-fraction: must lie in [0, 1]"),
+        ({"rounds": 3}, "unknown FederationConfig key"),
+        ({"lr": "fast"}, "lr"),
+    ],
+)
+def test_bad_keys_name_what_is_wrong(override: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        FederationConfig.from_run_config({**_defaults(), **override})
+
+
+def _evaluate_message(config: dict) -> Message:
+    return Message(RecordDict({keys.CONFIG: ConfigRecord(config)}), dst_node_id=1, message_type="evaluate")
+
+
+def test_the_client_uses_the_thresholds_the_server_sent(task_identity: None) -> None:
+    cfg = FederationConfig.from_run_config({**_defaults(), "entropy-threshold": 0.3})
+    sent = {keys.POLICY: "calibrated", keys.MAIN_THRESHOLD: 0.4, keys.EXTENSION_THRESHOLD: 0.7}
+    assert _policy(_evaluate_message(sent), cfg) == CalibratedPolicy(0.4, 0.7)
+    assert _policy(_evaluate_message({keys.POLICY: "paper"}), cfg) == PaperPolicy(0.3)
+    with pytest.raises(ValueError, match="calibrated policy without valid thresholds"):
+        _policy(_evaluate_message({keys.POLICY: "calibrated", keys.MAIN_THRESHOLD: 0.4}), cfg)
+
+
+@pytest.mark.parametrize("target", [0.0, 0.25, 1.0])
+def test_calibration_keeps_the_offloaded_share_within_the_target(target: float) -> None:
+    torch.manual_seed(0)
+    model = build_meanet("resnet20_cifar", 10, [0, 1, 2]).eval()
+    with torch.no_grad():
+        model.main.fc.weight.mul_(30)  # spread the confidences of the random main block
+    cloud_model = build_cloud("resnet20_cifar", 10).eval()
+    val = ImageTensors(torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (80,)))
+    policy = calibrate_for_cloud_fraction(model, cloud_model, val, target)
+    out = branch_outputs(model, LocalCloud(cloud_model), val)
+    probs = out.main.softmax(1)
+    top1_hard = model.hard_index[probs.argmax(1)] >= 0
+    to_cloud, to_ext = policy.after_main(probs, top1_hard)
+    ext_cloud = policy.after_extension(out.extension.softmax(1)) & to_ext
+    assert (to_cloud | ext_cloud).float().mean().item() <= target + 1e-9
