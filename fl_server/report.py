@@ -19,7 +19,9 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(path)
-    paths = [path]
+    md = out / "report.md"
+    md.write_text(markdown_summary(report))
+    paths = [path, md]
     evaluated = [x for x in report["experiences"] if "evaluation" in x]
     if evaluated:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -68,6 +70,43 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         ax2.legend(fontsize=8)
         paths.append(_save(fig, out / "rounds.png"))
     return paths
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    """Two markdown tables: accuracy and exits per experience; time and bytes per round."""
+    lines = [
+        "| experience | seen classes | cloud images | cloud training s | MEANet + cloud | edge (main + ext) "
+        "| main only | cloud only | exit main | exit extension | exit cloud |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in report["experiences"]:
+        ev = x.get("evaluation")
+        if ev is None:
+            continue
+        ref, ex = ev["reference_accuracy"], ev["exits"]
+        lines.append(
+            f"| {x['experience']} | {x['seen_classes']} | {x['cloud_images']} | {x['cloud_training_seconds']:.0f} "
+            f"| {ev['accuracy']:.4f} | {ref['edge_main_plus_extension']:.4f} | {ref['main_only']:.4f} "
+            f"| {ref['cloud_only']:.4f} | {ex['main']['fraction']:.3f} | {ex['extension']['fraction']:.3f} "
+            f"| {ex['cloud']['fraction']:.3f} |"
+        )
+    lines += [
+        "",
+        "| experience | round | wall s | local training s | aggregation s | overhead s | uploaded B/client "
+        "| broadcast B/client | upload / full model | edge accuracy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rounds"]:
+        acc = r.get("client_evaluation", {}).get("accuracy")
+        lines.append(
+            f"| {r['experience']} | {r['round']} | {r['wall_seconds']:.1f} | {r['local_training_seconds']:.1f} "
+            f"| {r.get('aggregation_seconds', 0.0):.2f} | {r['overhead_seconds']:.1f} "
+            f"| {r.get('bytes_received_per_client', 0):,.0f} | {r['bytes_broadcast_per_client']:,} "
+            f"| {r['upload_ratio_vs_full_model']:.3f} | {'-' if acc is None else f'{acc:.4f}'} |"
+        )
+    if "wall_seconds" in report:
+        lines += ["", f"Whole run: {report['wall_seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
 
 
 def _save(fig: Any, path: Path) -> Path:

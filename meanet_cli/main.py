@@ -180,7 +180,69 @@ def federate(
     run = runner(overrides, num_clients, timeout=timeout, stream_to_stdout=True)
     if not run.ok:
         _fail(f"the Flower run {run.run_id} ended {run.status}: {run.details} (Flower home {run.home})")
-    typer.echo(f"report: {cfg.report_path() / 'report.json'}")
+    summary = cfg.report_path() / "report.md"
+    if summary.is_file():
+        typer.echo(summary.read_text())
+    typer.echo(f"report: {cfg.report_path() / 'report.json'} (tables: {summary}, plots: *.png beside it)")
+
+
+cloud_app = typer.Typer(help="The cloud offload service (HTTPS) for the edges' complex inputs.", no_args_is_help=True)
+app.add_typer(cloud_app, name="cloud")
+
+
+@cloud_app.command("serve")
+def cloud_serve(
+    run: Path = typer.Option(..., "--run", help="run folder: cloud.pt (meanet train) or state.pt (meanet federate)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8443),
+    certfile: Path | None = typer.Option(None, help="server certificate (PEM) for TLS"),
+    keyfile: Path | None = typer.Option(None, help="its private key (PEM)"),
+    ca_certfile: Path | None = typer.Option(None, help="CA of the edges' client certificates: turns on mutual TLS"),
+    token: str | None = typer.Option(
+        None,
+        envvar="MEANET_CLOUD_TOKEN",
+        show_envvar=True,
+        help="bearer token the edges must send (prefer the env var: a command line shows in ps)",
+    ),
+    max_batch: int = typer.Option(256, help="images per model call when micro-batching"),
+    max_wait_ms: float = typer.Option(5.0, help="how long a request waits for others to batch with"),
+    micro_batching: bool = typer.Option(True, help="gather concurrent requests into one model call"),
+    max_request_images: int = typer.Option(1024, help="larger requests get 413"),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="allow plain HTTP and/or no client authentication (trusted networks only)"
+    ),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+) -> None:
+    """Serve the run's cloud model over HTTPS with micro-batching, a bearer token and/or mutual TLS."""
+    import torch
+
+    from fl_server.service import ServiceConfig, check_security, load_cloud_from_run, serve
+    from meanet_core.checkpoint import CheckpointError
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        config = ServiceConfig(
+            max_batch=max_batch, max_wait_ms=max_wait_ms, micro_batching=micro_batching,
+            max_request_images=max_request_images, max_pending_images=max(8192, max_request_images), token=token,
+        )  # fmt: skip
+        check_security(certfile=certfile, token=token, ca_certfile=ca_certfile, insecure=insecure)
+        model = load_cloud_from_run(run)
+    except (CheckpointError, ValueError) as e:
+        _fail(str(e))
+        return
+    scheme = "https" if certfile else "http"
+    auth = " + ".join(a for a, on in (("bearer token", token), ("mutual TLS", ca_certfile)) if on) or "none"
+    batching = f"up to {max_batch} images or {max_wait_ms:g} ms" if micro_batching else "off"
+    typer.echo(f"serving {model.arch} from {run} on {scheme}://{host}:{port} (auth: {auth}; micro-batching {batching})")
+    try:
+        serve(
+            model, host=host, port=port, certfile=certfile, keyfile=keyfile, ca_certfile=ca_certfile, config=config,
+            insecure=insecure, device=device,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
 
 
 @app.command()

@@ -1,0 +1,40 @@
+"""The federation report's markdown tables, from a fabricated report."""
+
+from pathlib import Path
+
+from fl_server.report import markdown_summary, write_report
+
+
+def _report() -> dict:
+    exits = {k: {"fraction": f, "accuracy": 0.5} for k, f in (("main", 0.6), ("extension", 0.25), ("cloud", 0.15))}
+    ref = {"main_only": 0.4, "edge_main_plus_extension": 0.42, "cloud_only": 0.5, "meanet_with_cloud": 0.45}
+    experience = {"experience": 0, "seen_classes": 50, "cloud_images": 7000, "cloud_training_seconds": 91.0}
+    round_ = {
+        "experience": 0, "round": 1, "wall_seconds": 30.0, "local_training_seconds": 6.0, "aggregation_seconds": 0.04,
+        "overhead_seconds": 12.0, "bytes_received_per_client": 733984.0, "bytes_broadcast_per_client": 1875405,
+        "upload_ratio_vs_full_model": 0.391, "client_evaluation": {"accuracy": 0.41},
+    }  # fmt: skip
+    return {
+        "experiences": [
+            {**experience, "evaluation": {"accuracy": 0.45, "reference_accuracy": ref, "exits": exits}},
+            {**experience, "experience": 1},  # trained but not evaluated yet (a run in progress): no row
+        ],
+        "rounds": [round_, {**round_, "round": 2, "client_evaluation": {}}],
+        "wall_seconds": 600.0,
+    }
+
+
+def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> None:
+    text = markdown_summary(_report())
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 1 + 2  # two headers, one evaluated experience, two rounds
+    assert "| 0 | 50 | 7000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
+    assert "| 0 | 1 | 30.0 | 6.0 | 0.04 | 12.0 | 733,984 | 1,875,405 | 0.391 | 0.4100 |" in rows
+    assert rows[-1].endswith("| 0.391 | - |")  # a round without client evaluation says so
+    assert "Whole run: 600 s." in text
+
+
+def test_write_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    paths = write_report(_report(), tmp_path / "out")
+    assert [p.name for p in paths] == ["report.json", "report.md", "experiences.png", "rounds.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
