@@ -92,15 +92,17 @@ def markdown_summary(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| experience | round | wall s | local training s | aggregation s | overhead s | uploaded B/client "
-        "| broadcast B/client | upload / full model | edge accuracy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| experience | round | wall s | local training s | overhead s | aggregation s | client evaluation s "
+        "| uploaded B/client | broadcast B/client | upload / full model | edge accuracy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rounds"]:
         acc = r.get("client_evaluation", {}).get("accuracy")
+        aggregation = r.get("aggregation_seconds", 0.0)
+        evaluation = r["wall_seconds"] - r.get("train_phase_seconds", 0.0) - aggregation
         lines.append(
             f"| {r['experience']} | {r['round']} | {r['wall_seconds']:.1f} | {r['local_training_seconds']:.1f} "
-            f"| {r.get('aggregation_seconds', 0.0):.2f} | {r['overhead_seconds']:.1f} "
+            f"| {r['overhead_seconds']:.1f} | {aggregation:.2f} | {evaluation:.1f} "
             f"| {r.get('bytes_received_per_client', 0):,.0f} | {r['bytes_broadcast_per_client']:,} "
             f"| {r['upload_ratio_vs_full_model']:.3f} | {'-' if acc is None else f'{acc:.4f}'} |"
         )

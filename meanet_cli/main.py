@@ -174,6 +174,11 @@ def federate(
     except ConfigError as e:
         _fail(str(e))
         return
+    import signal
+    import sys
+
+    # A SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the SuperLink, SuperNodes and Ray are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runner = run_deployment if deployment else run_simulation
     engine = "deployment engine" if deployment else "simulation engine"
     typer.echo(f"running the federation on Flower's {engine} with {num_clients} clients; report in {cfg.report_path()}")
@@ -271,6 +276,73 @@ def models() -> None:
         with meta:
             b = describe_cloud(build_cloud(name, 100))
         typer.echo(f"  {name:<18} {spec.input_size}px  {b.params / 1e6:.2f}M params {b.macs / 1e6:.1f}M MACs")
+
+
+bench_app = typer.Typer(
+    help="Benchmarks: continual learning (Avalanche) with baselines side by side.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+def _csv(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        _fail(f"--{what} takes a comma-separated list; got {value!r}")
+    return items
+
+
+@bench_app.command("continual")
+def bench_continual(
+    out: Path = typer.Option(..., "--out", help="folder for results.json, results.md, the plots and checkpoints"),
+    scenario: str = typer.Option(
+        "split-cifar100", help="split-cifar100 | drift-cifar100 (tiny: split-cifar100-mini, split-digits, ...)"
+    ),
+    experiences: int = typer.Option(10, help="experiences in the stream"),
+    methods: str = typer.Option("all", help="comma list of methods, or all (see the table in the docs)"),
+    clients: int = typer.Option(3, help="simulated edge clients per experience"),
+    partition: str = typer.Option("iid", help="iid | dirichlet: how each experience is split over the clients"),
+    alpha: float = typer.Option(0.5, help="Dirichlet concentration (small = skewed)"),
+    epochs: int = typer.Option(1, help="training epochs per experience, the same for every method"),
+    seeds: str = typer.Option("0", help="comma list of seeds, e.g. 0,1,2: the report gives mean ± std"),
+    limit_train: int | None = typer.Option(None, help="a seeded subset of this many training images"),
+    limit_test: int | None = typer.Option(None, help="at most this many test images per experience"),
+    target_cloud_fraction: float = typer.Option(0.2, help="MEANet routing: at most this share offloaded"),
+    cloud_share: float = typer.Option(0.3, help="share of each experience's images that the cloud receives"),
+    model: str = typer.Option("resnet20_cifar", help="edge backbone for every method"),
+    cloud_model: str = typer.Option("resnet32_cifar", help="cloud model (cloud-only and MEANet)"),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(0.05, help="peak learning rate (one-cycle) of every training stage"),
+    edge_lr: float = typer.Option(0.01, help="peak learning rate of the edges' fine-tuning"),
+    data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
+    progress: bool = typer.Option(True, help="progress bars"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+) -> None:
+    """Run continual-learning methods on one scenario, side by side; write a JSON, a markdown table and plots."""
+    import torch
+
+    from benchmarks.continual.config import METHODS, BenchConfig, BenchConfigError
+    from benchmarks.continual.runner import run_benchmark
+
+    if threads:
+        torch.set_num_threads(threads)
+    names = list(METHODS) if methods.strip() == "all" else _csv(methods, "methods")
+    try:
+        seed_list = tuple(int(s) for s in _csv(seeds, "seeds"))
+    except ValueError:
+        _fail(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}")
+        return
+    try:
+        cfg = BenchConfig(
+            scenario=scenario, experiences=experiences, methods=tuple(names), seeds=seed_list, clients=clients,
+            partition=partition, alpha=alpha, epochs=epochs, limit_train=limit_train, limit_test=limit_test,
+            target_cloud_fraction=target_cloud_fraction, cloud_share=cloud_share, model=model,
+            cloud_model=cloud_model, batch_size=batch_size, lr=lr, edge_lr=edge_lr, data_dir=data_dir,
+        )  # fmt: skip
+        run_benchmark(cfg, out, progress=progress, log=typer.echo)
+    except (BenchConfigError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo((out / "results.md").read_text())
 
 
 if __name__ == "__main__":

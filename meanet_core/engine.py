@@ -204,6 +204,20 @@ class AdaptiveEngine:
             latency += self.cost.uplink_seconds(bytes_f) + (cloud_macs > 0).double() * lat.cloud_s
         return Predictions(labels.cpu(), exits, edge_macs, cloud_macs, bytes_sent, energy, latency, fallback)
 
+    def predictions_from_outputs(
+        self, main_logits: torch.Tensor, ext_logits: torch.Tensor, cloud_logits: torch.Tensor | None
+    ) -> Predictions:
+        """What ``predict`` returns, from outputs of every branch already computed (an evaluation that needs those
+        outputs anyway for reference accuracies need not run the engine a second time). Costs count each sample's
+        route only, as ``predict`` does; the local cloud always answers (no fallbacks)."""
+        cloud_labels = cloud_logits.argmax(dim=1) if cloud_logits is not None and self.cloud is not None else None
+        routed = route_outputs(self.model, self.policy, main_logits, ext_logits, cloud_labels)
+        offloaded = routed.exit == EXIT_CLOUD
+        edge = self.main_macs + routed.ran_extension.to(torch.int64) * self.extension_macs
+        cloud_macs = offloaded.to(torch.int64) * (self.cloud.macs_per_image if self.cloud is not None else 0)
+        sent = offloaded.to(torch.int64) * self.image_bytes
+        return self._finish(routed.labels, routed.exit, edge, cloud_macs, sent, torch.zeros_like(offloaded))
+
     @torch.inference_mode()
     def predict_all_branches(self, images: torch.Tensor, cloud: LocalCloud | None = None) -> Predictions:
         """The public code's way: every branch (main, extension, cloud) on every sample, routing applied after.

@@ -206,8 +206,10 @@ def select_hard_classes(
 ) -> list[int]:
     """Choose the hard classes from the main block's predictions on a *validation* split.
 
-    ``precision`` (the paper): the classes with the lowest per-class precision (a class never predicted has
-    precision 0). ``confusion``: the classes with the most confusion mass, (false negatives + false positives) /
+    ``precision`` (the paper): the classes with the lowest per-class precision. A class the main block never
+    predicts comes last: routing goes by the main block's top-1, so a hard class it never predicts would send nothing
+    to the extension (weak main blocks leave many such classes; ranking them first left the extension idle).
+    ``confusion``: the classes with the most confusion mass, (false negatives + false positives) /
     support. Give ``count`` or ``fraction`` of the candidate classes (``candidates``, default all ``num_classes``;
     in a class-incremental stream, the classes seen so far). Ties go to the lower class id.
     """
@@ -229,7 +231,7 @@ def select_hard_classes(
     tp = np.diag(cm)
     if method == "precision":
         predicted = cm.sum(axis=0)
-        score = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+        score = np.divide(tp, predicted, out=np.full_like(tp, np.inf), where=predicted > 0)
         order = pool[np.argsort(score[pool], kind="stable")]  # lowest precision first
     else:
         support = cm.sum(axis=1)

@@ -85,6 +85,22 @@ def test_engine_agrees_with_all_branches(setup: tuple, policy) -> None:
     assert (pred.edge_macs <= ref.edge_macs).all()
 
 
+@pytest.mark.parametrize(
+    "policy", [FixedPolicy(cloud=(0, 1, 2), ext=(2, 3, 4, 5, 6, 7)), PaperPolicy(0.3), CalibratedPolicy(0.5, 0.6)]
+)
+def test_predictions_from_outputs_equal_the_engine(setup: tuple, policy) -> None:
+    model, cloud, images = setup
+    engine = AdaptiveEngine(model, policy, cloud)
+    pred = engine.predict(images)
+    with torch.inference_mode():
+        main, ext = model(images.float() / 255)
+        derived = engine.predictions_from_outputs(main, ext, cloud.logits(images))
+    if isinstance(policy, FixedPolicy):  # every kind of route present, one sample through extension then cloud
+        assert set(pred.exit.tolist()) == {EXIT_MAIN, EXIT_EXTENSION, EXIT_CLOUD}
+    for field in ("labels", "exit", "edge_macs", "cloud_macs", "bytes_sent", "energy_joule", "fallback"):
+        assert torch.equal(getattr(pred, field), getattr(derived, field)), field
+
+
 def test_paper_policy_routes_by_entropy_and_hard_top1(setup: tuple) -> None:
     model, cloud, images = setup
     with torch.no_grad():

@@ -11,7 +11,8 @@ def _report() -> dict:
     experience = {"experience": 0, "seen_classes": 50, "cloud_images": 7000, "cloud_training_seconds": 91.0}
     round_ = {
         "experience": 0, "round": 1, "wall_seconds": 30.0, "local_training_seconds": 6.0, "aggregation_seconds": 0.04,
-        "overhead_seconds": 12.0, "bytes_received_per_client": 733984.0, "bytes_broadcast_per_client": 1875405,
+        "overhead_seconds": 12.0, "train_phase_seconds": 18.0,
+        "bytes_received_per_client": 733984.0, "bytes_broadcast_per_client": 1875405,
         "upload_ratio_vs_full_model": 0.391, "client_evaluation": {"accuracy": 0.41},
     }  # fmt: skip
     return {
@@ -29,7 +30,8 @@ def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> No
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 2 + 1 + 2  # two headers, one evaluated experience, two rounds
     assert "| 0 | 50 | 7000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
-    assert "| 0 | 1 | 30.0 | 6.0 | 0.04 | 12.0 | 733,984 | 1,875,405 | 0.391 | 0.4100 |" in rows
+    # wall 30 = training phase 18 (local 6 + overhead 12) + aggregation 0.04 + client evaluation 11.96
+    assert "| 0 | 1 | 30.0 | 6.0 | 12.0 | 0.04 | 12.0 | 733,984 | 1,875,405 | 0.391 | 0.4100 |" in rows
     assert rows[-1].endswith("| 0.391 | - |")  # a round without client evaluation says so
     assert "Whole run: 600 s." in text
 

@@ -33,6 +33,15 @@ def test_confusion_split_and_never_predicted_classes() -> None:
     assert select_hard_classes(pred, target, 3, count=1, method="confusion") == [1]
 
 
+def test_precision_split_ranks_never_predicted_classes_last() -> None:
+    target = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    pred = np.array([0, 1, 1, 1, 2, 2, 2, 2])  # class 3 never predicted; class 2 precision 1/2, class 1 2/3
+    assert select_hard_classes(pred, target, 4, count=1) == [2]  # not class 3: nothing could reach the extension
+    assert select_hard_classes(pred, target, 4, count=3) == [0, 1, 2]
+    everything_zero = np.zeros(6, dtype=np.int64)  # classes 1 and 2 never predicted: chosen when nothing else is left
+    assert select_hard_classes(everything_zero, np.array([0, 0, 1, 1, 2, 2]), 3, count=2) == [0, 1]
+
+
 def test_split_rejects_bad_arguments() -> None:
     y = np.array([0, 1, 2])
     with pytest.raises(ValueError, match="unknown hard-class method"):

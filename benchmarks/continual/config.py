@@ -1,0 +1,123 @@
+"""The settings of one continual benchmark, read once at the boundary (CLI) into a frozen, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from benchmarks.continual.scenarios import parse_scenario
+from meanet_core.data import PARTITION_SCHEMES
+from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
+from meanet_core.training import HARD_METHODS
+
+MEANET_FL_METHODS = ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay")
+METHODS = ("cloud-only", "edge-only", "meanet-static", *MEANET_FL_METHODS, "naive", "joint")
+"""Every method, in the order the report lists them."""
+
+
+class BenchConfigError(ValueError):
+    """A benchmark setting is missing, unknown or out of range; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that decides a benchmark's numbers (``methods`` and ``seeds`` only decide what runs).
+
+    Every method uses the same backbone (``model``, the MEANet edge model; its main block is the classifier of
+    ``edge-only``, ``naive`` and ``joint``), the same cloud model (``cloud_model``), and ``epochs`` passes over its
+    training data per experience.
+    """
+
+    scenario: str = "split-cifar100"
+    experiences: int = 10
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0,)
+    clients: int = 3
+    partition: str = "iid"
+    alpha: float = 0.5
+    epochs: int = 1
+    cloud_share: float = 0.3
+    target_cloud_fraction: float = 0.2
+    model: str = "resnet20_cifar"
+    cloud_model: str = "resnet32_cifar"
+    batch_size: int = 64
+    lr: float = 0.05
+    edge_lr: float = 0.01
+    hard_fraction: float = 0.2
+    hard_method: str = "precision"
+    val_fraction: float = 0.1
+    limit_train: int | None = None
+    limit_test: int | None = None
+    ewc_lambda: float = 100.0
+    lwf_alpha: float = 1.0
+    lwf_temperature: float = 2.0
+    replay_mem_size: int = 200
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            parse_scenario(self.scenario)
+        except ValueError as e:
+            raise BenchConfigError(str(e)) from e
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise BenchConfigError(f"unknown or no methods {unknown or '[]'}; valid: {', '.join(METHODS)} (or 'all')")
+        if len(set(self.methods)) != len(self.methods) or len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            raise BenchConfigError("methods and seeds must be non-empty lists without repeats")
+        if self.partition not in PARTITION_SCHEMES:
+            raise BenchConfigError(f"unknown partition {self.partition!r}; valid: {', '.join(PARTITION_SCHEMES)}")
+        if self.model not in MEANET_ARCHS or self.cloud_model not in CLOUD_ARCHS:
+            raise BenchConfigError(
+                f"model must be one of {', '.join(MEANET_ARCHS)} and cloud model one of {', '.join(CLOUD_ARCHS)}; "
+                f"got {self.model!r} and {self.cloud_model!r}"
+            )
+        if self.hard_method not in HARD_METHODS:
+            raise BenchConfigError(f"unknown hard method {self.hard_method!r}; valid: {', '.join(HARD_METHODS)}")
+        checks = {
+            "experiences": self.experiences >= 1,
+            "clients": self.clients >= 1,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "alpha": self.alpha > 0,
+            "lr": self.lr > 0,
+            "edge_lr": self.edge_lr > 0,
+            "cloud_share": 0 < self.cloud_share < 1,
+            "target_cloud_fraction": 0 <= self.target_cloud_fraction <= 1,
+            "hard_fraction": 0 < self.hard_fraction < 1,
+            "val_fraction": 0 < self.val_fraction < 1,
+            "limit_train": self.limit_train is None or self.limit_train >= 1,
+            "limit_test": self.limit_test is None or self.limit_test >= 1,
+            "ewc_lambda": self.ewc_lambda >= 0,
+            "lwf_alpha": self.lwf_alpha >= 0,
+            "lwf_temperature": self.lwf_temperature > 0,
+            "replay_mem_size": self.replay_mem_size >= 1,
+        }
+        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise BenchConfigError(
+                f"out of range: {', '.join(bad)} (experiences, clients, epochs, batch size >= 1; alpha, lr > 0; "
+                "cloud share, hard and val fractions in (0, 1); target cloud fraction in [0, 1])"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BenchConfig:
+        """Build from plain values (JSON), rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BenchConfigError(f"unknown benchmark setting(s) {unknown}; valid: {sorted(known)}")
+        v = dict(values)
+        for key in ("methods", "seeds"):
+            if key in v:
+                v[key] = tuple(v[key])
+        return cls(**v)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
+        return d
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a stored result depends on (everything but which methods and seeds run, and where the
+        data folder is)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("methods", "seeds", "data_dir")}

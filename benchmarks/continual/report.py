@@ -1,0 +1,140 @@
+"""The benchmark's report: ``results.json`` (every number), ``results.md`` (the table) and two PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks.continual.runner import write_json
+
+COLUMNS = (
+    ("final_average_accuracy", "final avg acc", 100.0, "{:.1f}", "%"),
+    ("final_forgetting", "avg forgetting", 100.0, "{:.1f}", "%"),
+    ("final_bwt", "BWT", 100.0, "{:+.1f}", "%"),
+    ("cloud_fraction", "cloud fraction", 100.0, "{:.1f}", "%"),
+    ("macs_per_inference", "MACs/inference", 1e-6, "{:.1f}", "M"),
+    ("energy_per_inference_joule", "energy/inference", 1e3, "{:.2f}", "mJ"),
+    ("bytes_sent_per_inference", "sent/inference", 1.0, "{:.0f}", "B"),
+    ("bytes_sent_per_experience", "sent/experience", 1e-6, "{:.2f}", "MB"),
+    ("wall_seconds", "wall time", 1.0, "{:.0f}", "s"),
+)
+
+
+def _cell(stat: dict[str, Any], scale: float, fmt: str, seeds: int) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    text = fmt.format(stat["mean"] * scale)
+    return f"{text} ± {fmt.format(stat['std'] * scale).lstrip('+')}" if seeds > 1 else text
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The comparison table (mean ± sample std over seeds when there are several) and each method's curve."""
+    cfg, summary = results["config"], results["summary"]
+    seeds = len(cfg["seeds"])
+    lines = [
+        f"# Continual benchmark: {cfg['scenario']}, {cfg['experiences']} experiences",
+        "",
+        f"Schedule: {cfg['epochs']} epoch(s) per experience for every method, batch {cfg['batch_size']}, "
+        f"lr {cfg['lr']} (edge fine-tuning {cfg['edge_lr']}); edge model {cfg['model']}, cloud model "
+        f"{cfg['cloud_model']}; {cfg['clients']} clients, {cfg['partition']} partition"
+        + (f" (alpha {cfg['alpha']})" if cfg["partition"] == "dirichlet" else "")
+        + f", cloud share {cfg['cloud_share']}; MEANet routing: calibrated policy, target cloud fraction "
+        f"{cfg['target_cloud_fraction']}; seeds {', '.join(str(s) for s in cfg['seeds'])}"
+        + (f"; limit-train {cfg['limit_train']}" if cfg.get("limit_train") else "")
+        + (f"; limit-test {cfg['limit_test']} per experience" if cfg.get("limit_test") else "")
+        + ".",
+        "",
+        "| method | " + " | ".join(f"{title} ({unit})" for _, title, _, _, unit in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    for name, stats in summary.items():
+        cells = [_cell(stats[key], scale, fmt, seeds) for key, _, scale, fmt, _ in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Average accuracy (%) over the experiences seen so far, after each experience:",
+        "",
+        "| method | " + " | ".join(str(t) for t in range(cfg["experiences"])) + " |",
+        "|---|" + "---:|" * cfg["experiences"],
+    ]
+    for name, stats in summary.items():
+        curve = stats["average_accuracy_curve"]["mean"]
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in curve) + " |")
+    lines += [
+        "",
+        "Forgetting and BWT as Avalanche defines them (StreamForgetting / StreamBWT after the last experience); "
+        "wall time: the stages each method runs or relies on (shared cloud training counted for every method "
+        "that uses it; edge clients counted as running in parallel); sent/experience: training data uploaded to "
+        "the cloud plus models broadcast and uploaded; sent/inference: offloaded images.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_accuracy_per_experience(results: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, stats in results["summary"].items():
+        curve = stats["average_accuracy_curve"]
+        xs = list(range(1, len(curve["mean"]) + 1))
+        mean = [100 * v for v in curve["mean"]]
+        (line,) = ax.plot(xs, mean, marker="o", markersize=3, label=name)
+        if len(stats["seeds"]) > 1:
+            lo = [100 * (m - s) for m, s in zip(curve["mean"], curve["std"], strict=True)]
+            hi = [100 * (m + s) for m, s in zip(curve["mean"], curve["std"], strict=True)]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("experiences trained")
+    ax.set_ylabel("average accuracy on seen experiences (%)")
+    ax.set_title(f"{results['config']['scenario']}: average accuracy after each experience")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_energy(results: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, stats in results["summary"].items():
+        energy, acc = stats["energy_per_inference_joule"], stats["final_average_accuracy"]
+        if energy["mean"] is None or acc["mean"] is None:
+            continue
+        ax.errorbar(
+            energy["mean"] * 1e3,
+            acc["mean"] * 100,
+            xerr=energy["std"] * 1e3,
+            yerr=acc["std"] * 100,
+            fmt="o",
+            capsize=3,
+            label=name,
+        )
+        ax.annotate(
+            name, (energy["mean"] * 1e3, acc["mean"] * 100), fontsize=7, xytext=(4, 3), textcoords="offset points"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("edge energy per inference (mJ, log scale)")
+    ax.set_ylabel("final average accuracy (%)")
+    ax.set_title("Accuracy against energy")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> list[Path]:
+    """Write ``results.json``, ``results.md`` and (``plots``) the two PNGs into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results, out / "results.json")
+    (out / "results.md").write_text(markdown(results))
+    paths = [out / "results.json", out / "results.md"]
+    if plots:
+        paths.append(plot_accuracy_per_experience(results, out / "accuracy_per_experience.png"))
+        paths.append(plot_accuracy_vs_energy(results, out / "accuracy_vs_energy.png"))
+    return paths

@@ -1,0 +1,237 @@
+"""What several methods share: the cloud's training trajectory, and evaluation of the adaptive engine from it.
+
+**The cloud trajectory.** After each experience ``t`` the cloud retrains the MEANet main block and the cloud model on
+everything it has received so far (its ``cloud_share`` of every experience up to ``t``), continuing from where it
+stopped, for ``epochs`` epochs each (``meanet_core.training.train_main`` / ``train_cloud``); then it chooses the hard
+classes on its validation images of the seen classes. None of this depends on what the edges do (edges never touch
+the main block), so it is computed once per seed and shared by cloud-only, edge-only, MEANet-static and the four
+MEANet-FL variants; each method's wall time counts the shared stages it uses. Snapshots (weights, hard classes, the
+main block's and the cloud model's logits on the validation and test images seen so far, stage seconds) are cached
+in ``DIR/seed-S/cloud/`` so a rerun does not retrain.
+
+**Evaluation.** ``route`` applies a routing policy with ``meanet_core.engine.route_outputs``, the routing code of
+``AdaptiveEngine`` (the repository checks that both give the same labels and exits), to the cached main and cloud
+logits and to extension logits computed only for the samples whose main top-1 is a hard class: the only ones any
+policy sends to the extension. Costs follow ``AdaptiveEngine``'s accounting (MACs measured with
+``torch.utils.flop_counter``, energy and bytes from ``meanet_core.cost.CostConfig``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.continual.config import BenchConfig
+from benchmarks.continual.scenarios import Scenario
+from meanet_core.checkpoint import FORMAT, atomic_save, safe_load
+from meanet_core.cost import CostConfig
+from meanet_core.data import ImageTensors
+from meanet_core.engine import EXIT_CLOUD, EXIT_NAMES, AdaptiveEngine, LocalCloud
+from meanet_core.evaluation import BranchOutputs, fit_calibrated
+from meanet_core.models import CloudModel, MEANet, build_cloud, build_meanet
+from meanet_core.policies import Policy
+from meanet_core.training import StageConfig, predict_logits, select_hard_classes, train_cloud, train_main
+
+EVAL_BATCH = 256
+
+
+def stage(cfg: BenchConfig, lr: float | None = None) -> StageConfig:
+    """The optimiser and schedule every method trains with: ``epochs`` per experience."""
+    return StageConfig(epochs=cfg.epochs, lr=lr or cfg.lr, batch_size=cfg.batch_size)
+
+
+@dataclass
+class Snapshot:
+    """The cloud after experience ``t``."""
+
+    t: int
+    main_state: dict[str, torch.Tensor]  # MEANet state-dict entries of the main block ("main.*")
+    cloud_state: dict[str, torch.Tensor]
+    hard_classes: list[int]
+    seconds: dict[str, float]  # main, cloud (training), hard, main_outputs, cloud_outputs
+    val_main: torch.Tensor  # (Nv, K) main-block logits on scenario.val_data(t)
+    val_cloud: torch.Tensor  # (Nv, K) cloud logits on the same
+    test_main: torch.Tensor  # (Nt, K) on scenario.test_data(t)
+    test_cloud: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_payload(self) -> dict[str, Any]:
+        return {"format": FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
+class CloudTrajectory:
+    """Computes (or loads from ``cache_dir``) the cloud's snapshot after each experience, in order."""
+
+    def __init__(
+        self, cfg: BenchConfig, scenario: Scenario, seed: int, cache_dir: Path | None, progress: bool = False
+    ) -> None:
+        self.cfg, self.scenario, self.seed, self.cache_dir = cfg, scenario, seed, cache_dir
+        self.progress = progress
+        self._snapshots: dict[int, Snapshot] = {}
+
+    def new_meanet(self) -> MEANet:
+        torch.manual_seed(self.seed)
+        s = self.scenario
+        return build_meanet(self.cfg.model, s.num_classes, mean=s.mean, std=s.std)
+
+    def new_cloud(self) -> CloudModel:
+        torch.manual_seed(self.seed + 1)
+        s = self.scenario
+        return build_cloud(self.cfg.cloud_model, s.num_classes, mean=s.mean, std=s.std)
+
+    def _path(self, t: int) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"exp-{t}.pt"
+
+    def snapshot(self, t: int) -> Snapshot:
+        if t in self._snapshots:
+            return self._snapshots[t]
+        path = self._path(t)
+        if path is not None and path.is_file():
+            saved = safe_load(path)
+            if saved.get("extra", {}).get("fingerprint") == self.cfg.fingerprint():
+                saved.pop("format")
+                self._snapshots[t] = Snapshot(**saved)
+                return self._snapshots[t]
+        self._snapshots[t] = snap = self._compute(t)
+        if path is not None:
+            atomic_save(snap.as_payload(), path)
+        return snap
+
+    def _compute(self, t: int) -> Snapshot:
+        cfg, scenario = self.cfg, self.scenario
+        model, cloud = self.new_meanet(), self.new_cloud()
+        if t > 0:
+            prev = self.snapshot(t - 1)
+            model.load_state_dict({**model.state_dict(), **prev.main_state})
+            cloud.load_state_dict(prev.cloud_state)
+        data = scenario.cloud_data(t)
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        kw: dict[str, Any] = dict(seed=self.seed * 1000 + t, progress=self.progress, channels_last=True)
+        train_main(model, data, stage(cfg), **kw)
+        seconds["main"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        train_cloud(cloud, data, stage(cfg), **kw)
+        seconds["cloud"] = time.perf_counter() - t0
+        model.eval()
+        cloud.eval()
+        val, test = scenario.val_data(t), scenario.test_data(t)
+        t0 = time.perf_counter()
+        val_main = predict_logits(lambda x: model.forward_main(x).logits, val, EVAL_BATCH)
+        test_main = predict_logits(lambda x: model.forward_main(x).logits, test, EVAL_BATCH)
+        seconds["main_outputs"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        hard = select_hard_classes(
+            val_main.argmax(1).numpy(),
+            val.y.numpy(),
+            scenario.num_classes,
+            method=cfg.hard_method,
+            fraction=cfg.hard_fraction,
+            candidates=scenario.experiences[t].seen_classes,
+        )
+        seconds["hard"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        val_cloud = predict_logits(cloud, val, EVAL_BATCH)
+        test_cloud = predict_logits(cloud, test, EVAL_BATCH)
+        seconds["cloud_outputs"] = time.perf_counter() - t0
+        return Snapshot(
+            t=t,
+            main_state={k: v.clone() for k, v in model.state_dict().items() if k.startswith("main.")},
+            cloud_state={k: v.clone() for k, v in cloud.state_dict().items()},
+            hard_classes=hard,
+            seconds=seconds,
+            val_main=val_main,
+            val_cloud=val_cloud,
+            test_main=test_main,
+            test_cloud=test_cloud,
+            extra={"fingerprint": self.cfg.fingerprint(), "seed": self.seed},
+        )
+
+    def load_into(self, t: int, model: MEANet | None = None, cloud: CloudModel | None = None) -> Snapshot:
+        """Put the cloud's main block (and hard classes) into ``model`` and its cloud weights into ``cloud``."""
+        snap = self.snapshot(t)
+        if model is not None:
+            model.set_hard_classes(snap.hard_classes)
+            model.load_state_dict({**model.state_dict(), **snap.main_state})
+        if cloud is not None:
+            cloud.load_state_dict(snap.cloud_state)
+        return snap
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.inference_mode()
+def extension_logits(model: MEANet, data: ImageTensors, main_logits: torch.Tensor) -> torch.Tensor:
+    """(N, H) extension logits for the samples whose main top-1 is a hard class; zeros elsewhere (never read)."""
+    model.eval()
+    out = torch.zeros(len(data), max(model.num_hard, 1))
+    idx = (model.hard_index[main_logits.argmax(1)] >= 0).nonzero().flatten()
+    for start in range(0, len(idx), EVAL_BATCH):
+        sel = idx[start : start + EVAL_BATCH]
+        x = data.x[sel].float().div_(255.0)
+        features = model.forward_main(x).features
+        out[sel] = model.forward_extension(x, features).float()
+    return out
+
+
+@dataclass(frozen=True)
+class Macs:
+    """Per-image compute of each block, and the bytes of one offloaded image."""
+
+    main: float
+    extension: float
+    cloud: float
+    image_bytes: int
+
+    @staticmethod
+    def of(model: MEANet, cloud: CloudModel | None, policy: Policy) -> Macs:
+        key = (model.arch, model.num_classes, model.num_hard, None if cloud is None else cloud.arch)
+        if key not in _MACS:
+            engine = AdaptiveEngine(model, policy)  # counts MACs with torch.utils.flop_counter
+            cloud_macs = LocalCloud(cloud).macs_per_image if cloud is not None else 0
+            _MACS[key] = Macs(
+                float(engine.main_macs), float(engine.extension_macs), float(cloud_macs), engine.image_bytes
+            )
+        return _MACS[key]
+
+
+_MACS: dict[tuple[object, ...], Macs] = {}  # MACs depend only on the architectures and the number of hard classes
+
+
+def cost_summary(
+    exits: torch.Tensor, ran_extension: torch.Tensor, macs: Macs, cost: CostConfig | None = None
+) -> dict[str, Any]:
+    """Exit fractions, cloud fraction, MACs, energy and bytes per inference, as ``AdaptiveEngine`` accounts them.
+
+    ``exits`` holds an exit code per sample (``main``, ``extension``, ``cloud``); a cloud exit with
+    ``ran_extension`` False and ``macs.main == 0`` is a cloud-only inference (nothing runs on the device).
+    """
+    cost = cost or CostConfig()
+    n = max(len(exits), 1)
+    offloaded = (exits == EXIT_CLOUD).double()
+    edge = torch.full((len(exits),), macs.main, dtype=torch.float64) + ran_extension.double() * macs.extension
+    sent = offloaded * macs.image_bytes
+    energy = edge * cost.joules_per_mac + cost.transmission_energy(sent)
+    return {
+        "exits": {name: float((exits == code).sum()) / n for code, name in enumerate(EXIT_NAMES)},
+        "cloud_fraction": float(offloaded.mean()),
+        "macs_per_inference": float((edge + offloaded * macs.cloud).mean()),
+        "edge_macs_per_inference": float(edge.mean()),
+        "energy_per_inference_joule": float(energy.mean()),
+        "bytes_sent_per_inference": float(sent.mean()),
+    }
+
+
+def calibrate(model: MEANet, val: BranchOutputs, target_cloud_fraction: float) -> Policy:
+    """The calibrated policy fitted on validation outputs to offload at most ``target_cloud_fraction``."""
+    return fit_calibrated(model, val, CostConfig(), 0, 0, 0, target_cloud_fraction=target_cloud_fraction)
+
+
+def meanet_outputs(
+    model: MEANet, data: ImageTensors, main_logits: torch.Tensor, cloud_logits: torch.Tensor
+) -> BranchOutputs:
+    """Branch outputs of ``model`` on ``data``, reusing the cached main and cloud logits."""
+    return BranchOutputs(main_logits, extension_logits(model, data, main_logits), cloud_logits, data.y)

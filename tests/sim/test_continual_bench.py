@@ -1,0 +1,106 @@
+"""The continual benchmark end to end on a tiny scenario (scikit-learn's digits: offline, 10 classes).
+
+Every method runs through ``meanet bench continual``; the edge clients of MEANet-FL are simulated in-process (the
+Flower engines are exercised by ``test_federation.py``). About 20 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from benchmarks.continual.config import METHODS, BenchConfig
+from benchmarks.continual.methods import Context, ExperienceOutcome, Method, build_method
+from benchmarks.continual.runner import run_benchmark
+from meanet_cli.main import app
+
+pytestmark = pytest.mark.sim
+
+TINY = [
+    "--scenario", "split-digits", "--experiences", "2", "--epochs", "1", "--clients", "2", "--limit-train", "300",
+    "--limit-test", "50", "--cloud-share", "0.5", "--cloud-model", "resnet20_cifar", "--batch-size", "32",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(app, ["bench", "continual", *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_every_method_runs_and_reports(bench_out: Path) -> None:
+    results = json.loads((bench_out / "results.json").read_text())
+    runs = results["runs"]["0"]
+    assert list(runs) == list(METHODS) and list(results["summary"]) == list(METHODS)
+    for name, r in runs.items():
+        a = r["accuracy_matrix"]
+        assert len(a) == 2 and all(len(row) == 2 for row in a), name  # experiences trained x tested
+        assert a[0][1] is None and all(v is not None and 0.0 <= v <= 1.0 for v in (a[0][0], a[1][0], a[1][1]))
+        assert r["final_forgetting"] == pytest.approx(a[0][0] - a[1][0])  # Avalanche's definition, 2 experiences
+        assert r["final_bwt"] == pytest.approx(-r["final_forgetting"])
+        assert r["average_accuracy"][-1] == pytest.approx((a[1][0] + a[1][1]) / 2)
+        assert sum(r["exits"].values()) == pytest.approx(1.0)
+        assert r["energy_per_inference_joule"] > 0 and r["wall_seconds"] > 0
+        assert len(r["experiences"]) == 2 and r["experiences"][0]["bytes_sent_total"] > 0
+    assert runs["cloud-only"]["cloud_fraction"] == 1.0 and runs["edge-only"]["cloud_fraction"] == 0.0
+    for name in ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay"):
+        assert runs[name]["cloud_fraction"] <= 0.2 + 0.25  # calibrated on validation, measured on test
+        first = runs[name]["experiences"][0]  # every client holds samples of the first hard classes
+        assert first["extra"]["clients_trained"] >= 1 and first["bytes_sent"]["model_up"] > 0
+    # the static MEANet never learns the second experience's classes
+    assert runs["meanet-static"]["accuracy_matrix"][1][1] < 0.2
+    table = (bench_out / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in METHODS)
+    for png in ("accuracy_per_experience.png", "accuracy_vs_energy.png"):
+        assert (bench_out / png).stat().st_size > 1000
+
+
+def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(bench_out: Path) -> None:
+    before = (bench_out / "seed-0" / "naive.json").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["bench", "continual", *TINY, "--methods", "naive", "--out", str(bench_out)])
+    assert result.exit_code == 0, result.output
+    assert "already done" in result.output and (bench_out / "seed-0" / "naive.json").stat().st_mtime_ns == before
+    result = CliRunner().invoke(
+        app, ["bench", "continual", *TINY, "--methods", "naive", "--lr", "0.1", "--out", str(bench_out)]
+    )
+    assert result.exit_code == 2 and "other settings" in result.output
+
+
+class ConstantMethod(Method):
+    """Learns nothing: predicts class 3 for every input."""
+
+    name = "constant"
+
+    def run_experience(self, t: int) -> ExperienceOutcome:
+        scenario = self.ctx.scenario
+        accs = [float((e.test.y == 3).float().mean()) for e in scenario.experiences[: t + 1]]
+        costs = {"cloud_fraction": 0.0, "exits": {"main": 1.0}, "macs_per_inference": 0.0}
+        costs.update(edge_macs_per_inference=0.0, energy_per_inference_joule=0.0, bytes_sent_per_inference=0.0)
+        return ExperienceOutcome(accs, costs, {}, {"training": 0.0})
+
+
+def test_a_method_that_learns_nothing_scores_as_such(tmp_path: Path) -> None:
+    cfg = BenchConfig(scenario="split-digits", experiences=5, methods=("naive",), limit_test=40, seeds=(0, 1))
+
+    def factory(name: str, ctx: Context) -> Method:
+        return ConstantMethod(ctx) if name == "naive" else build_method(name, ctx)
+
+    results = run_benchmark(
+        cfg, tmp_path, progress=False, log=lambda _: None, method_factory=factory, write_plots=False
+    )
+    for seed in ("0", "1"):
+        r = results["runs"][seed]["naive"]
+        a = torch.tensor([[v if v is not None else float("nan") for v in row] for row in r["accuracy_matrix"]])
+        assert torch.equal(a.nan_to_num(-1)[-1, :], a.nan_to_num(-1).diagonal())  # the same accuracies all along
+        assert r["final_forgetting"] == 0.0 and r["final_bwt"] == 0.0
+        # one class of the ten is right wherever it is tested: chance level once every class has been seen
+        assert r["final_average_accuracy"] == pytest.approx(max(a[-1]).item() / 5)
+        assert r["final_average_accuracy"] <= 0.15
+    assert results["summary"]["naive"]["final_forgetting"] == {"mean": 0.0, "std": 0.0, "n": 2}
