@@ -6,17 +6,25 @@ examples, and a digest of the main block as it was loaded (so the server can che
 
 ``evaluate``: run the adaptive inference engine on this client's test shard; complex samples go to the cloud model
 (in simulation, ``LocalCloud``: an in-process stand-in with the interface of the real offload service).
+
+Both check the cloud's signature on the broadcast against the pinned public key **before** loading anything, and
+refuse (an error reply, with the reason logged) an unsigned, tampered or replayed broadcast: see
+:mod:`meanet_core.signing` and :func:`verify`.
 """
 
 from __future__ import annotations
 
 import time
+from logging import ERROR
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import log
 
 from fl_client.data import client_index, local_test, stream_for
+from fl_client.faults import inject
 from meanet_core import keys
 from meanet_core.broadcast import digest, edge_state, model_from_broadcast
 from meanet_core.config import FederationConfig
@@ -24,6 +32,7 @@ from meanet_core.engine import AdaptiveEngine, LocalCloud, Predictions
 from meanet_core.evaluation import summarize
 from meanet_core.models import build_cloud
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
+from meanet_core.signing import VERIFY_KEY_FILE, BroadcastPosition, BroadcastRejected, load_verify_key, verify_broadcast
 from meanet_core.training import train_extension
 
 app = ClientApp()
@@ -51,10 +60,64 @@ def _policy(msg: Message, cfg: FederationConfig) -> Policy:
     return PaperPolicy(cfg.entropy_threshold)
 
 
+def pinned_verify_key(context: Context, cfg: FederationConfig) -> Path:
+    """The public key this edge trusts: the SuperNode's ``--node-config verify-key`` (set by whoever runs the edge
+    device), else the run config's ``verify-key``, else ``REPORT_DIR/broadcast-signing.pub`` (simulation and loopback
+    runs, where the server writes it before its first broadcast)."""
+    pinned = context.node_config.get("verify-key")
+    if isinstance(pinned, str) and pinned:
+        return Path(pinned).expanduser()
+    if cfg.verify_key:
+        return Path(cfg.verify_key).expanduser()
+    return cfg.report_path() / VERIFY_KEY_FILE
+
+
+def verify(msg: Message, context: Context, cfg: FederationConfig, client: int, purpose: str) -> BroadcastPosition:
+    """Check the broadcast's signature and position; remember the position in ``context.state``.
+
+    Raises
+    ------
+    BroadcastRejected
+        Unsigned, tampered (arrays, config or cloud arrays), signed by another key, or older than a broadcast this
+        edge already accepted in this run. The reason is logged, and Flower turns the exception into an error reply.
+    """
+    try:
+        key_path = pinned_verify_key(context, cfg)
+        try:
+            key = load_verify_key(key_path)
+        except (FileNotFoundError, ValueError) as e:
+            raise BroadcastRejected(f"cannot check the broadcast: {e}") from e
+        content = msg.content
+        if keys.ARRAYS not in content.array_records or keys.CONFIG not in content.config_records:
+            raise BroadcastRejected(f"the broadcast has no '{keys.ARRAYS}' arrays or no '{keys.CONFIG}' config")
+        cloud = content.array_records.get(keys.CLOUD_ARRAYS)
+        saved = context.state.config_records.get(keys.BROADCAST_STATE)
+        newest = None
+        if saved is not None:
+            newest = BroadcastPosition(int(saved[keys.EXPERIENCE]), int(saved[keys.BROADCAST_ROUND]))  # type: ignore[arg-type]
+        position = verify_broadcast(
+            key,
+            {k: v.numpy() for k, v in content.array_records[keys.ARRAYS].items()},
+            dict(content.config_records[keys.CONFIG]),
+            purpose=purpose,
+            run_id=context.run_id,
+            cloud_arrays={k: v.numpy() for k, v in cloud.items()} if cloud is not None else None,
+            newest=newest,
+        )
+    except BroadcastRejected as e:
+        log(ERROR, "edge %d: refused the %s broadcast: %s", client, purpose, e)
+        raise
+    context.state[keys.BROADCAST_STATE] = ConfigRecord(
+        {keys.EXPERIENCE: position.experience, keys.BROADCAST_ROUND: position.round}
+    )
+    return position
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)  # many clients share the machine in simulation
     cfg, client, e, hard = _setup(msg, context)
+    verify(msg, context, cfg, client, "train")  # before anything of the broadcast is loaded
     splits, stream = stream_for(cfg)
     state = msg.content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
     model = model_from_broadcast(cfg.model, splits.num_classes, hard, state, splits.mean, splits.std)
@@ -79,7 +142,7 @@ def train(msg: Message, context: Context) -> Message:
     info = ConfigRecord({keys.MAIN_DIGEST: loaded_digest, keys.CLIENT: client})
     content = RecordDict(
         {
-            keys.ARRAYS: ArrayRecord(edge_state(model.state_dict())),
+            keys.ARRAYS: inject(ArrayRecord(edge_state(model.state_dict())), cfg.faults, client),  # tests/demos
             keys.METRICS: metrics,
             keys.EDGE_INFO: info,
         }
@@ -91,6 +154,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     cfg, client, e, hard = _setup(msg, context)
+    verify(msg, context, cfg, client, "evaluate")
     splits, stream = stream_for(cfg)
     state = msg.content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
     model = model_from_broadcast(cfg.model, splits.num_classes, hard, state, splits.mean, splits.std)

@@ -15,4 +15,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Parse the run config once, then run the experience/round loop."""
     cfg = FederationConfig.from_run_config(dict(context.run_config))
-    CloudServer(cfg, log_fn=lambda s: print(f"[meanet] {s}", flush=True)).run(grid)
+    CloudServer(cfg, run_id=context.run_id, log_fn=lambda s: print(f"[meanet] {s}", flush=True)).run(grid)

@@ -24,16 +24,17 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fl_client.data import stream_for
+from fl_server.signed_strategy import SignedMEANetStrategy
 from meanet_core import keys
 from meanet_core.broadcast import digest
-from meanet_core.checkpoint import FORMAT, atomic_save, safe_load
+from meanet_core.checkpoint import FORMAT, atomic_save, load_server_state, load_state
 from meanet_core.config import FederationConfig
 from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routing
 from meanet_core.models import build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
+from meanet_core.signing import ensure_signing_key
 from meanet_core.streams import concat
 from meanet_core.training import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
-from strategies import MEANetStrategy
 
 log = logging.getLogger("meanet.server")
 
@@ -41,7 +42,7 @@ log = logging.getLogger("meanet.server")
 class CloudServer:
     """Runs the experience/round loop of one federation and writes its report into ``cfg.report_dir``."""
 
-    def __init__(self, cfg: FederationConfig, *, log_fn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: FederationConfig, *, run_id: int = 0, log_fn: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.out = cfg.report_path()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,11 @@ class CloudServer:
         k, mean, std = self.splits.num_classes, self.splits.mean, self.splits.std
         self.model = build_meanet(cfg.model, k, mean=mean, std=std)
         self.cloud = build_cloud(cfg.cloud_model, k, mean=mean, std=std)
-        self.strategy = MEANetStrategy(
+        signing_key, verify_key = ensure_signing_key(cfg.signing_key, self.out)
+        self.say(f"signing every broadcast (Ed25519); the edges pin the public key {verify_key}")
+        self.strategy = SignedMEANetStrategy(
+            signing_key,
+            run_id=run_id,
             fraction_train=1.0,
             fraction_evaluate=1.0,
             min_train_nodes=cfg.num_clients,
@@ -83,15 +88,10 @@ class CloudServer:
     def _resume(self) -> None:
         if not self.state_path.exists():
             return
-        saved = safe_load(self.state_path)
-        if saved["config"] != self.cfg.as_run_config():
-            raise ValueError(
-                f"{self.state_path} belongs to a run with other settings; set report-dir to a new folder "
-                "or delete the old state to start over"
-            )
+        saved = load_server_state(self.state_path, self.cfg.as_run_config())  # clear errors, weights only
         self.model.set_hard_classes(saved["hard_classes"])
-        self.model.load_state_dict(saved["meanet"])
-        self.cloud.load_state_dict(saved["cloud"])
+        load_state(self.model, saved["meanet"], self.state_path, "the MEANet")
+        load_state(self.cloud, saved["cloud"], self.state_path, "the cloud model")
         self.report = json.loads(saved["report"])
         self.position = dict(saved["position"])
         self.say(f"resuming from {self.state_path} at {self.position}")
@@ -166,6 +166,7 @@ class CloudServer:
         # The edges evaluate with thresholds fitted to the blocks as broadcast (the server's final evaluation refits).
         routing = self._policy_config(self._policy(e))
         rounds_left = cfg.rounds_per_experience - start_round
+        self.strategy.round_offset = start_round  # the signed round counts from the experience's first round
         round_start = time.perf_counter()
 
         def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -3,6 +3,12 @@
 Used by ``meanet federate`` and by the tests. Every process started here runs in its own session and is ended
 (SIGTERM, then SIGKILL) whatever happens. Flower's ``flwr run --stream`` exits 0 even when the run failed, so the
 status is read back with ``flwr ls`` (polled until the run has finished).
+
+``secure=DIR`` (a folder written by ``meanet certs``) runs the secure path instead of ``--insecure``: the SuperLink
+serves TLS (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) and, for deployment, authenticates SuperNodes
+(``--enable-supernode-auth``); each SuperNode's public key is registered with ``flwr supernode register`` before it
+starts with ``--root-certificates`` and ``--auth-supernode-private-key``, and pins the broadcast verify key in its
+``--node-config``; the run signs with ``DIR/broadcast-signing.key``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,6 +38,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass
+class Loopback:
+    """A SuperLink on 127.0.0.1 started by :func:`loopback_federation` (and the processes to end with it)."""
+
+    connection: str
+    """Name of the connection in ``home/config.toml`` (what ``flwr`` commands take)."""
+    home: Path
+    address: str
+    """``127.0.0.1:PORT`` of the SuperLink (Fleet, Control and runtime APIs share it)."""
+    procs: list[subprocess.Popen[bytes]]
+    """Every process started (SuperLink first); all are ended when the context exits, also ones added later."""
+    certs: Path | None = None
+    """The ``meanet certs`` folder when the federation is secure (TLS + SuperNode authentication)."""
 
 
 @dataclass
@@ -79,11 +101,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+def _wait_healthy(
+    port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90, ca_certfile: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
+    scheme = "https" if ca_certfile else "http"
+    context = ssl.create_default_context(cafile=str(ca_certfile)) if ca_certfile else None
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=1, context=context)
             return
         except OSError as e:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -91,43 +117,130 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: 
             time.sleep(0.25)
 
 
+def _check_certs(certs: Path, num_supernodes: int) -> None:
+    needed = ["ca.pem", "server.pem", "server.key", "broadcast-signing.key", "broadcast-signing.pub"]
+    needed += [f"supernode-{i}.{ext}" for i in range(num_supernodes) for ext in ("key", "pub")]
+    missing = [n for n in needed if not (certs / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{certs} lacks {', '.join(missing)}: write it with `meanet certs --out {certs} --supernodes "
+            f"{max(num_supernodes, 1)}`"
+        )
+
+
+def register_supernode(fed: Loopback, public_key: Path) -> str:
+    """``flwr supernode register PUBLIC_KEY``: allow the SuperNode holding its private key in; returns the node id."""
+    out = subprocess.run(
+        [str(VENV_BIN / "flwr"), "supernode", "register", str(public_key), fed.connection, "--format", "json"],
+        env=_env(fed.home), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    try:
+        return str(json.loads(out.stdout)["node-id"])
+    except (ValueError, KeyError) as e:
+        raise RuntimeError(
+            f"flwr supernode register {public_key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+        ) from e
+
+
+def list_supernodes(fed: Loopback) -> list[dict[str, object]]:
+    """``flwr supernode ls``: every SuperNode the SuperLink knows, with its ``node-id`` and ``status``."""
+    out = subprocess.run(
+        [str(VENV_BIN / "flwr"), "supernode", "ls", fed.connection, "--format", "json"],
+        env=_env(fed.home), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    try:
+        return list(json.loads(out.stdout)["nodes"])
+    except (ValueError, KeyError) as e:
+        raise RuntimeError(f"flwr supernode ls failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}") from e
+
+
+def start_supernode(
+    fed: Loopback, partition: int, num_partitions: int, *, auth_key: Path | None = None, log_name: str | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start a SuperNode for ``partition`` against ``fed``'s SuperLink; it is ended with the federation.
+
+    Secure federations: TLS against ``ca.pem``, authenticated with ``auth_key`` (default ``supernode-PARTITION.key``),
+    and the broadcast verify key pinned in the node config. Returns the process and its log file.
+    """
+    node_config = f"partition-id={partition} num-partitions={num_partitions}"
+    cmd = [str(VENV_BIN / "flower-supernode"), "--superlink", fed.address]
+    if fed.certs is None:
+        cmd += ["--insecure"]
+    else:
+        key = auth_key or fed.certs / f"supernode-{partition}.key"
+        cmd += ["--root-certificates", str(fed.certs / "ca.pem"), "--auth-supernode-private-key", str(key)]
+        node_config += f' verify-key="{fed.certs / "broadcast-signing.pub"}"'
+    cmd += ["--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port())]
+    log = fed.home / (log_name or f"supernode-{partition}.log")
+    proc = subprocess.Popen(
+        cmd, env=_env(fed.home), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    fed.procs.append(proc)
+    return proc, log
+
+
 @contextmanager
 def loopback_federation(
-    *, simulation: bool, num_supernodes: int = 0, home: Path | None = None
-) -> Iterator[tuple[str, Path, list[subprocess.Popen[bytes]]]]:
-    """A SuperLink (and for deployment ``num_supernodes`` SuperNodes) on 127.0.0.1; yields (connection, home, procs)."""
+    *, simulation: bool, num_supernodes: int = 0, home: Path | None = None, secure: Path | None = None
+) -> Iterator[Loopback]:
+    """A SuperLink (and for deployment ``num_supernodes`` SuperNodes) on 127.0.0.1.
+
+    ``secure``: a ``meanet certs`` folder; TLS on, and for deployment SuperNode authentication on, with SuperNode
+    ``i`` registered and authenticated with ``supernode-i.key``/``.pub``.
+    """
     home = home or Path(tempfile.mkdtemp(prefix="meanet-flwr-"))
     home.mkdir(parents=True, exist_ok=True)
+    if secure is not None:
+        secure = secure.resolve()
+        _check_certs(secure, 0 if simulation else num_supernodes)
     port = free_port()
     name = "sim" if simulation else "deploy"
+    tls = f'root-certificates = "{secure / "ca.pem"}"\n' if secure else "insecure = true\n"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "127.0.0.1:{port}"\n{tls}'
     )
     env = _env(home)
-    procs: list[subprocess.Popen[bytes]] = []
+    fed = Loopback(name, home, f"127.0.0.1:{port}", [], secure)
     try:
         link_log = home / "superlink.log"
-        cmd = [str(VENV_BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation"]
+        cmd = [str(VENV_BIN / "flower-superlink"), "--disable-runtime-dependency-installation"]
+        if secure is None:
+            cmd += ["--insecure"]
+        else:
+            cmd += ["--ssl-ca-certfile", str(secure / "ca.pem"), "--ssl-certfile", str(secure / "server.pem")]
+            cmd += ["--ssl-keyfile", str(secure / "server.key")]
+            cmd += [] if simulation else ["--enable-supernode-auth"]  # no SuperNodes connect to a simulation
         cmd += ["--simulation"] if simulation else []
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--database", str(home / "state.db")]
-        procs.append(
+        fed.procs.append(
             subprocess.Popen(cmd, env=env, stdout=link_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         )
-        _wait_healthy(port, procs[0], link_log)
+        _wait_healthy(port, fed.procs[0], link_log, ca_certfile=secure / "ca.pem" if secure else None)
         for i in range(0 if simulation else num_supernodes):
-            node_cmd = [
-                str(VENV_BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                "--node-config", f"partition-id={i} num-partitions={num_supernodes}",
-                "--host", "127.0.0.1", "--port", str(free_port()),
-            ]  # fmt: skip
-            log = (home / f"supernode-{i}.log").open("wb")
-            procs.append(
-                subprocess.Popen(node_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            )
-        yield name, home, procs
+            if secure is not None:
+                register_supernode(fed, secure / f"supernode-{i}.pub")
+            start_supernode(fed, i, num_supernodes)
+        yield fed
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(fed.procs):
             _stop(proc)
+        _sweep(home)
+
+
+def _sweep(home: Path) -> None:
+    """End any process still running with this federation's own Flower home: a helper the SuperLink or a SuperNode
+    started while it was being stopped, or one that left their process tree (seen with ``flower-superexec``)."""
+    left = []
+    for p in psutil.process_iter(["pid"]):
+        with suppress(psutil.Error):
+            if p.pid != os.getpid() and p.environ().get("FLWR_HOME") == str(home):
+                p.terminate()
+                left.append(p)
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for p in alive:
+        with suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def flwr_run(
@@ -216,10 +329,10 @@ def run_simulation(
     stream_to_stdout: bool = False,
 ) -> FlowerRun:
     """The app on Flower's simulation engine (Ray), one CPU per ClientApp."""
-    with loopback_federation(simulation=True, home=home) as (conn, flwr_home, _):
+    with loopback_federation(simulation=True, home=home) as fed:
         return flwr_run(
-            conn,
-            flwr_home,
+            fed.connection,
+            fed.home,
             run_config,
             federation_config=f"num-supernodes={num_supernodes} client-resources-num-cpus=1",
             timeout=timeout,
@@ -234,10 +347,27 @@ def run_deployment(
     timeout: float = 3600,
     home: Path | None = None,
     stream_to_stdout: bool = False,
+    secure: Path | None = None,
 ) -> FlowerRun:
-    """The app on Flower's deployment engine: a SuperLink and ``num_supernodes`` SuperNodes on loopback."""
-    with loopback_federation(simulation=False, num_supernodes=num_supernodes, home=home) as (conn, flwr_home, _):
-        return flwr_run(conn, flwr_home, run_config, timeout=timeout, stream_to_stdout=stream_to_stdout)
+    """The app on Flower's deployment engine: a SuperLink and ``num_supernodes`` SuperNodes on loopback.
+
+    ``secure``: a ``meanet certs`` folder: TLS, SuperNode authentication, and broadcasts signed with its
+    ``broadcast-signing.key`` (unless the run config names another ``signing-key``) and checked by every SuperNode
+    against its ``broadcast-signing.pub``.
+    """
+    if secure is not None:
+        run_config = {"signing-key": str(secure.resolve() / "broadcast-signing.key"), **run_config}
+    with loopback_federation(simulation=False, num_supernodes=num_supernodes, home=home, secure=secure) as fed:
+        return flwr_run(fed.connection, fed.home, run_config, timeout=timeout, stream_to_stdout=stream_to_stdout)
 
 
-__all__: Sequence[str] = ["FlowerRun", "loopback_federation", "run_deployment", "run_simulation"]
+__all__: Sequence[str] = [
+    "FlowerRun",
+    "Loopback",
+    "list_supernodes",
+    "loopback_federation",
+    "register_supernode",
+    "run_deployment",
+    "run_simulation",
+    "start_supernode",
+]

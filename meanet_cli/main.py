@@ -150,6 +150,9 @@ def federate(
     deployment: bool = typer.Option(False, help="deployment engine (SuperLink + SuperNodes) instead of simulation"),
     config: list[str] = typer.Option([], "--config", "-c", help="run-config override KEY=VALUE (repeatable)"),
     timeout: float = typer.Option(3600, help="seconds before the run is abandoned"),
+    secure: Path | None = typer.Option(
+        None, help="with --deployment: a `meanet certs` folder: TLS, SuperNode authentication, its signing key"
+    ),
 ) -> None:
     """Run the federation (cloud ServerApp + edge ClientApps) on a SuperLink started here, and stop it after."""
     import tomllib
@@ -179,10 +182,18 @@ def federate(
 
     # A SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the SuperLink, SuperNodes and Ray are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    runner = run_deployment if deployment else run_simulation
+    if secure is not None and not deployment:
+        _fail("--secure needs --deployment (no SuperNodes connect to the simulation engine)")
     engine = "deployment engine" if deployment else "simulation engine"
     typer.echo(f"running the federation on Flower's {engine} with {num_clients} clients; report in {cfg.report_path()}")
-    run = runner(overrides, num_clients, timeout=timeout, stream_to_stdout=True)
+    try:
+        if deployment:
+            run = run_deployment(overrides, num_clients, timeout=timeout, stream_to_stdout=True, secure=secure)
+        else:
+            run = run_simulation(overrides, num_clients, timeout=timeout, stream_to_stdout=True)
+    except FileNotFoundError as e:  # an incomplete --secure folder
+        _fail(str(e))
+        return
     if not run.ok:
         _fail(f"the Flower run {run.run_id} ended {run.status}: {run.details} (Flower home {run.home})")
     summary = cfg.report_path() / "report.md"
@@ -276,6 +287,42 @@ def models() -> None:
         with meta:
             b = describe_cloud(build_cloud(name, 100))
         typer.echo(f"  {name:<18} {spec.input_size}px  {b.params / 1e6:.2f}M params {b.macs / 1e6:.1f}M MACs")
+
+
+@app.command()
+def certs(
+    out: Path = typer.Option(..., "--out", help="folder for the certificates and keys"),
+    host: str = typer.Option(
+        "localhost,127.0.0.1,::1", help="comma list of host names / IP addresses of the SuperLink (and cloud service)"
+    ),
+    supernodes: int = typer.Option(2, help="SuperNode authentication key pairs to make (supernode-I.key/.pub)"),
+    days: int = typer.Option(365, help="validity of the certificates"),
+    force: bool = typer.Option(False, "--force", help="overwrite files already in --out"),
+) -> None:
+    """Write a CA, TLS certificates, SuperNode auth keys and the broadcast signing key for a secure deployment."""
+    from meanet_core.certs import CertsError, write_deployment_keys
+
+    try:
+        written = write_deployment_keys(out, hosts=_csv(host, "host"), supernodes=supernodes, days=days, force=force)
+    except CertsError as e:
+        _fail(str(e))
+        return
+    d = written.out
+    typer.echo(f"wrote into {d} (private keys mode 0600):")
+    typer.echo(f"  TLS: ca.pem, server.pem + server.key (for {host}), client.pem + client.key (offload mTLS)")
+    typer.echo(f"  SuperNode auth keys (ECDSA P-384, OpenSSH): supernode-0..{supernodes - 1}.key/.pub")
+    typer.echo("  broadcast signing: broadcast-signing.key (the cloud's) + broadcast-signing.pub (pinned by the edges)")
+    typer.echo(
+        f"SuperLink: flower-superlink --host 0.0.0.0 --ssl-ca-certfile {d}/ca.pem --ssl-certfile {d}/server.pem "
+        f"--ssl-keyfile {d}/server.key --enable-supernode-auth"
+    )
+    typer.echo(f"then for each SuperNode I: flwr supernode register {d}/supernode-I.pub CONNECTION")
+    typer.echo(
+        f"SuperNode I: flower-supernode --root-certificates {d}/ca.pem --auth-supernode-private-key "
+        f"{d}/supernode-I.key --superlink HOST:8000 "
+        f"--node-config 'partition-id=I num-partitions=N verify-key=\"{d}/broadcast-signing.pub\"'"
+    )
+    typer.echo(f'run config of the cloud: signing-key="{d}/broadcast-signing.key" (README: "Secure deployment")')
 
 
 bench_app = typer.Typer(

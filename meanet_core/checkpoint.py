@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from meanet_core.models import CloudModel, MEANet, build_cloud, build_meanet
 
 FORMAT = "meanet-fl/1"
+T = TypeVar("T")
 
 
 class CheckpointError(ValueError):
@@ -52,6 +54,38 @@ def safe_load(path: str | os.PathLike[str], map_location: str | torch.device = "
     return obj
 
 
+SERVER_STATE_FIELDS = ("config", "position", "hard_classes", "meanet", "cloud", "report")
+"""What a federation server's ``state.pt`` holds (written by ``fl_server.cloud.CloudServer`` after every round)."""
+
+
+def load_server_state(path: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, Any]:
+    """A federation server's ``state.pt``, weights only, checked to hold every field and to belong to ``config``.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is truncated or not a weights-only MEANet-FL checkpoint, lacks a field, or was written by a run
+        with other settings (the message lists the keys that differ and the way out).
+    """
+    path = Path(path)
+    obj = safe_load(path)
+    require(obj, SERVER_STATE_FIELDS, path)
+    saved = obj["config"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: its config is a {type(saved).__name__}, not a run config")
+    if saved != config:
+        differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}" for k in differ[:5])
+        raise CheckpointError(
+            f"{path} belongs to a run with other settings ({shown}); set report-dir to a new folder, "
+            "or delete the old state to start over"
+        )
+    position = obj["position"]
+    if not isinstance(position, dict) or not {"experience", "phase", "round"} <= set(position):
+        raise CheckpointError(f"{path}: its position {position!r} is not an experience/phase/round record")
+    return obj
+
+
 def meanet_payload(model: MEANet) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -80,11 +114,34 @@ def cloud_payload(model: CloudModel, num_classes: int) -> dict[str, Any]:
     }
 
 
-def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_state(model: torch.nn.Module, state: Any, path: str | os.PathLike[str], what: str = "the model") -> None:
+    """``model.load_state_dict(state, strict=True)``, or a :class:`CheckpointError` naming ``path`` if it won't fit."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: the weights of {what} are not a state dict of tensors")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit the model its header names ({e})") from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{path}: the weights do not fit {what} ({first} ...): the file belongs to another model or config"
+        ) from e
+
+
+def require(obj: dict[str, Any], names: tuple[str, ...], path: str | os.PathLike[str]) -> None:
+    """Raise a :class:`CheckpointError` naming ``path`` unless ``obj`` has every field in ``names``."""
+    missing = [n for n in names if n not in obj]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks field(s) {missing} (found {sorted(obj)}): it was not written by this version of "
+            "MEANet-FL or is damaged; retrain or restore it"
+        )
+
+
+def _build(path: Path, build: Callable[[], T]) -> T:
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its header does not describe a model this version can build ({e})") from e
 
 
 def _kind(obj: dict[str, Any], kind: str, path: Path) -> None:
@@ -96,17 +153,22 @@ def load_meanet(path: str | os.PathLike[str], map_location: str | torch.device =
     path = Path(path)
     obj = safe_load(path, map_location)
     _kind(obj, "meanet", path)
-    model = build_meanet(
-        obj["arch"],
-        int(obj["num_classes"]),
-        obj["hard_classes"],
-        mean=obj["mean"],
-        std=obj["std"],
-        adaptive_width=int(obj["adaptive_width"]),
-        extension_width=int(obj["extension_width"]),
-        extension_blocks=int(obj["extension_blocks"]),
+    require(obj, ("arch", "num_classes", "hard_classes", "mean", "std", "adaptive_width", "extension_width",
+                  "extension_blocks", "state_dict"), path)  # fmt: skip
+    model = _build(
+        path,
+        lambda: build_meanet(
+            obj["arch"],
+            int(obj["num_classes"]),
+            obj["hard_classes"],
+            mean=obj["mean"],
+            std=obj["std"],
+            adaptive_width=int(obj["adaptive_width"]),
+            extension_width=int(obj["extension_width"]),
+            extension_blocks=int(obj["extension_blocks"]),
+        ),
     )
-    _load_state(model, obj["state_dict"], path)
+    load_state(model, obj["state_dict"], path)
     return model.eval()
 
 
@@ -114,6 +176,7 @@ def load_cloud(path: str | os.PathLike[str], map_location: str | torch.device = 
     path = Path(path)
     obj = safe_load(path, map_location)
     _kind(obj, "cloud", path)
-    model = build_cloud(obj["arch"], int(obj["num_classes"]), mean=obj["mean"], std=obj["std"])
-    _load_state(model, obj["state_dict"], path)
+    require(obj, ("arch", "num_classes", "mean", "std", "state_dict"), path)
+    model = _build(path, lambda: build_cloud(obj["arch"], int(obj["num_classes"]), mean=obj["mean"], std=obj["std"]))
+    load_state(model, obj["state_dict"], path)
     return model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meanet_core.data import DATASETS
+from meanet_core.faults import FAULT_KINDS, parse_faults
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
 from meanet_core.training import HARD_METHODS, StageConfig
 
@@ -146,11 +148,15 @@ class FederationConfig:
     target_cloud_fraction: float = 0.2  # calibrated policy: thresholds fitted on the cloud's validation data
     aggregation: str = "mean"
     trim_fraction: float = 0.2
-    max_norm_ratio: float = 0.0  # 0 turns the norm bound off
+    max_norm_ratio: float = 1.0  # honest edges measured 0.02-0.3 (docs/results.md); 0 turns the bound off
     limit_train: int = 0  # 0 = every training image
+    faults: str = ""  # fault injection for tests and demos, e.g. "0:nan,1:scale=100" (meanet_core.faults); "" = none
     seed: int = 0
     report_dir: str = "meanet-federation"  # relative: under $MEANET_RUNS_DIR (default ~/.meanet/runs)
     data_dir: str = ""  # "": $MEANET_DATA_DIR
+    signing_key: str = ""  # the cloud's Ed25519 private key (PEM); "": REPORT_DIR/broadcast-signing.key, made once
+    verify_key: str = ""  # the edges' pinned public key; "": REPORT_DIR/broadcast-signing.pub (simulation; a
+    # SuperNode's --node-config verify-key wins over both, see fl_client.app.pinned_verify_key)
 
     def report_path(self) -> Path:
         path = Path(self.report_dir).expanduser()
@@ -198,8 +204,20 @@ class FederationConfig:
         for key in ("lr", "alpha"):
             if not getattr(self, key) > 0:
                 raise bad(key, f"must be > 0; got {getattr(self, key)}")
-        if self.max_norm_ratio < 0 or self.limit_train < 0 or not 0.0 <= self.entropy_threshold <= 1.0:
-            raise ConfigError("run config: max-norm-ratio and limit-train must be >= 0, entropy-threshold in [0, 1]")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise bad(f.name, f"must be a finite number; got {value}")
+        if self.max_norm_ratio < 0:
+            raise bad("max_norm_ratio", f"must be >= 0 (0 turns the norm bound off); got {self.max_norm_ratio}")
+        if self.limit_train < 0:
+            raise bad("limit_train", f"must be >= 0 (0 = every training image); got {self.limit_train}")
+        if not 0.0 <= self.entropy_threshold <= 1.0:
+            raise bad("entropy_threshold", f"must lie in [0, 1]; got {self.entropy_threshold}")
+        try:
+            parse_faults(self.faults, self.num_clients)
+        except ValueError as e:
+            raise bad("faults", f"{e}; valid faults: {', '.join(FAULT_KINDS)} (see meanet_core/faults.py)") from None
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:

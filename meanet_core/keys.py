@@ -65,6 +65,17 @@ EXTENSION_THRESHOLD = "extension-threshold"
 CLIENT = "client"
 """Edge-info entry: the client's partition index."""
 
+BROADCAST_SIGNATURE = "broadcast-signature"
+"""Config entry (bytes): the cloud's Ed25519 signature over the broadcast (see :mod:`meanet_core.signing`)."""
+
+BROADCAST_ROUND = "broadcast-round"
+"""Config entry: the signed round of edge fine-tuning within the experience (1, 2, ...; a resumed server goes on
+counting). With :data:`EXPERIENCE` it is the broadcast's position, which an edge never accepts going backwards."""
+
+BROADCAST_STATE = "meanet-broadcast"
+"""Key of the ``ConfigRecord`` in an edge's ``context.state`` holding the newest position it accepted
+(:data:`EXPERIENCE`, :data:`BROADCAST_ROUND`)."""
+
 # ----------------------------------------------------------------------------------------- exit metrics
 ACCURACY = "accuracy"
 """Overall accuracy, whichever exit answered."""

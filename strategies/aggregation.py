@@ -116,15 +116,15 @@ def validate_update(
     return None
 
 
-def _check_norm(
-    update: Mapping[str, npt.NDArray[Any]], expected: Mapping[str, npt.NDArray[Any]], max_norm_ratio: float, eps: float
-) -> str | None:
-    """The norm-bound part of :func:`validate_update` (keys, shapes and dtypes already checked)."""
+def _norms(
+    update: Mapping[str, npt.NDArray[Any]], expected: Mapping[str, npt.NDArray[Any]]
+) -> tuple[float, float, str, float]:
+    """``(||update - sent||, ||sent||, key of the largest change, that change)`` over the floating edge arrays."""
     diff_sq = 0.0
     ref_sq = 0.0
     largest_key, largest = "", -1.0
     for key, ref in expected.items():
-        if not np.issubdtype(ref.dtype, np.floating):
+        if not is_edge_key(key) or not np.issubdtype(ref.dtype, np.floating):
             continue
         ref64 = ref.astype(np.float64)
         key_sq = float(np.sum(np.square(np.asarray(update[key], dtype=np.float64) - ref64)))
@@ -132,13 +132,33 @@ def _check_norm(
         ref_sq += float(np.sum(np.square(ref64)))
         if key_sq > largest:
             largest_key, largest = key, key_sq
-    diff_norm, ref_norm = math.sqrt(diff_sq), math.sqrt(ref_sq)
+    return math.sqrt(diff_sq), math.sqrt(ref_sq), largest_key, math.sqrt(max(largest, 0.0))
+
+
+def update_norm_ratio(
+    update: Mapping[str, npt.NDArray[Any]], reference: Mapping[str, npt.NDArray[Any]], eps: float = 1e-12
+) -> float:
+    """``||update - sent|| / (||sent|| + eps)`` over the floating edge arrays: how far an update moved, relatively.
+
+    The update must already have passed :func:`validate_update`'s structural checks (every edge key of
+    ``reference``, same shapes); this is the number the norm bound ``max_norm_ratio`` is compared with.
+    """
+    diff_norm, ref_norm, _, _ = _norms(update, reference)
+    return diff_norm / (ref_norm + eps)
+
+
+def _check_norm(
+    update: Mapping[str, npt.NDArray[Any]], expected: Mapping[str, npt.NDArray[Any]], max_norm_ratio: float, eps: float
+) -> str | None:
+    """The norm-bound part of :func:`validate_update` (keys, shapes and dtypes already checked)."""
+    diff_norm, ref_norm, largest_key, largest = _norms(update, expected)
     bound = max_norm_ratio * (ref_norm + eps)
     if diff_norm > bound:
         return (
             f"update norm ||update - sent|| = {diff_norm:.4g} exceeds max_norm_ratio {max_norm_ratio:g} "
-            f"x ||sent|| ({ref_norm:.4g}) = {bound:.4g}; the largest change is in '{largest_key}' "
-            f"({math.sqrt(largest):.4g})"
+            f"x ||sent|| ({ref_norm:.4g}) = {bound:.4g} (ratio {diff_norm / (ref_norm + eps):.4g}); "
+            f"the largest change is in '{largest_key}' ({largest:.4g}); if honest edges are dropped like this, "
+            "raise max-norm-ratio (or lower lr / local-epochs)"
         )
     return None
 

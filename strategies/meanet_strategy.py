@@ -12,6 +12,7 @@ the aggregate merged with the **unchanged** cloud-owned entries, byte for byte a
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
@@ -27,6 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from meanet_core.keys import (
     ARRAYS,
+    CLIENT,
     CLOUD_ARRAYS,
     CONFIG,
     EDGE_INFO,
@@ -42,13 +44,19 @@ from strategies.aggregation import (
     Arrays,
     aggregate_metrics,
     trimmed_count,
+    update_norm_ratio,
     validate_update,
 )
 
 __all__ = ["MEANetStrategy", "TrainRoundReport"]
 
 
-class TrainRoundReport(TypedDict):
+class _RoundEvaluation(TypedDict, total=False):
+    client_evaluation: dict[str, Any]
+    """The round's aggregated client evaluation (set by ``aggregate_evaluate``, which Flower runs after training)."""
+
+
+class TrainRoundReport(_RoundEvaluation):
     """What happened to the replies of one training round (``MEANetStrategy.last_round``)."""
 
     server_round: int
@@ -68,6 +76,13 @@ class TrainRoundReport(TypedDict):
     """Mean size in bytes of the ArrayRecords received (every non-error reply carrying exactly one)."""
     main_digests: dict[int, str]
     """Node id -> the main-block digest the edge reported (``edge-info``/``main-digest``), where it sent one."""
+    clients: dict[int, int]
+    """Node id -> the client (partition) index the edge reported (``edge-info``/``client``), where it sent one."""
+    norm_ratios: dict[int, float]
+    """Node id -> ``||update - sent|| / ||sent||`` for every reply that passed the structural checks (keys, shapes,
+    dtypes, finite values), whether the norm bound then accepted it or not."""
+    max_norm_ratio: float | None
+    """The norm bound in force (``None``: off)."""
     train_phase_seconds: float
     """From sending the instructions to the start of aggregation: local training plus communication and waiting."""
     client_train_seconds: list[float]
@@ -99,7 +114,8 @@ class MEANetStrategy(FedAvg):
         ``(list[RecordDict], weighted_by_key) -> MetricRecord`` for the *accepted* training replies. Default:
         :func:`strategies.aggregation.aggregate_metrics` (example-weighted, each metric over the replies reporting it).
     evaluate_metrics_aggr_fn : callable, optional
-        As in FedAvg: ``aggregate_evaluate`` is FedAvg's, an example-weighted average by default.
+        As in FedAvg: ``aggregate_evaluate`` is FedAvg's, an example-weighted average by default; the result is also
+        stored in the round's report (``last_round["client_evaluation"]``).
     aggregation : str (default: ``"mean"``)
         ``"mean"`` (example-weighted average), ``"median"`` (coordinate-wise median) or ``"trimmed-mean"``.
         The robust rules ignore the example counts for the arrays, so a client cannot buy influence.
@@ -239,13 +255,17 @@ class MEANetStrategy(FedAvg):
         valid_replies, error_replies = self._check_and_log_replies(replies, is_train=True, validate=False)
 
         dropped: list[tuple[int, str]] = [
-            (msg.metadata.src_node_id, f"error reply (code {msg.error.code}): {msg.error.reason}")
+            (msg.metadata.src_node_id, f"error reply (code {msg.error.code}): {_short_error(msg.error.reason)}")
             for msg in error_replies
         ]
+        for node_id, reason in dropped:
+            log(WARNING, "aggregate_train: round %d: no update from node %d: %s", server_round, node_id, reason)
         reference = {k: v.numpy() for k, v in self.current_arrays.items() if is_edge_key(k)}
         accepted: list[tuple[Message, _Reply]] = []
         skipped: list[tuple[int, str]] = []
         main_digests: dict[int, str] = {}
+        clients: dict[int, int] = {}
+        norm_ratios: dict[int, float] = {}
         received_bytes: list[int] = []
         for msg in valid_replies:
             node_id = msg.metadata.src_node_id
@@ -254,14 +274,19 @@ class MEANetStrategy(FedAvg):
                 received_bytes.append(next(iter(content.array_records.values())).count_bytes())
             if (main_digest := _main_digest(content)) is not None:
                 main_digests[node_id] = main_digest
-            verdict = self._judge(content, reference)
+            if (client := _client_index(content)) is not None:
+                clients[node_id] = client
+            verdict, ratio = self._judge(content, reference)
+            if ratio is not None:
+                norm_ratios[node_id] = ratio
             if isinstance(verdict, str):
                 dropped.append((node_id, verdict))
                 log(
                     WARNING,
-                    "aggregate_train: round %d: dropped the update from node %d: %s",
+                    "aggregate_train: round %d: dropped the update from node %d%s: %s",
                     server_round,
                     node_id,
+                    "" if client is None else f" (client {client})",
                     verdict,
                 )
             elif verdict["weight"] == 0:
@@ -280,6 +305,9 @@ class MEANetStrategy(FedAvg):
             num_examples=float(sum(r["weight"] for _, r in accepted)),
             bytes_received_per_client=float(np.mean(received_bytes)) if received_bytes else 0.0,
             main_digests=main_digests,
+            clients=clients,
+            norm_ratios=norm_ratios,
+            max_norm_ratio=self.max_norm_ratio,
             train_phase_seconds=started - self._sent_at if self._sent_at is not None else 0.0,
             client_train_seconds=[float(r["metrics"].get(TRAIN_SECONDS, 0.0)) for _, r in accepted],  # type: ignore[arg-type]
             aggregation_seconds=0.0,
@@ -339,14 +367,32 @@ class MEANetStrategy(FedAvg):
                 msg.content[CLOUD_ARRAYS] = self.cloud_arrays
         return messages
 
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """FedAvg's weighted average of the evaluation metrics, also kept in the round's report.
+
+        Flower evaluates right after each training round and before the ServerApp's ``evaluate_fn``, so a server
+        that checkpoints its round records there (``fl_server.cloud``) saves them with their client evaluation.
+        """
+        metrics = super().aggregate_evaluate(server_round, replies)
+        report = self.round_reports.get(server_round)
+        if metrics is not None and report is not None:
+            report["client_evaluation"] = dict(metrics.items())
+        return metrics
+
     # ------------------------------------------------------------------------------------------------- helpers
-    def _judge(self, content: RecordDict, reference: Arrays) -> _Reply | str:
-        """The decoded reply if it is readable and passes :func:`validate_update`, else the reason it does not."""
+    def _judge(self, content: RecordDict, reference: Arrays) -> tuple[_Reply | str, float | None]:
+        """The decoded reply if it is readable and passes :func:`validate_update`, else the reason it does not; and
+        the update's norm ratio when its structure (keys, shapes, dtypes, finite values) is sound, else ``None``."""
         reply = self._read_reply(content)
         if isinstance(reply, str):
-            return reply
-        reason = validate_update(reply["arrays"], reference, max_norm_ratio=self.max_norm_ratio)
-        return reply if reason is None else reason
+            return reply, None
+        reason = validate_update(reply["arrays"], reference, max_norm_ratio=None)
+        if reason is not None:
+            return reason, None
+        ratio = update_norm_ratio(reply["arrays"], reference)
+        if self.max_norm_ratio is not None:
+            reason = validate_update(reply["arrays"], reference, max_norm_ratio=self.max_norm_ratio)
+        return (reply if reason is None else reason), ratio
 
     def _read_reply(self, content: RecordDict) -> _Reply | str:
         """Decode a reply's arrays, weight and metrics, or say why it cannot be used."""
@@ -404,6 +450,29 @@ class MEANetStrategy(FedAvg):
         for key, value in averaged.items():
             record[key] = value
         return record
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _short_error(reason: str | None, limit: int = 300) -> str:
+    """The gist of an error reply's reason: Flower's simulation wraps the ClientApp's exception in a Ray traceback
+    (with colour codes); keep the exception's own message, at most ``limit`` characters (FedAvg logs it in full)."""
+    text = _ANSI.sub("", reason or "")
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1]
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        text = lines[-1] if lines else "(no reason given)"
+    text = text.strip().removesuffix("'>").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _client_index(content: RecordDict) -> int | None:
+    """The client (partition) index an edge reported in its ``edge-info`` ConfigRecord, if any."""
+    info = content.config_records.get(EDGE_INFO)
+    value = info.get(CLIENT) if info is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _main_digest(content: RecordDict) -> str | None:

@@ -97,10 +97,13 @@ def _read_cifar(
 
 def load_npz(path: Path, num_classes: int) -> tuple[ImageTensors, ImageTensors]:
     """Read ``x_train``/``y_train``/``x_test``/``y_test`` (HWC uint8) from ``path``, checking the layout."""
+    expected = f"expected a .npz archive (numpy.savez) with keys {', '.join(NPZ_KEYS)}"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable .npz archive ({err}); expected keys {', '.join(NPZ_KEYS)}") from err
+    except Exception as err:  # OSError, ValueError, zipfile.BadZipFile, EOFError...: all mean "not an npz"
+        raise ValueError(f"{path} is not a readable .npz archive ({type(err).__name__}: {err}); {expected}") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not a .npz archive (it holds a single {type(archive).__name__}); {expected}")
     with archive:
         missing = [key for key in NPZ_KEYS if key not in archive.files]
         if missing:
@@ -110,12 +113,23 @@ def load_npz(path: Path, num_classes: int) -> tuple[ImageTensors, ImageTensors]:
             )
         splits = []
         for part in ("train", "test"):
-            x, y = archive[f"x_{part}"], archive[f"y_{part}"]
+            x, y = _read_member(archive, path, f"x_{part}"), _read_member(archive, path, f"y_{part}")
             _check_npz_images(path, f"x_{part}", x)
             _check_npz_labels(path, f"y_{part}", y, len(x), num_classes)
             images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
             splits.append(ImageTensors(images, torch.from_numpy(y.astype(np.int64))))
     return splits[0], splits[1]
+
+
+def _read_member(archive: Any, path: Path, key: str) -> np.ndarray:
+    """One array of an open npz archive; a corrupt or pickled member becomes a ValueError naming file and key."""
+    try:
+        return np.asarray(archive[key])
+    except Exception as err:  # zlib.error, BadZipFile, EOFError, ValueError (object arrays need pickle)...
+        raise ValueError(
+            f"{path}: key {key!r} cannot be read ({type(err).__name__}: {err}); the file is corrupt or holds "
+            "pickled objects: write plain arrays with numpy.savez (uint8 images, integer labels)"
+        ) from err
 
 
 def _check_npz_images(path: Path, key: str, x: np.ndarray) -> None:

@@ -4,10 +4,10 @@ import json
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 
 from meanet_cli.flower_runner import run_deployment, run_simulation
+from tests.sim.helpers import left_behind
 
 
 def _mini_dir() -> Path | None:
@@ -57,18 +57,6 @@ def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: 
     return report
 
 
-def _left_behind(home: Path) -> list[str]:
-    """Processes still running with this Flower home (the SuperLink, SuperNodes, flwr-simulation, Ray's workers)."""
-    left = []
-    for p in psutil.process_iter(["pid", "name"]):
-        try:
-            if p.environ().get("FLWR_HOME") == str(home) and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{p.pid} {p.name()}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return left
-
-
 @pytest.mark.sim
 @pytest.mark.timeout(1200)  # about 3 minutes on 2 idle cores; generous for a loaded CI machine
 @needs_mini
@@ -76,7 +64,7 @@ def test_simulation_engine_runs_the_experience_loop(tmp_path: Path) -> None:
     run = run_simulation(_config(tmp_path / "report", **{"num-clients": 3}), 3, timeout=900, home=tmp_path / "flwr")
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
     _check_report(tmp_path / "report", num_clients=3, experiences=2, rounds=2)
-    assert _left_behind(tmp_path / "flwr") == []  # Ray and flwr-simulation were ended with the SuperLink
+    assert left_behind(tmp_path / "flwr") == []  # Ray and flwr-simulation were ended with the SuperLink
 
 
 @pytest.mark.sim
@@ -89,4 +77,4 @@ def test_deployment_engine_with_two_supernodes(tmp_path: Path) -> None:
     run = run_deployment({**cfg, "cloud-epochs": 1}, 2, timeout=900, home=tmp_path / "flwr")
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
     _check_report(tmp_path / "report", num_clients=2, experiences=1, rounds=1, learned=False)
-    assert _left_behind(tmp_path / "flwr") == []  # the SuperLink and both SuperNodes were ended
+    assert left_behind(tmp_path / "flwr") == []  # the SuperLink and both SuperNodes were ended
