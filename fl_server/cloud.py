@@ -39,6 +39,17 @@ from meanet_core.training import predict_logits, select_hard_classes, train_clou
 log = logging.getLogger("meanet.server")
 
 
+def busy_seconds(intervals: list[tuple[float, float]] | list[list[float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals: the time during which at least one edge was training."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted((float(a), float(b)) for a, b in intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
 class CloudServer:
     """Runs the experience/round loop of one federation and writes its report into ``cfg.report_dir``."""
 
@@ -167,6 +178,10 @@ class CloudServer:
         routing = self._policy_config(self._policy(e))
         rounds_left = cfg.rounds_per_experience - start_round
         self.strategy.round_offset = start_round  # the signed round counts from the experience's first round
+        every, last = cfg.evaluate_every, cfg.rounds_per_experience
+        self.strategy.evaluate_rounds = lambda r: (
+            start_round + r == last or (every > 0 and (start_round + r) % every == 0)
+        )
         round_start = time.perf_counter()
 
         def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -176,14 +191,18 @@ class CloudServer:
             self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
             info: dict[str, Any] = dict(self.strategy.last_round or {})
             digests = info.pop("main_digests", {})
-            local = max(info.get("client_train_seconds") or [0.0])
+            slowest = max(info.get("client_train_seconds") or [0.0])
+            intervals = info.get("client_train_intervals") or []
+            local = busy_seconds(intervals) if intervals else slowest
             wall = time.perf_counter() - round_start
             record = {
                 "experience": e,
                 "round": start_round + server_round,
-                "wall_seconds": wall,  # training phase + aggregation + client evaluation
-                "local_training_seconds": local,  # the slowest edge's fine-tuning
+                "wall_seconds": wall,  # signing + training phase + aggregation + client evaluation + checkpoint
+                "local_training_seconds": local,  # time during which at least one edge was fine-tuning
+                "slowest_edge_training_seconds": slowest,
                 "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
+                "client_evaluation_seconds": 0.0,
                 "main_digest_matches": len(digests) > 0 and all(d == main_digest for d in digests.values()),
                 "main_block_unchanged": digest(self.model.state_dict()) == main_digest,
                 **info,
@@ -193,6 +212,7 @@ class CloudServer:
             record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(
                 1, record["bytes_broadcast_per_client"]
             )
+            record["client_evaluation_seconds"] = self.strategy.last_evaluation_seconds.pop(server_round, 0.0)
             self.report["rounds"].append(record)
             self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
             self._save()

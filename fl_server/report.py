@@ -99,7 +99,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
     for r in report["rounds"]:
         acc = r.get("client_evaluation", {}).get("accuracy")
         aggregation = r.get("aggregation_seconds", 0.0)
-        evaluation = r["wall_seconds"] - r.get("train_phase_seconds", 0.0) - aggregation
+        evaluation = r.get(
+            "client_evaluation_seconds", r["wall_seconds"] - r.get("train_phase_seconds", 0.0) - aggregation
+        )
         lines.append(
             f"| {r['experience']} | {r['round']} | {r['wall_seconds']:.1f} | {r['local_training_seconds']:.1f} "
             f"| {r['overhead_seconds']:.1f} | {aggregation:.2f} | {evaluation:.1f} "

@@ -100,7 +100,7 @@ class CloudService:
     def __init__(self, model: CloudModel, config: ServiceConfig, device: str | torch.device = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
-        self.cloud = LocalCloud(model.to(self.device))
+        self.cloud = LocalCloud(model.to(self.device), optimize=True)  # fused BatchNorm, channels-last
         self.side = model.input_size
         self.arch = model.arch
         probe = torch.zeros(1, CHANNELS, self.side, self.side, device=self.device)

@@ -81,6 +81,8 @@ class SignedMEANetStrategy(MEANetStrategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.evaluate_rounds is not None and not self.evaluate_rounds(server_round):
+            return []  # no client evaluation this round: nothing to sign
         # MEANetStrategy adds `cloud_arrays` to each evaluation instruction: the signature covers them too.
         signed = self.signed_config(server_round, arrays, config, "evaluate", self.cloud_arrays)
         return super().configure_evaluate(server_round, arrays, signed, grid)

@@ -74,6 +74,7 @@ def evaluate(
     uplink_mbps: float = typer.Option(5.64, help="uplink throughput (LTE median, Huang et al. 2012)"),
     batch_size: int = typer.Option(256),
     speed_repeats: int = typer.Option(1, help="timed passes of engine and all-branches (best is kept)"),
+    optimize: bool = typer.Option(True, help="fused BatchNorm + channels-last inference copies (same answers, faster)"),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: the run's, $MEANET_DATA_DIR)"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
 ) -> None:
@@ -102,7 +103,7 @@ def evaluate(
         report = run_evaluation(
             model, cloud, splits.val, splits.test, policy=policy, entropy_threshold=entropy_threshold,
             target_cloud_fraction=target_cloud_fraction, energy_budget_joule=energy_budget, cost=cost,
-            batch_size=batch_size, speed_repeats=speed_repeats,
+            batch_size=batch_size, speed_repeats=speed_repeats, optimize=optimize,
         )  # fmt: skip
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))

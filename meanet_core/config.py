@@ -133,6 +133,7 @@ class FederationConfig:
     experiences: int = 2
     stream: str = "class-incremental"
     rounds_per_experience: int = 2
+    evaluate_every: int = 0  # edges evaluate every N rounds and after each experience's last round; 0 = last only
     local_epochs: int = 1
     cloud_epochs: int = 1
     lr: float = 0.05
@@ -210,6 +211,11 @@ class FederationConfig:
                 raise bad(f.name, f"must be a finite number; got {value}")
         if self.max_norm_ratio < 0:
             raise bad("max_norm_ratio", f"must be >= 0 (0 turns the norm bound off); got {self.max_norm_ratio}")
+        if self.evaluate_every < 0:
+            raise bad(
+                "evaluate_every",
+                f"must be >= 0 (0 = only after each experience's last round); got {self.evaluate_every}",
+            )
         if self.limit_train < 0:
             raise bad("limit_train", f"must be >= 0 (0 = every training image); got {self.limit_train}")
         if not 0.0 <= self.entropy_threshold <= 1.0:

@@ -4,6 +4,10 @@
 samples the policy routes there, and sends only the complex samples (as uint8 images) to a ``CloudBackend``. Every
 prediction carries its exit, the MACs it executed on the edge and in the cloud, the bytes it sent, its edge energy
 and an estimated latency.
+
+``optimize=True`` (on ``AdaptiveEngine`` and ``LocalCloud``) runs an inference copy of the model from
+:func:`meanet_core.fastpath.optimize_for_inference`: BatchNorm folded into the convolutions and channels-last weights;
+inputs are converted to channels-last whenever the model's weights are (whether optimised here or not).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Protocol
 import torch
 
 from meanet_core.cost import CostConfig, RouteLatency, time_per_call
+from meanet_core.fastpath import optimize_for_inference, uses_channels_last
 from meanet_core.models import CloudModel, MEANet, count_macs
 from meanet_core.policies import Policy
 
@@ -38,20 +43,25 @@ class CloudBackend(Protocol):
 
 
 class LocalCloud:
-    """The cloud model in this process, behind the same interface as the remote service."""
+    """The cloud model in this process, behind the same interface as the remote service.
 
-    def __init__(self, model: CloudModel) -> None:
-        self.model = model.eval()
+    ``optimize=True`` runs an inference copy (fused BatchNorm, channels-last) and leaves ``model`` as it is.
+    """
+
+    def __init__(self, model: CloudModel, *, optimize: bool = False) -> None:
+        self.model = optimize_for_inference(model) if optimize else model.eval()
+        self.memory_format = input_memory_format(self.model)
         side = model.input_size
         device = next(model.parameters()).device
-        self.macs_per_image = count_macs(lambda: self._run(torch.zeros(1, 3, side, side, device=device)))
+        x = torch.zeros(1, 3, side, side, device=device).contiguous(memory_format=self.memory_format)
+        self.macs_per_image = count_macs(lambda: self._run(x))
 
     @torch.inference_mode()
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self._run(to_unit_float(images))
+        return self._run(to_model_input(images, self.memory_format))
 
     def classify(self, images: torch.Tensor) -> CloudReply:
         labels = self.logits(images).argmax(dim=1)
@@ -61,6 +71,18 @@ class LocalCloud:
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float images pass through."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def input_memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """The memory format ``model`` wants its inputs in: channels-last when its convolution weights are."""
+    return torch.channels_last if uses_channels_last(model) else torch.contiguous_format
+
+
+def to_model_input(images: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``to_unit_float`` in the model's memory format (uint8 images are converted before the cheaper 1-byte copy)."""
+    if memory_format != torch.contiguous_format:
+        images = images.contiguous(memory_format=memory_format)
+    return to_unit_float(images)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -112,7 +134,11 @@ class Predictions:
 
 
 class AdaptiveEngine:
-    """Batched adaptive inference over a MEANet, a routing policy and an optional cloud."""
+    """Batched adaptive inference over a MEANet, a routing policy and an optional cloud.
+
+    ``optimize=True`` runs an inference copy of ``model`` (fused BatchNorm, channels-last weights and inputs; see
+    :mod:`meanet_core.fastpath`): the same predictions up to float rounding, the same MACs, ``model`` untouched.
+    """
 
     def __init__(
         self,
@@ -121,17 +147,20 @@ class AdaptiveEngine:
         cloud: CloudBackend | None = None,
         cost: CostConfig | None = None,
         latency: RouteLatency | None = None,
+        *,
+        optimize: bool = False,
     ) -> None:
-        self.model = model.eval()
+        self.model = optimize_for_inference(model) if optimize else model.eval()
+        self.memory_format = input_memory_format(self.model)
         self.policy = policy
         self.cloud = cloud
         self.cost = cost or CostConfig()
         self.latency = latency
         side = model.input_size
         device = model.hard_index.device
-        x = torch.zeros(1, 3, side, side, device=device)
+        x = torch.zeros(1, 3, side, side, device=device).contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
-            feats = model.forward_main(x).features
+            feats = self.model.forward_main(x).features
         self.main_macs = count_macs(lambda: self._main(x))
         self.extension_macs = count_macs(lambda: self._extension(x, feats))
         self.image_bytes = self.cost.input_bytes(3, side, side)
@@ -148,7 +177,7 @@ class AdaptiveEngine:
     def predict(self, images: torch.Tensor) -> Predictions:
         """Route a batch: uint8 (B, 3, H, W) or float in [0, 1]."""
         check_images(images, self.model.input_size)
-        x = to_unit_float(images)
+        x = to_model_input(images, self.memory_format)
         n = x.shape[0]
         logits, feats = self._main(x)  # (B, K), (B, C, h, w)
         probs = logits.softmax(dim=1)
@@ -225,7 +254,7 @@ class AdaptiveEngine:
         Gives the same labels and exits as ``predict``; costs count what was really computed.
         """
         check_images(images, self.model.input_size)
-        x = to_unit_float(images)
+        x = to_model_input(images, self.memory_format)
         n = x.shape[0]
         logits, ext_logits = self.model(x)
         cloud_labels = cloud.logits(images).argmax(dim=1) if cloud is not None else None
@@ -272,7 +301,7 @@ def measure_route_latency(
     model.eval()
     side = model.input_size
     device = model.hard_index.device
-    x = torch.rand(batch_size, 3, side, side, device=device)
+    x = torch.rand(batch_size, 3, side, side, device=device).contiguous(memory_format=input_memory_format(model))
     with torch.inference_mode():
         feats = model.forward_main(x).features
         main_s = time_per_call(lambda: model.forward_main(x), repeats)

@@ -22,9 +22,11 @@ from meanet_core.engine import (
     AdaptiveEngine,
     LocalCloud,
     Predictions,
+    input_memory_format,
     measure_route_latency,
     route_outputs,
 )
+from meanet_core.fastpath import optimize_for_inference
 from meanet_core.models import CloudModel, MEANet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 
@@ -44,9 +46,10 @@ class BranchOutputs:
 @torch.inference_mode()
 def branch_outputs(model: MEANet, cloud: LocalCloud, data: ImageTensors, batch_size: int = 256) -> BranchOutputs:
     model.eval()
+    memory_format = input_memory_format(model)
     mains, exts, clouds = [], [], []
     for x, _ in TensorBatches(data, batch_size, shuffle=False):
-        main, ext = model(x)
+        main, ext = model(x.contiguous(memory_format=memory_format))
         mains.append(main)
         exts.append(ext)
         clouds.append(cloud.logits(x))
@@ -171,18 +174,24 @@ def evaluate(
     cost: CostConfig | None = None,
     batch_size: int = 256,
     speed_repeats: int = 1,
+    optimize: bool = True,
 ) -> dict[str, Any]:
-    """The full evaluation report (a JSON-ready dict)."""
+    """The full evaluation report (a JSON-ready dict).
+
+    ``optimize`` (default): run inference copies of both models with BatchNorm folded into the convolutions and
+    channels-last layout (:mod:`meanet_core.fastpath`; the same answers up to float rounding, 1.2-1.3x faster on CPU).
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}")
     cost = cost or CostConfig()
     model.eval()
-    cloud = LocalCloud(cloud_model)
-    latency = measure_route_latency(model, cloud, batch_size=min(batch_size, 64))
-    engine = AdaptiveEngine(model, PaperPolicy(entropy_threshold), cloud, cost, latency)
-    test_out = branch_outputs(model, cloud, test, batch_size)
+    fast = optimize_for_inference(model) if optimize else model
+    cloud = LocalCloud(cloud_model, optimize=optimize)
+    latency = measure_route_latency(fast, cloud, batch_size=min(batch_size, 64))
+    engine = AdaptiveEngine(fast, PaperPolicy(entropy_threshold), cloud, cost, latency)
+    test_out = branch_outputs(fast, cloud, test, batch_size)
     if policy == "calibrated":
-        val_out = branch_outputs(model, cloud, val, batch_size)
+        val_out = branch_outputs(fast, cloud, val, batch_size)
         engine.policy = fit_calibrated(
             model,
             val_out,
@@ -225,6 +234,7 @@ def evaluate(
     report.update(
         {
             "policy": engine.policy.as_dict(),
+            "optimized_for_inference": optimize,
             "num_images": len(labels),
             "macs_all_branches_per_image": float(all_branches),
             "macs_cloud_only_per_image": float(cloud.macs_per_image),
@@ -267,11 +277,11 @@ def evaluate_routing(
 ) -> dict[str, Any]:
     """Accuracy, exits and costs of the engine on ``test`` with the reference accuracies (no timing, no sweep)."""
     model.eval()
-    cloud = LocalCloud(cloud_model)
-    engine = AdaptiveEngine(model, policy, cloud, cost)
+    cloud = LocalCloud(cloud_model, optimize=True)  # fused BatchNorm, channels-last: same answers, faster
+    engine = AdaptiveEngine(model, policy, cloud, cost, optimize=True)
     # The reference accuracies need every branch on every sample; the engine's routes and costs follow from those
     # outputs exactly (test_engine checks it), so the test set is not run a second time.
-    out = branch_outputs(model, cloud, test, batch_size)
+    out = branch_outputs(engine.model, cloud, test, batch_size)
     pred = engine.predictions_from_outputs(out.main, out.extension, out.cloud)
     report = summarize(pred, test.y)
     report["reference_accuracy"] = reference_accuracy(model, policy, out, report["accuracy"])

@@ -50,6 +50,12 @@ EXPERIENCE = "experience"
 HARD_CLASSES = "hard-classes"
 """Config entry: the hard-class ids (a list of int) the extension block answers for."""
 
+TRAIN_STARTED = "train-started"
+"""Edge-info entry: wall-clock time (``time.time()``) at which the edge started fine-tuning in this round."""
+
+TRAIN_ENDED = "train-ended"
+"""Edge-info entry: wall-clock time (``time.time()``) at which the edge finished fine-tuning in this round."""
+
 MAIN_DIGEST = "main-digest"
 """Edge-info entry: digest of the main block as the edge loaded it (proves the broadcast arrived intact)."""
 

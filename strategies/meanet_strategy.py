@@ -36,7 +36,9 @@ from meanet_core.keys import (
     MAIN_DIGEST,
     METRICS,
     NUM_EXAMPLES,
+    TRAIN_ENDED,
     TRAIN_SECONDS,
+    TRAIN_STARTED,
     is_edge_key,
 )
 from strategies.aggregation import (
@@ -89,6 +91,10 @@ class TrainRoundReport(_RoundEvaluation):
     """The ``train-seconds`` each accepted edge reported (its local fine-tuning time)."""
     aggregation_seconds: float
     """Time spent in ``aggregate_train`` (validation, aggregation, merging)."""
+    client_train_intervals: list[tuple[float, float]]
+    """``(start, end)`` of each accepted edge's fine-tuning, in seconds after the instructions were sent, from the
+    wall-clock times the edges reported (``edge-info`` ``train-started``/``train-ended``); meaningful where the edges
+    share the server's clock (simulation, loopback)."""
 
 
 class _Reply(TypedDict):
@@ -132,9 +138,15 @@ class MEANetStrategy(FedAvg):
         non-edge entries are returned unchanged).
     last_round : TrainRoundReport | None
         Bookkeeping of the last :meth:`aggregate_train` call; ``round_reports`` keeps them all by round.
+    last_evaluation_seconds : dict[int, float]
+        Round -> seconds from sending the evaluation instructions to aggregating the replies (rounds that evaluated).
     cloud_arrays : ArrayRecord | None
         If set, added to every evaluation instruction under ``"cloud-arrays"`` (the cloud model's state dict, for
         edges that evaluate with a local stand-in for the cloud). ``None`` (default): evaluation sends the MEANet only.
+    evaluate_rounds : callable, optional
+        ``server_round -> bool``: whether the edges evaluate after this round. ``None`` (default): every round, as in
+        FedAvg. On a round where it says no, :meth:`configure_evaluate` sends nothing (Flower then skips the round's
+        client evaluation).
 
     Replies that trained on 0 examples are validated but not aggregated (they are listed in ``skipped``): with the
     robust rules they would otherwise vote for "no change".
@@ -186,6 +198,10 @@ class MEANetStrategy(FedAvg):
         self.round_reports: dict[int, TrainRoundReport] = {}
         self.cloud_arrays: ArrayRecord | None = None
         self._sent_at: float | None = None
+        self._sent_wall: float | None = None
+        self.evaluate_rounds: Callable[[int], bool] | None = None
+        self.last_evaluation_seconds: dict[int, float] = {}
+        self._evaluate_sent_at: float | None = None
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -218,6 +234,7 @@ class MEANetStrategy(FedAvg):
         self.current_round = server_round
         messages = super().configure_train(server_round, arrays, config, grid)
         self._sent_at = time.perf_counter()  # the grid sends right after this returns
+        self._sent_wall = time.time()
         return messages
 
     def aggregate_train(
@@ -311,6 +328,11 @@ class MEANetStrategy(FedAvg):
             train_phase_seconds=started - self._sent_at if self._sent_at is not None else 0.0,
             client_train_seconds=[float(r["metrics"].get(TRAIN_SECONDS, 0.0)) for _, r in accepted],  # type: ignore[arg-type]
             aggregation_seconds=0.0,
+            client_train_intervals=[
+                (interval[0] - self._sent_wall, interval[1] - self._sent_wall)
+                for msg, _ in accepted
+                if self._sent_wall is not None and (interval := _train_interval(msg.content)) is not None
+            ],
         )
         self.last_round = report
         self.round_reports[server_round] = report
@@ -361,10 +383,13 @@ class MEANetStrategy(FedAvg):
 
         ``aggregate_evaluate`` is FedAvg's own: an average of the replies' metrics weighted by ``num-examples``.
         """
+        if self.evaluate_rounds is not None and not self.evaluate_rounds(server_round):
+            return []  # Flower's Strategy.start sends nothing and aggregates nothing this round
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         if self.cloud_arrays is not None:
             for msg in messages:  # FedAvg shares one RecordDict among the messages: setting it again is harmless
                 msg.content[CLOUD_ARRAYS] = self.cloud_arrays
+        self._evaluate_sent_at = time.perf_counter()
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -373,6 +398,9 @@ class MEANetStrategy(FedAvg):
         Flower evaluates right after each training round and before the ServerApp's ``evaluate_fn``, so a server
         that checkpoints its round records there (``fl_server.cloud``) saves them with their client evaluation.
         """
+        if self._evaluate_sent_at is not None:
+            self.last_evaluation_seconds[server_round] = time.perf_counter() - self._evaluate_sent_at
+            self._evaluate_sent_at = None
         metrics = super().aggregate_evaluate(server_round, replies)
         report = self.round_reports.get(server_round)
         if metrics is not None and report is not None:
@@ -473,6 +501,17 @@ def _client_index(content: RecordDict) -> int | None:
     info = content.config_records.get(EDGE_INFO)
     value = info.get(CLIENT) if info is not None else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _train_interval(content: RecordDict) -> tuple[float, float] | None:
+    """The wall-clock ``(start, end)`` of the edge's fine-tuning from its ``edge-info`` ConfigRecord, if it sent one."""
+    info = content.config_records.get(EDGE_INFO)
+    if info is None:
+        return None
+    start, end = info.get(TRAIN_STARTED), info.get(TRAIN_ENDED)
+    if not isinstance(start, float) or not isinstance(end, float) or not math.isfinite(start) or not end >= start:
+        return None
+    return start, end
 
 
 def _main_digest(content: RecordDict) -> str | None:

@@ -6,7 +6,12 @@ CIFAR comes from an ``.npz`` file (fast, offline) or torchvision's download; ``d
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,9 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0  # fixed, so the digits test split is the same for every run seed (like an official split)
 DEFAULT_CACHE = Path("~/.cache/meanet")
+CACHE_ENV = "MEANET_CACHE_DIR"
+NPZ_CACHE_MIN_BYTES = 4 << 20  # smaller archives decompress in a few milliseconds
+log = logging.getLogger("meanet.data")
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,31 @@ def _read_cifar(
 
 
 def load_npz(path: Path, num_classes: int) -> tuple[ImageTensors, ImageTensors]:
-    """Read ``x_train``/``y_train``/``x_test``/``y_test`` (HWC uint8) from ``path``, checking the layout."""
+    """Read ``x_train``/``y_train``/``x_test``/``y_test`` (HWC uint8) from ``path``, checking the layout.
+
+    A compressed archive (``numpy.savez_compressed``) of at least :data:`NPZ_CACHE_MIN_BYTES` is decompressed once
+    into a cache of plain ``.npy`` files (``$MEANET_CACHE_DIR``, default ``~/.cache/meanet``; ``off`` disables it),
+    keyed by the archive's path, size and modification time; later loads memory-map those files (CIFAR-100: 0.5 s
+    instead of 1.8-2.4 s, and the pages are shared by every process reading them, e.g. the simulation's workers). The
+    same checks run on cached arrays; an unreadable cache entry is ignored and rewritten.
+    """
+    cache = _npz_cache_dir(path)
+    arrays = _read_npz_cache(cache) if cache is not None else None
+    if arrays is None:
+        arrays = _read_npz(path)
+        if cache is not None:
+            _write_npz_cache(cache, arrays)
+    splits = []
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        _check_npz_images(path, f"x_{part}", x)
+        _check_npz_labels(path, f"y_{part}", y, len(x), num_classes)
+        images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        splits.append(ImageTensors(images, torch.from_numpy(y.astype(np.int64))))
+    return splits[0], splits[1]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     expected = f"expected a .npz archive (numpy.savez) with keys {', '.join(NPZ_KEYS)}"
     try:
         archive = np.load(path, allow_pickle=False)
@@ -111,14 +143,51 @@ def load_npz(path: Path, num_classes: int) -> tuple[ImageTensors, ImageTensors]:
                 f"{path} lacks key(s) {', '.join(missing)}; found {', '.join(archive.files) or 'none'}, "
                 f"expected {', '.join(NPZ_KEYS)}"
             )
-        splits = []
-        for part in ("train", "test"):
-            x, y = _read_member(archive, path, f"x_{part}"), _read_member(archive, path, f"y_{part}")
-            _check_npz_images(path, f"x_{part}", x)
-            _check_npz_labels(path, f"y_{part}", y, len(x), num_classes)
-            images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-            splits.append(ImageTensors(images, torch.from_numpy(y.astype(np.int64))))
-    return splits[0], splits[1]
+        return {key: _read_member(archive, path, key) for key in NPZ_KEYS}
+
+
+def _npz_cache_dir(path: Path) -> Path | None:
+    """Where the decompressed arrays of ``path`` are cached, or None (caching off, small or uncompressed archive)."""
+    root = os.environ.get(CACHE_ENV, str(DEFAULT_CACHE))
+    if root.strip().lower() in ("", "off", "0", "none"):
+        return None
+    try:
+        stat = path.stat()
+        if stat.st_size < NPZ_CACHE_MIN_BYTES:
+            return None
+        with zipfile.ZipFile(path) as z:
+            if all(info.compress_type == zipfile.ZIP_STORED for info in z.infolist()):
+                return None  # np.load reads a stored archive as fast as a cache would
+    except (OSError, zipfile.BadZipFile):
+        return None  # _read_npz says what is wrong with it
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return Path(root).expanduser() / "npz" / f"{path.stem}-{key}"
+
+
+def _read_npz_cache(cache: Path) -> dict[str, np.ndarray] | None:
+    if not cache.is_dir():
+        return None
+    try:  # copy-on-write maps: writable for torch.from_numpy, pages shared until written
+        return {key: np.load(cache / f"{key}.npy", mmap_mode="c", allow_pickle=False) for key in NPZ_KEYS}
+    except (OSError, ValueError) as err:
+        log.warning("ignoring the unreadable dataset cache %s (%s); rewriting it", cache, err)
+        shutil.rmtree(cache, ignore_errors=True)
+        return None
+
+
+def _write_npz_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the cache entry atomically (a temporary folder renamed into place); any failure only costs speed."""
+    tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for key, value in arrays.items():
+            np.save(tmp / f"{key}.npy", value, allow_pickle=False)
+        os.replace(tmp, cache)
+    except OSError as err:  # read-only home, full disk, or another process renamed its entry first
+        if not cache.is_dir():
+            log.warning("could not cache the decompressed dataset in %s (%s); loading stays slower", cache, err)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_member(archive: Any, path: Path, key: str) -> np.ndarray:

@@ -35,8 +35,17 @@ def _config(report: Path, **kw: object) -> dict[str, object]:
 def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: int, learned: bool = True) -> dict:
     report = json.loads((report_dir / "report.json").read_text())
     assert len(report["rounds"]) == experiences * rounds
+    every = int(report["config"]["evaluate-every"])
     for r in report["rounds"]:
         assert r["accepted"] == num_clients and r["dropped"] == [], r  # every client trained, none dropped
+        # The edges evaluate after an experience's last round, and every `evaluate-every` rounds when it is > 0.
+        evaluated = r["round"] == rounds or (every > 0 and r["round"] % every == 0)
+        assert bool(r.get("client_evaluation")) == evaluated, r
+        assert (r["client_evaluation_seconds"] > 0) == evaluated, r
+        # Each edge's training interval lies inside the round's training phase; the union is the local training.
+        assert len(r["client_train_intervals"]) == num_clients, r
+        assert all(0 <= a <= b <= r["train_phase_seconds"] for a, b in r["client_train_intervals"]), r
+        assert r["slowest_edge_training_seconds"] <= r["local_training_seconds"] <= sum(r["client_train_seconds"])
         assert r["main_digest_matches"], r  # the main block the clients loaded is the server's broadcast
         assert r["main_block_unchanged"], r  # and aggregation did not touch it
         assert r["bytes_received_per_client"] < r["bytes_broadcast_per_client"]

@@ -52,7 +52,13 @@ def _kill_tree(pid: int) -> None:
 @pytest.mark.timeout(1200)
 def test_killed_server_resumes_and_a_crashing_client_costs_only_its_update(tmp_path: Path) -> None:
     report_dir = tmp_path / "report"
-    overrides = {"num-clients": NUM_CLIENTS, "rounds-per-experience": 2, "cloud-epochs": 1, "faults": "2:crash"}
+    overrides = {
+        "num-clients": NUM_CLIENTS,
+        "rounds-per-experience": 2,
+        "cloud-epochs": 1,
+        "faults": "2:crash",
+        "evaluate-every": 1,
+    }
     cfg = tiny_config(report_dir, **overrides)
     state = report_dir / "state.pt"
 

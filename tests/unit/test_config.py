@@ -45,6 +45,7 @@ def test_the_app_defaults_parse_and_round_trip() -> None:
         ({"lr": float("inf")}, "lr: must be a finite number"),
         ({"max-norm-ratio": -1.0}, "max-norm-ratio: must be >= 0 (0 turns the norm bound off)"),
         ({"limit-train": -5}, "limit-train: must be >= 0"),
+        ({"evaluate-every": -1}, "evaluate-every: must be >= 0 (0 = only after each experience's last round)"),
         ({"entropy-threshold": 2.0}, "entropy-threshold: must lie in [0, 1]"),
         ({"faults": "0:nan,7:shape"}, "faults: faults item '7:shape': client 7 is not an index in 0..2"),
         ({"faults": "0:melt"}, "unknown fault 'melt'"),

@@ -394,3 +394,85 @@ def test_crop_augmentation_shifts_with_zero_padding() -> None:
     padded = torch.nn.functional.pad(to_float(img.x), (3, 3, 3, 3))
     candidates = [padded[..., dy : dy + 8, dx : dx + 8] for dy in range(7) for dx in range(7)]
     assert any(torch.equal(out, c) or torch.equal(out, c.flip(-1)) for c in candidates)
+
+
+# ----------------------------------------------------------------------------------------- the npz decompression cache
+def _write_big_npz(path: Path, seed: int, compressed: bool = True) -> dict[str, np.ndarray]:
+    """An archive over the cache's size floor (random images barely compress)."""
+    from meanet_core.data.sources import NPZ_CACHE_MIN_BYTES
+
+    rng = np.random.default_rng(seed)
+    n = NPZ_CACHE_MIN_BYTES // (32 * 32 * 3) + 50
+    arrays = {
+        "x_train": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, n).astype(np.int64),
+        "x_test": rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, 20).astype(np.int64),
+    }
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return arrays
+
+
+def _same(loaded: Any, arrays: dict[str, np.ndarray]) -> bool:
+    train, test = loaded
+    return bool(
+        np.array_equal(train.x.permute(0, 2, 3, 1).numpy(), arrays["x_train"])
+        and np.array_equal(train.y.numpy(), arrays["y_train"])
+        and np.array_equal(test.x.permute(0, 2, 3, 1).numpy(), arrays["x_test"])
+    )
+
+
+def test_compressed_npz_is_decompressed_once_then_memory_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meanet_core.data import sources
+
+    monkeypatch.setenv("MEANET_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "big.npz"
+    arrays = _write_big_npz(path, seed=0)
+    assert _same(sources.load_npz(path, 10), arrays)
+    [entry] = (tmp_path / "cache" / "npz").iterdir()
+    assert sorted(f.name for f in entry.iterdir()) == sorted(f"{k}.npy" for k in sources.NPZ_KEYS)
+
+    def no_archive(p: Path) -> dict[str, np.ndarray]:
+        raise AssertionError("the archive was read again despite the cache")
+
+    monkeypatch.setattr(sources, "_read_npz", no_archive)
+    assert _same(sources.load_npz(path, 10), arrays)  # served from the cache
+
+    # A damaged cache entry is ignored, and the archive read and cached again.
+    monkeypatch.undo()
+    monkeypatch.setenv("MEANET_CACHE_DIR", str(tmp_path / "cache"))
+    (entry / "x_train.npy").write_bytes(b"\x93NUMPY garbage")
+    assert _same(sources.load_npz(path, 10), arrays)
+    assert np.load(entry / "x_train.npy").shape == arrays["x_train"].shape
+
+    # Labels out of range are refused from the cache as from the archive (the same checks run).
+    np.save(entry / "y_train.npy", np.full_like(arrays["y_train"], 99))
+    with pytest.raises(ValueError, match=r"labels 99\.\.99; expected 0\.\.9"):
+        sources.load_npz(path, 10)
+
+
+def test_npz_cache_follows_the_file_and_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meanet_core.data import sources
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MEANET_CACHE_DIR", str(cache))
+    path = tmp_path / "big.npz"
+    _write_big_npz(path, seed=0)
+    sources.load_npz(path, 10)
+    newer = _write_big_npz(path, seed=1)  # the file changes: never served stale data
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert _same(sources.load_npz(path, 10), newer)
+    assert len(list((cache / "npz").iterdir())) == 2
+
+    plain = tmp_path / "plain.npz"
+    _write_big_npz(plain, seed=2, compressed=False)  # a stored archive loads as fast as a cache: not cached
+    sources.load_npz(plain, 10)
+    assert len(list((cache / "npz").iterdir())) == 2
+
+    monkeypatch.setenv("MEANET_CACHE_DIR", "off")
+    other = tmp_path / "other.npz"
+    arrays = _write_big_npz(other, seed=3)
+    assert _same(sources.load_npz(other, 10), arrays)
+    assert len(list((cache / "npz").iterdir())) == 2

@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+import pytest
+
+from fl_server.cloud import busy_seconds
 from fl_server.report import markdown_summary, write_report
 
 
@@ -40,3 +43,17 @@ def test_write_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     paths = write_report(_report(), tmp_path / "out")
     assert [p.name for p in paths] == ["report.json", "report.md", "experiences.png", "rounds.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("intervals", "busy"),
+    [
+        ([], 0.0),
+        ([(0.0, 2.0)], 2.0),
+        ([(0.0, 2.0), (1.0, 3.0)], 3.0),  # overlapping: counted once
+        ([(4.0, 5.0), (0.0, 1.0), (0.5, 0.7)], 2.0),  # unsorted, nested, with a gap
+        ([[0.0, 1.0], [1.0, 2.0]], 2.0),  # touching; lists as JSON gives them back
+    ],
+)
+def test_busy_seconds_is_the_length_of_the_union(intervals: list, busy: float) -> None:
+    assert busy_seconds(intervals) == pytest.approx(busy)

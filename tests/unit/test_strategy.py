@@ -332,6 +332,41 @@ def test_configure_evaluate_adds_the_cloud_arrays_when_set(task_identity: None) 
         assert msg.content[ARRAYS] is record and msg.content[CLOUD_ARRAYS] is strategy.cloud_arrays
 
 
+def test_configure_evaluate_sends_nothing_on_rounds_without_evaluation(task_identity: None) -> None:
+    strategy = MEANetStrategy()
+    strategy.evaluate_rounds = lambda r: r % 2 == 0
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = list(NODES)
+    record = ArrayRecord({k: Array(v) for k, v in sent_state().items()})
+    assert list(strategy.configure_evaluate(1, record, ConfigRecord(), grid)) == []
+    assert strategy.aggregate_evaluate(1, []) is None and 1 not in strategy.last_evaluation_seconds
+    assert len(list(strategy.configure_evaluate(2, record, ConfigRecord(), grid))) == 3
+    assert strategy.aggregate_evaluate(2, []) is None
+    assert strategy.last_evaluation_seconds[2] >= 0.0  # timed from sending to aggregating
+
+
+def test_train_intervals_are_relative_to_sending_and_bad_ones_ignored(task_identity: None) -> None:
+    state = sent_state()
+    strategy = MEANetStrategy()
+    instructions = send(strategy, state)
+    sent = strategy._sent_wall
+    assert sent is not None
+    infos = {
+        11: {"train-started": sent + 1.0, "train-ended": sent + 3.0},
+        12: {"train-started": sent + 2.0, "train-ended": sent + 1.0},  # ends before it starts: ignored
+        13: {"train-started": "soon", "train-ended": sent + 4.0},  # not a number: ignored
+    }
+    replies = []
+    for node in NODES:
+        msg = reply(instructions[node], edge_of(state), 5)
+        msg.content[EDGE_INFO] = ConfigRecord(infos[node])
+        replies.append(msg)
+    strategy.aggregate_train(1, replies)
+    assert strategy.last_round is not None
+    [(start, end)] = strategy.last_round["client_train_intervals"]
+    assert (start, end) == pytest.approx((1.0, 3.0))
+
+
 def test_robust_aggregation_through_the_strategy(task_identity: None) -> None:
     state = sent_state()
     strategy = MEANetStrategy(aggregation="median")  # no norm bound: the outlier passes validation
