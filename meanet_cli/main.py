@@ -154,8 +154,12 @@ def federate(
     secure: Path | None = typer.Option(
         None, help="with --deployment: a `meanet certs` folder: TLS, SuperNode authentication, its signing key"
     ),
+    fresh: bool = typer.Option(False, help="start over: delete REPORT_DIR/state.pt instead of resuming from it"),
 ) -> None:
-    """Run the federation (cloud ServerApp + edge ClientApps) on a SuperLink started here, and stop it after."""
+    """Run the federation (cloud ServerApp + edge ClientApps) on a SuperLink started here, and stop it after.
+
+    A report folder holding a ``state.pt`` of the same config resumes where that run stopped; one of another config
+    stops here, before anything starts (``--fresh`` or another ``--report-dir`` starts over)."""
     import tomllib
 
     from meanet_cli.flower_runner import APP_DIR, run_deployment, run_simulation
@@ -178,6 +182,19 @@ def federate(
     except ConfigError as e:
         _fail(str(e))
         return
+    from meanet_core.checkpoint import CheckpointError, load_server_state
+
+    state = cfg.report_path() / "state.pt"
+    if state.is_file() and fresh:
+        state.unlink()
+        typer.echo(f"--fresh: deleted {state}; starting over")
+    elif state.is_file():
+        try:
+            load_server_state(state, cfg.as_run_config())
+        except CheckpointError as e:
+            _fail(f"{e}; or pass --fresh")
+            return
+        typer.echo(f"{state} exists: the run resumes where it stopped (--fresh starts over)")
     import signal
     import sys
 

@@ -60,3 +60,22 @@ def test_models_lists_every_registered_name() -> None:
     assert result.exit_code == 0
     for name in ("resnet32_cifar", "mobilenetv2_cifar", "resnet18", "resnet110_cifar", "resnet152"):
         assert name in result.output
+
+
+def test_federate_refuses_the_state_of_another_config_before_starting(tmp_path: Path) -> None:
+    import torch
+
+    report = tmp_path / "report"
+    report.mkdir()
+    from meanet_core.checkpoint import FORMAT
+
+    stale = {
+        "format": FORMAT, "config": {"num-clients": 99},
+        "position": {"experience": 0, "phase": "federation", "round": 1},
+        "hard_classes": [], "meanet": {}, "cloud": {}, "report": "{}",
+    }  # fmt: skip
+    torch.save(stale, report / "state.pt")
+    result = runner.invoke(app, ["federate", "--report-dir", str(report)])
+    assert result.exit_code != 0
+    assert "belongs to a run with other settings" in result.output and "--fresh" in result.output
+    assert "running the federation" not in result.output  # nothing was started
