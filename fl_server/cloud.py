@@ -202,7 +202,8 @@ class CloudServer:
                 "local_training_seconds": local,  # time during which at least one edge was fine-tuning
                 "slowest_edge_training_seconds": slowest,
                 "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
-                "client_evaluation_seconds": 0.0,
+                # Flower runs the edges' evaluation before this callback; 0 on rounds without one
+                "client_evaluation_seconds": self.strategy.last_evaluation_seconds.pop(server_round, 0.0),
                 "main_digest_matches": len(digests) > 0 and all(d == main_digest for d in digests.values()),
                 "main_block_unchanged": digest(self.model.state_dict()) == main_digest,
                 **info,
@@ -212,7 +213,6 @@ class CloudServer:
             record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(
                 1, record["bytes_broadcast_per_client"]
             )
-            record["client_evaluation_seconds"] = self.strategy.last_evaluation_seconds.pop(server_round, 0.0)
             self.report["rounds"].append(record)
             self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
             self._save()

@@ -81,7 +81,7 @@ class SignedMEANetStrategy(MEANetStrategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if self.evaluate_rounds is not None and not self.evaluate_rounds(server_round):
+        if not self.evaluates(server_round):
             return []  # no client evaluation this round: nothing to sign
         # MEANetStrategy adds `cloud_arrays` to each evaluation instruction: the signature covers them too.
         signed = self.signed_config(server_round, arrays, config, "evaluate", self.cloud_arrays)

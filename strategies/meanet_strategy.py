@@ -383,7 +383,7 @@ class MEANetStrategy(FedAvg):
 
         ``aggregate_evaluate`` is FedAvg's own: an average of the replies' metrics weighted by ``num-examples``.
         """
-        if self.evaluate_rounds is not None and not self.evaluate_rounds(server_round):
+        if not self.evaluates(server_round):
             return []  # Flower's Strategy.start sends nothing and aggregates nothing this round
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         if self.cloud_arrays is not None:
@@ -391,6 +391,10 @@ class MEANetStrategy(FedAvg):
                 msg.content[CLOUD_ARRAYS] = self.cloud_arrays
         self._evaluate_sent_at = time.perf_counter()
         return messages
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether the edges evaluate after ``server_round`` (:attr:`evaluate_rounds`; every round when unset)."""
+        return self.evaluate_rounds is None or self.evaluate_rounds(server_round)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """FedAvg's weighted average of the evaluation metrics, also kept in the round's report.
