@@ -54,7 +54,7 @@ def round_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "accepted": r["accepted"],
                 "bytes_download_per_client": r["bytes_broadcast_per_client"],
                 "bytes_upload_per_client": r["bytes_received_per_client"],
-                "bytes_upload_full_model_per_client": r["bytes_broadcast_per_client"],
+                "bytes_upload_full_model_per_client": r.get("full_state_bytes", r["bytes_broadcast_per_client"]),
                 "upload_ratio_vs_full_model": r["upload_ratio_vs_full_model"],
             }
         )

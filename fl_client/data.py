@@ -1,35 +1,13 @@
-"""The edge's view of the data stream: its own partition of each experience, loaded once per process."""
+"""The edge's view of the data stream: which partition is its own, and its share of the test images.
+
+The stream itself (:func:`meanet_core.streams.stream_for`) is built the same way by the cloud and every edge.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from meanet_core.config import FederationConfig
-from meanet_core.data import DatasetSplits, ImageTensors, load_dataset, partition
-from meanet_core.streams import Experience, make_stream
-
-
-@lru_cache(maxsize=2)
-def stream_for(cfg: FederationConfig) -> tuple[DatasetSplits, tuple[Experience, ...]]:
-    """The dataset and its stream, built the same way on the server and every client (same seed)."""
-    splits = load_dataset(
-        cfg.dataset,
-        data_dir=cfg.data_dir or None,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        limit_train=cfg.limit_train or None,
-    )
-    stream = make_stream(
-        splits,
-        kind=cfg.stream,
-        num_experiences=cfg.experiences,
-        num_clients=cfg.num_clients,
-        cloud_share=cfg.cloud_share,
-        partition_scheme=cfg.partition,
-        alpha=cfg.alpha,
-        seed=cfg.seed,
-    )
-    return splits, tuple(stream)
+from meanet_core.data import ImageTensors, partition
+from meanet_core.streams import Experience
 
 
 def client_index(node_config: dict[str, object], cfg: FederationConfig) -> int:

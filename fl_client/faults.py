@@ -24,8 +24,15 @@ class InjectedCrash(RuntimeError):
     """Raised by the ``crash`` fault: the client dies mid-round instead of replying."""
 
 
-def apply_fault(arrays: Mapping[str, npt.NDArray[Any]], fault: Fault, client: int = -1) -> dict[str, npt.NDArray[Any]]:
+def apply_fault(
+    arrays: Mapping[str, npt.NDArray[Any]],
+    fault: Fault,
+    client: int = -1,
+    sent: Mapping[str, npt.NDArray[Any]] | None = None,
+) -> dict[str, npt.NDArray[Any]]:
     """The reply arrays as a misbehaving client would send them; ``arrays`` is left unchanged.
+
+    ``sent`` (the arrays the server sent, by key) is needed by ``flip=K``, which reverses the update's change.
 
     Raises
     ------
@@ -52,8 +59,17 @@ def apply_fault(arrays: Mapping[str, npt.NDArray[Any]], fault: Fault, client: in
             raise ValueError("shape: the reply has no array with more than one row to cut")
         out[key] = np.ascontiguousarray(out[key][:-1])
         return out
+    if fault.kind == "claim":
+        return out  # the arrays are honest; only the example count lies (see claimed)
     if not floating:
         raise ValueError(f"{fault}: the reply has no floating array to corrupt")
+    if fault.kind == "flip":
+        if sent is None:
+            raise ValueError("flip: the arrays the server sent are needed to reverse the update's change")
+        for key in floating:
+            base = np.asarray(sent[key], dtype=np.float64)
+            out[key] = (base - fault.factor * (out[key].astype(np.float64) - base)).astype(out[key].dtype)
+        return out
     if fault.kind == "nan":
         first = out[floating[0]]
         first.reshape(-1)[0] = np.nan  # a fresh contiguous copy: reshape is a view
@@ -68,10 +84,18 @@ def apply_fault(arrays: Mapping[str, npt.NDArray[Any]], fault: Fault, client: in
     return out
 
 
-def inject(record: ArrayRecord, faults: str, client: int) -> ArrayRecord:
+def inject(
+    record: ArrayRecord, faults: str, client: int, sent: Mapping[str, npt.NDArray[Any]] | None = None
+) -> ArrayRecord:
     """``record`` with ``client``'s fault from the spec ``faults`` applied (the record itself if it has none)."""
     fault = parse_faults(faults).get(client)
     if fault is None:
         return record
-    arrays = apply_fault({k: v.numpy() for k, v in record.items()}, fault, client)
+    arrays = apply_fault({k: v.numpy() for k, v in record.items()}, fault, client, sent)
     return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in arrays.items()})  # 0-d stays 0-d
+
+
+def claimed(num_examples: int, faults: str, client: int) -> float:
+    """The example count ``client`` reports: the true count, times ``K`` under a ``claim=K`` fault."""
+    fault = parse_faults(faults).get(client)
+    return float(num_examples) * (fault.claim if fault is not None else 1.0)

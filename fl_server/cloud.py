@@ -13,28 +13,30 @@ round it reached.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fl_client.data import stream_for
-from fl_server.signed_strategy import SignedMEANetStrategy
 from meanet_core import keys
-from meanet_core.broadcast import digest
+from meanet_core.broadcast import digest, edge_state
 from meanet_core.checkpoint import FORMAT, atomic_save, load_server_state, load_state
 from meanet_core.config import FederationConfig
 from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routing
+from meanet_core.keys import is_edge_key
 from meanet_core.models import build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.signing import ensure_signing_key
-from meanet_core.streams import concat
+from meanet_core.streams import concat, stream_for
 from meanet_core.training import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
+from strategies.signed import SignedMEANetStrategy
 
 log = logging.getLogger("meanet.server")
 
@@ -76,6 +78,13 @@ class CloudServer:
             aggregation=cfg.aggregation,
             trim_fraction=cfg.trim_fraction,
             max_norm_ratio=cfg.max_norm_ratio or None,
+            norm_bound_factor=cfg.norm_bound_factor or None,
+            claim_factor=cfg.claim_factor or None,
+            max_claim=cfg.max_claim or None,
+            krum_malicious=cfg.krum_malicious,
+            reference_fn=self.reference_update,
+            require_main_digest=True,  # our edges always report it
+            delta_broadcast=cfg.delta_broadcast,
         )
         self.report: dict[str, Any] = {"config": cfg.as_run_config(), "experiences": [], "rounds": []}
         self.state_path = self.out / "state.pt"
@@ -106,6 +115,24 @@ class CloudServer:
         self.report = json.loads(saved["report"])
         self.position = dict(saved["position"])
         self.say(f"resuming from {self.state_path} at {self.position}")
+
+    # ------------------------------------------------------------------------------------------ trust
+    def reference_update(self, sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The cloud's own update of the edge blocks from ``sent``, on clean data it holds (FLTrust's root data):
+        the same local training as an edge, on up to ``trust-samples`` hard-class validation images of the current
+        experience. The strategy scores each edge update by its cosine with this one."""
+        exp = self.stream[self.position["experience"]]
+        model = copy.deepcopy(self.model)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sent.items()})
+        root = exp.val.subset(np.flatnonzero(model.is_hard(exp.val.y).numpy()))
+        if len(root) == 0:
+            self.say("FLTrust: no hard-class validation image to compute the reference update on; no edge is trusted")
+            return {k: np.array(v) for k, v in sent.items() if is_edge_key(k)}
+        if len(root) > self.cfg.trust_samples:
+            pick = np.random.default_rng(self.cfg.seed).choice(len(root), self.cfg.trust_samples, replace=False)
+            root = root.subset(np.sort(pick))
+        train_extension(model, root, self.cfg.stage(self.cfg.local_epochs), seed=self.cfg.seed, progress=False)
+        return {k: v.detach().numpy() for k, v in edge_state(model.state_dict()).items()}
 
     # ------------------------------------------------------------------------------------------ routing
     def _policy(self, e: int) -> Policy:
@@ -171,6 +198,7 @@ class CloudServer:
         hard = [int(c) for c in self.model.hard_classes.tolist()]
         state = self.model.state_dict()
         broadcast = ArrayRecord(state)
+        full_bytes = broadcast.count_bytes()
         main_digest = digest(state)
         self.strategy.cloud_arrays = ArrayRecord(self.cloud.state_dict())
         config = ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard})
@@ -195,6 +223,8 @@ class CloudServer:
             intervals = info.get("client_train_intervals") or []
             local = busy_seconds(intervals) if intervals else slowest
             wall = time.perf_counter() - round_start
+            evaluation_seconds = self.strategy.last_evaluation_seconds.pop(server_round, 0.0)
+            evaluated = self.strategy.evaluates(server_round)
             record = {
                 "experience": e,
                 "round": start_round + server_round,
@@ -203,16 +233,19 @@ class CloudServer:
                 "slowest_edge_training_seconds": slowest,
                 "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
                 # Flower runs the edges' evaluation before this callback; 0 on rounds without one
-                "client_evaluation_seconds": self.strategy.last_evaluation_seconds.pop(server_round, 0.0),
+                "client_evaluation_seconds": evaluation_seconds,
                 "main_digest_matches": len(digests) > 0 and all(d == main_digest for d in digests.values()),
                 "main_block_unchanged": digest(self.model.state_dict()) == main_digest,
                 **info,
-                "bytes_broadcast_per_client": broadcast.count_bytes(),
+                # what each edge received: the training instruction (full state, or a delta without the main block)
+                # and, on rounds with a client evaluation, the evaluation instruction (with the cloud model if sent)
+                "bytes_broadcast_per_client": self.strategy.bytes_sent.get("train", 0.0),
+                "bytes_evaluate_per_client": self.strategy.bytes_sent.pop("evaluate", 0.0) if evaluated else 0.0,
+                "full_state_bytes": full_bytes,
             }
-            # Full-model FedAvg would upload the whole MEANet (main block included): what the broadcast holds.
-            record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(
-                1, record["bytes_broadcast_per_client"]
-            )
+            # Full-model FedAvg would upload (and download) the whole MEANet state every round.
+            record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(1, full_bytes)
+            record["download_ratio_vs_full_state"] = record["bytes_broadcast_per_client"] / max(1, full_bytes)
             self.report["rounds"].append(record)
             self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
             self._save()

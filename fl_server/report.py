@@ -61,8 +61,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         ax1.set_title("Edge evaluation per round (weighted over clients)")
         ax1.legend(fontsize=8)
         up = [r.get("bytes_received_per_client", 0) / 1e6 for r in rounds]
-        down = [r.get("bytes_broadcast_per_client", 0) / 1e6 for r in rounds]
-        ax2.bar([i - 0.2 for i in idx], down, width=0.4, label="sent to each client")
+        down = [(r.get("bytes_broadcast_per_client", 0) + r.get("bytes_evaluate_per_client", 0)) / 1e6 for r in rounds]
+        ax2.bar([i - 0.2 for i in idx], down, width=0.4, label="sent to each client (training + evaluation)")
         ax2.bar([i + 0.2 for i in idx], up, width=0.4, label="received from each client")
         ax2.set_xticks(idx, labels, rotation=45, fontsize=7)
         ax2.set_ylabel("MB")
@@ -93,8 +93,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| experience | round | wall s | local training s | overhead s | aggregation s | client evaluation s "
-        "| uploaded B/client | broadcast B/client | upload / full model | edge accuracy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| uploaded B/client | upload / full model | training broadcast B/client | download / full state "
+        "| evaluation broadcast B/client | edge accuracy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rounds"]:
         acc = r.get("client_evaluation", {}).get("accuracy")
@@ -105,8 +106,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['experience']} | {r['round']} | {r['wall_seconds']:.1f} | {r['local_training_seconds']:.1f} "
             f"| {r['overhead_seconds']:.1f} | {aggregation:.2f} | {evaluation:.1f} "
-            f"| {r.get('bytes_received_per_client', 0):,.0f} | {r['bytes_broadcast_per_client']:,} "
-            f"| {r['upload_ratio_vs_full_model']:.3f} | {'-' if acc is None else f'{acc:.4f}'} |"
+            f"| {r.get('bytes_received_per_client', 0):,.0f} | {r['upload_ratio_vs_full_model']:.3f} "
+            f"| {r['bytes_broadcast_per_client']:,.0f} | {r.get('download_ratio_vs_full_state', 1.0):.3f} "
+            f"| {r.get('bytes_evaluate_per_client', 0):,.0f} | {'-' if acc is None else f'{acc:.4f}'} |"
         )
     if "wall_seconds" in report:
         lines += ["", f"Whole run: {report['wall_seconds']:.0f} s."]

@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
-app = typer.Typer(help="MEANet-FL: complexity-aware edge-cloud learning.", no_args_is_help=True, add_completion=False)
+# Tracebacks never show local variables: they can hold tokens, keys and paths.
+app = typer.Typer(
+    help="MEANet-FL: complexity-aware edge-cloud learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
+class _EchoHandler(logging.Handler):
+    """The library's warnings (``meanet.*`` loggers) as ``warning: ...`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.secho(f"{record.levelname.lower()}: {record.getMessage()}", fg=typer.colors.YELLOW, err=True)
+
+
+def _user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """A command whose user-facing errors end as ``error: ...`` and exit code 2, never as a traceback.
+
+    The project raises ValueError (ConfigError, CheckpointError, BadImageError, ...) and OSError (FileNotFoundError,
+    PermissionError, ...) with messages that say what was expected, what was found and the fix.
+    """
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        logger = logging.getLogger("meanet")
+        if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+            logger.addHandler(_EchoHandler(logging.WARNING))
+        try:
+            return command(*args, **kwargs)
+        except OSError as e:
+            if e.filename and e.strerror:  # from the system: "PATH: No such file or directory"
+                _fail(f"{e.filename}: {e.strerror}")
+            _fail(str(e) or type(e).__name__)
+        except ValueError as e:
+            _fail(str(e) or type(e).__name__)
+
+    return run
+
+
 @app.command()
+@_user_errors
 def train(
     out: Path = typer.Option(..., "--out", help="run folder: checkpoints, state.pt and train.json go here"),
     dataset: str = typer.Option("cifar100", help="cifar100 | cifar100-mini | cifar10 | digits | imagefolder"),
@@ -36,9 +79,14 @@ def train(
     limit_train: int | None = typer.Option(None, help="train on a seeded subset of this many images"),
     seed: int = typer.Option(0),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
-    image_size: int = typer.Option(224, help="side of imagefolder inputs"),
+    image_size: int = typer.Option(
+        224, help="imagefolder: side the images are resized and cropped to; the run is evaluated and served at it"
+    ),
+    bad_images: str = typer.Option(
+        "skip", help="imagefolder files that are not readable images: skip (with a warning) | error (refuse them)"
+    ),
     resume: bool = typer.Option(True, help="continue from OUT/state.pt when it exists"),
-    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)"),
 ) -> None:
     """Train the main block, choose the hard classes, train adaptive + extension, train the cloud model."""
     import torch
@@ -53,7 +101,10 @@ def train(
         extension_epochs=extension_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         label_smoothing=label_smoothing, hard_method=hard_method, hard_fraction=hard_fraction, hard_count=hard_count,
         val_fraction=val_fraction, limit_train=limit_train, seed=seed, data_dir=data_dir, image_size=image_size,
+        bad_images=bad_images,
     )  # fmt: skip
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; it must be a folder (new, or a run of the same options to resume)")
     try:
         cfg = TrainConfig(**options)
         run_training(cfg, out, resume=resume, log=typer.echo)
@@ -62,6 +113,7 @@ def train(
 
 
 @app.command()
+@_user_errors
 def evaluate(
     run: Path = typer.Option(..., "--run", help="run folder written by meanet train"),
     policy: str = typer.Option("paper", help="paper | calibrated"),
@@ -72,11 +124,11 @@ def evaluate(
     energy_budget: float | None = typer.Option(None, help="calibrated policy: mean edge joules per image instead"),
     joules_per_mac: float = typer.Option(1e-10, help="edge compute energy per MAC"),
     uplink_mbps: float = typer.Option(5.64, help="uplink throughput (LTE median, Huang et al. 2012)"),
-    batch_size: int = typer.Option(256),
+    batch_size: int = typer.Option(256, min=1),
     speed_repeats: int = typer.Option(1, help="timed passes of engine and all-branches (best is kept)"),
     optimize: bool = typer.Option(True, help="fused BatchNorm + channels-last inference copies (same answers, faster)"),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: the run's, $MEANET_DATA_DIR)"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
 ) -> None:
     """Run the adaptive inference engine on the test set; write a JSON report and plots."""
     import torch
@@ -89,16 +141,35 @@ def evaluate(
 
     if threads:
         torch.set_num_threads(threads)
+    if json_path is not None and json_path.is_dir():
+        _fail(f"--json {json_path} is a folder; expected a file path, e.g. {json_path / 'eval.json'}")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        _fail(f"--plots {plots} is a file; expected a folder for the PNG plots")
     try:
         train_json = run / "train.json"
         if not train_json.is_file():
             _fail(f"{train_json} not found: --run must be a folder written by 'meanet train'")
-        cfg = from_dict(TrainConfig, json.loads(train_json.read_text())["config"])
+        try:
+            summary = json.loads(train_json.read_text())
+            cfg = from_dict(TrainConfig, summary["config"])
+            trained_size = summary.get("dataset", {}).get("image_size")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            _fail(
+                f"{train_json} is not a train.json written by 'meanet train' ({type(e).__name__}: {e}); "
+                "it is damaged or from another tool: retrain into a new --out folder"
+            )
         if data_dir is not None:
             cfg = from_dict(TrainConfig, {**cfg.as_dict(), "data_dir": data_dir})
-        model = load_meanet(run / "meanet.pt")
-        cloud = load_cloud(run / "cloud.pt")
+        # Checkpoints record the image size they were trained at; ones that predate that take it from train.json.
+        model = load_meanet(run / "meanet.pt", default_input_size=trained_size)
+        cloud = load_cloud(run / "cloud.pt", default_input_size=trained_size)
         splits = load_splits(cfg)
+        if splits.image_size != model.input_size or splits.image_size != cloud.input_size:
+            _fail(
+                f"{run}: the models take {model.input_size}x{model.input_size} (edge) and "
+                f"{cloud.input_size}x{cloud.input_size} (cloud) images, but its data loads at "
+                f"{splits.image_size}x{splits.image_size}; evaluate with the data the run was trained on"
+            )
         cost = CostConfig(joules_per_mac=joules_per_mac, uplink_throughput_mbps=uplink_mbps)
         report = run_evaluation(
             model, cloud, splits.val, splits.test, policy=policy, entropy_threshold=entropy_threshold,
@@ -119,6 +190,27 @@ def evaluate(
 
         for p in plot_report(report, plots):
             typer.echo(f"plot: {p}")
+
+
+def _run_config_overrides(items: list[str]) -> dict[str, object]:
+    """``-c KEY=VALUE`` items as run-config overrides: values parsed as TOML (bare words stay strings), keys in
+    kebab-case; a key given twice with different values is an error, not a silent last-one-wins."""
+    import tomllib
+
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("_", "-")
+        if not sep or not key:
+            _fail(f"--config takes KEY=VALUE, e.g. -c experiences=3; got {item!r}")
+        try:
+            value: object = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if key in overrides and overrides[key] != value:
+            _fail(f"-c {key} is given twice, as {overrides[key]!r} and {value!r}; give it once")
+        overrides[key] = value
+    return overrides
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -145,11 +237,19 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 @app.command()
+@_user_errors
 def federate(
-    num_clients: int = typer.Option(3, help="edge clients (SuperNodes)"),
-    report_dir: Path = typer.Option(Path("runs/federation"), help="where report.json, plots and state.pt go"),
+    num_clients: int | None = typer.Option(
+        None, help="edge clients (SuperNodes); the same as -c num-clients=N (default: the app's, 3)"
+    ),
+    report_dir: Path | None = typer.Option(
+        None,
+        help="where report.json, plots and state.pt go; the same as -c report-dir=DIR (default: runs/federation)",
+    ),
     deployment: bool = typer.Option(False, help="deployment engine (SuperLink + SuperNodes) instead of simulation"),
-    config: list[str] = typer.Option([], "--config", "-c", help="run-config override KEY=VALUE (repeatable)"),
+    config: list[str] = typer.Option(
+        [], "--config", "-c", help="run-config override KEY=VALUE (repeatable; keys of [tool.flwr.app.config])"
+    ),
     timeout: float = typer.Option(3600, help="seconds before the run is abandoned"),
     secure: Path | None = typer.Option(
         None, help="with --deployment: a `meanet certs` folder: TLS, SuperNode authentication, its signing key"
@@ -163,25 +263,34 @@ def federate(
     import tomllib
 
     from meanet_cli.flower_runner import APP_DIR, run_deployment, run_simulation
-    from meanet_core.config import ConfigError, FederationConfig
+    from meanet_core.config import FederationConfig
 
-    overrides: dict[str, object] = {}
-    for item in config:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            _fail(f"--config takes KEY=VALUE; got {item!r}")
-        try:
-            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key.strip()] = raw
-    overrides["num-clients"] = num_clients
-    overrides["report-dir"] = str(report_dir.resolve())
+    overrides = _run_config_overrides(config)
+    # One source of truth per setting: an option and a -c key that say different things stop here.
+    if num_clients is not None:
+        if "num-clients" in overrides and overrides["num-clients"] != num_clients:
+            _fail(
+                f"--num-clients {num_clients} and -c num-clients={overrides['num-clients']!r} disagree; "
+                "give the number of clients once"
+            )
+        overrides["num-clients"] = num_clients
+    if report_dir is not None:
+        given = overrides.get("report-dir")
+        if given is not None and Path(str(given)).expanduser().resolve() != report_dir.expanduser().resolve():
+            _fail(f"--report-dir {report_dir} and -c report-dir={given!r} disagree; give the report folder once")
+        overrides["report-dir"] = str(report_dir.expanduser().resolve())
+    elif "report-dir" not in overrides:
+        overrides["report-dir"] = str(Path("runs/federation").resolve())
+    if not timeout > 0:
+        _fail(f"--timeout must be a positive number of seconds; got {timeout}")
+    if secure is not None and not deployment:
+        _fail("--secure needs --deployment (no SuperNodes connect to the simulation engine)")
+    if secure is not None and not secure.is_dir():
+        _fail(f"--secure {secure} is not a folder; write one with `meanet certs --out {secure}`")
     defaults = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    try:
-        cfg = FederationConfig.from_run_config({**defaults, **overrides})
-    except ConfigError as e:
-        _fail(str(e))
-        return
+    cfg = FederationConfig.from_run_config({**defaults, **overrides})  # a ConfigError names the bad key
+    if cfg.report_path().exists() and not cfg.report_path().is_dir():
+        _fail(f"the report folder {cfg.report_path()} is a file; pass --report-dir with a folder")
     from meanet_core.checkpoint import CheckpointError, load_server_state
 
     state = cfg.report_path() / "state.pt"
@@ -200,15 +309,15 @@ def federate(
 
     # A SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the SuperLink, SuperNodes and Ray are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if secure is not None and not deployment:
-        _fail("--secure needs --deployment (no SuperNodes connect to the simulation engine)")
+    clients = cfg.num_clients  # validated: the run config's num-clients and the number of SuperNodes are one number
+    overrides["num-clients"] = clients
     engine = "deployment engine" if deployment else "simulation engine"
-    typer.echo(f"running the federation on Flower's {engine} with {num_clients} clients; report in {cfg.report_path()}")
+    typer.echo(f"running the federation on Flower's {engine} with {clients} clients; report in {cfg.report_path()}")
     try:
         if deployment:
-            run = run_deployment(overrides, num_clients, timeout=timeout, stream_to_stdout=True, secure=secure)
+            run = run_deployment(overrides, clients, timeout=timeout, stream_to_stdout=True, secure=secure)
         else:
-            run = run_simulation(overrides, num_clients, timeout=timeout, stream_to_stdout=True)
+            run = run_simulation(overrides, clients, timeout=timeout, stream_to_stdout=True)
     except FileNotFoundError as e:  # an incomplete --secure folder
         _fail(str(e))
         return
@@ -225,10 +334,11 @@ app.add_typer(cloud_app, name="cloud")
 
 
 @cloud_app.command("serve")
+@_user_errors
 def cloud_serve(
     run: Path = typer.Option(..., "--run", help="run folder: cloud.pt (meanet train) or state.pt (meanet federate)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
-    port: int = typer.Option(8443),
+    port: int = typer.Option(8443, min=1, max=65535),
     certfile: Path | None = typer.Option(None, help="server certificate (PEM) for TLS"),
     keyfile: Path | None = typer.Option(None, help="its private key (PEM)"),
     ca_certfile: Path | None = typer.Option(None, help="CA of the edges' client certificates: turns on mutual TLS"),
@@ -246,7 +356,7 @@ def cloud_serve(
         False, "--insecure", help="allow plain HTTP and/or no client authentication (trusted networks only)"
     ),
     device: str = typer.Option("cpu", help="cpu | cuda"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
 ) -> None:
     """Serve the run's cloud model over HTTPS with micro-batching, a bearer token and/or mutual TLS."""
     import torch
@@ -256,6 +366,12 @@ def cloud_serve(
 
     if threads:
         torch.set_num_threads(threads)
+    try:
+        torch.device(device)
+    except RuntimeError:
+        _fail(f"--device {device!r} is not a torch device; expected cpu, cuda or cuda:N")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {device}: this machine has no CUDA device torch can use; pass --device cpu")
     try:
         config = ServiceConfig(
             max_batch=max_batch, max_wait_ms=max_wait_ms, micro_batching=micro_batching,
@@ -280,6 +396,7 @@ def cloud_serve(
 
 
 @app.command()
+@_user_errors
 def models() -> None:
     """List the registered MEANet and cloud models with parameters and MACs per image."""
     import torch
@@ -308,6 +425,7 @@ def models() -> None:
 
 
 @app.command()
+@_user_errors
 def certs(
     out: Path = typer.Option(..., "--out", help="folder for the certificates and keys"),
     host: str = typer.Option(
@@ -357,6 +475,7 @@ def _csv(value: str, what: str) -> list[str]:
 
 
 @bench_app.command("continual")
+@_user_errors
 def bench_continual(
     out: Path = typer.Option(..., "--out", help="folder for results.json, results.md, the plots and checkpoints"),
     scenario: str = typer.Option(
@@ -380,7 +499,7 @@ def bench_continual(
     edge_lr: float = typer.Option(0.01, help="peak learning rate of the edges' fine-tuning"),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
     progress: bool = typer.Option(True, help="progress bars"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
 ) -> None:
     """Run continual-learning methods on one scenario, side by side; write a JSON, a markdown table and plots."""
     import torch

@@ -92,6 +92,7 @@ def meanet_payload(model: MEANet) -> dict[str, Any]:
         "kind": "meanet",
         "arch": model.arch,
         "num_classes": model.num_classes,
+        "input_size": model.input_size,
         "hard_classes": [int(c) for c in model.hard_classes.tolist()],
         "mean": model.normalize.mean.flatten().tolist(),
         "std": model.normalize.std.flatten().tolist(),
@@ -108,6 +109,7 @@ def cloud_payload(model: CloudModel, num_classes: int) -> dict[str, Any]:
         "kind": "cloud",
         "arch": model.arch,
         "num_classes": num_classes,
+        "input_size": model.input_size,
         "mean": model.normalize.mean.flatten().tolist(),
         "std": model.normalize.std.flatten().tolist(),
         "state_dict": model.state_dict(),
@@ -149,7 +151,20 @@ def _kind(obj: dict[str, Any], kind: str, path: Path) -> None:
         raise CheckpointError(f"{path} holds a {obj.get('kind')!r} model, not a {kind!r} one")
 
 
-def load_meanet(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MEANet:
+def _saved_input_size(obj: dict[str, Any], path: Path, default: int | None) -> int | None:
+    """The image side the model was trained at: its header's ``input_size``; ``default`` for checkpoints written
+    before it was recorded (None: the architecture's native size)."""
+    size = obj.get("input_size", default)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise CheckpointError(f"{path}: its input_size {size!r} is not a positive number of pixels; it is damaged")
+    return size
+
+
+def load_meanet(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *, default_input_size: int | None = None
+) -> MEANet:
+    """The MEANet of ``path``, taking images of the size it was trained at (``default_input_size`` for checkpoints
+    that predate recording it; None: the architecture's native size)."""
     path = Path(path)
     obj = safe_load(path, map_location)
     _kind(obj, "meanet", path)
@@ -166,17 +181,25 @@ def load_meanet(path: str | os.PathLike[str], map_location: str | torch.device =
             adaptive_width=int(obj["adaptive_width"]),
             extension_width=int(obj["extension_width"]),
             extension_blocks=int(obj["extension_blocks"]),
+            input_size=_saved_input_size(obj, path, default_input_size),
         ),
     )
     load_state(model, obj["state_dict"], path)
     return model.eval()
 
 
-def load_cloud(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> CloudModel:
+def load_cloud(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *, default_input_size: int | None = None
+) -> CloudModel:
+    """The cloud model of ``path``, taking images of the size it was trained at (see :func:`load_meanet`)."""
     path = Path(path)
     obj = safe_load(path, map_location)
     _kind(obj, "cloud", path)
     require(obj, ("arch", "num_classes", "mean", "std", "state_dict"), path)
-    model = _build(path, lambda: build_cloud(obj["arch"], int(obj["num_classes"]), mean=obj["mean"], std=obj["std"]))
+    side = _saved_input_size(obj, path, default_input_size)
+    model = _build(
+        path,
+        lambda: build_cloud(obj["arch"], int(obj["num_classes"]), mean=obj["mean"], std=obj["std"], input_size=side),
+    )
     load_state(model, obj["state_dict"], path)
     return model.eval()

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meanet_core.data import DATASETS
+from meanet_core.compression import ENCODINGS
+from meanet_core.data import BAD_IMAGE_POLICIES, DATASETS
 from meanet_core.faults import FAULT_KINDS, parse_faults
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
 from meanet_core.training import HARD_METHODS, StageConfig
@@ -56,7 +57,12 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``meanet train`` needs. Epoch counts of the cloud and extension stages default to ``epochs``."""
+    """Everything ``meanet train`` needs. Epoch counts of the cloud and extension stages default to ``epochs``.
+
+    ``image_size`` and ``bad_images`` apply to ``imagefolder`` (the other datasets are 32x32 arrays): the side its
+    images are resized and cropped to (the models are built, checkpointed, evaluated and served at the data's size),
+    and what happens to a file that is not a readable image (``skip`` with a warning, or ``error``).
+    """
 
     dataset: str = "cifar100"
     model: str = "resnet32_cifar"
@@ -77,6 +83,7 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int = 224
     channels_last: bool = True
+    bad_images: str = "skip"
 
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
@@ -90,6 +97,14 @@ class TrainConfig:
             raise bad("cloud_model", f"unknown {self.cloud_model!r}; valid: {', '.join(sorted(CLOUD_ARCHS))}")
         if self.hard_method not in HARD_METHODS:
             raise bad("hard_method", f"unknown {self.hard_method!r}; valid: {', '.join(HARD_METHODS)}")
+        if self.bad_images not in BAD_IMAGE_POLICIES:
+            raise bad(
+                "bad_images",
+                f"unknown {self.bad_images!r}; valid: {', '.join(BAD_IMAGE_POLICIES)} (skip: leave unreadable images "
+                "out with a warning; error: refuse the dataset, naming them)",
+            )
+        if self.image_size < 1:
+            raise bad("image_size", f"must be a positive number of pixels (e.g. 224 or 96); got {self.image_size}")
         if not 0.0 < self.hard_fraction < 1.0:
             raise bad("hard_fraction", f"must lie in (0, 1); got {self.hard_fraction}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -147,9 +162,16 @@ class FederationConfig:
     policy: str = "calibrated"
     entropy_threshold: float = 0.5  # paper policy
     target_cloud_fraction: float = 0.2  # calibrated policy: thresholds fitted on the cloud's validation data
-    aggregation: str = "mean"
+    aggregation: str = "fltrust"  # mean | median | trimmed-mean | multi-krum | fltrust (docs/results.md: robustness)
     trim_fraction: float = 0.2
-    max_norm_ratio: float = 1.0  # honest edges measured 0.02-0.3 (docs/results.md); 0 turns the bound off
+    max_norm_ratio: float = 1.0  # the ceiling: honest edges measured 0.02-0.3 (docs/results.md); 0 = no ceiling
+    norm_bound_factor: float = 3.0  # the round's bound: this x the median ratio of its updates (<= ceiling); 0 = off
+    claim_factor: float = 2.0  # an example count weighs at most this x the other clients' median; 0 = off
+    max_claim: float = 0.0  # an example count weighs at most this; 0 = no cap
+    krum_malicious: int = 1  # multi-krum: clients assumed malicious (f); n - f updates are kept
+    trust_samples: int = 512  # fltrust: the cloud's validation images (hard classes) behind its reference update
+    upload_encoding: str = "int8"  # float32 | fp16 | int8: how edges upload their blocks (meanet_core.compression)
+    delta_broadcast: bool = True  # leave the main block out of a broadcast to an edge that already holds it
     limit_train: int = 0  # 0 = every training image
     faults: str = ""  # fault injection for tests and demos, e.g. "0:nan,1:scale=100" (meanet_core.faults); "" = none
     seed: int = 0
@@ -180,7 +202,8 @@ class FederationConfig:
             "partition": PARTITION_SCHEMES,
             "hard_method": HARD_METHODS,
             "policy": ("paper", "calibrated"),
-            "aggregation": ("mean", "median", "trimmed-mean"),
+            "aggregation": ("mean", "median", "trimmed-mean", "multi-krum", "fltrust"),
+            "upload_encoding": ENCODINGS,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
@@ -209,8 +232,13 @@ class FederationConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise bad(f.name, f"must be a finite number; got {value}")
-        if self.max_norm_ratio < 0:
-            raise bad("max_norm_ratio", f"must be >= 0 (0 turns the norm bound off); got {self.max_norm_ratio}")
+        for key in ("max_norm_ratio", "norm_bound_factor", "claim_factor", "max_claim"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0 (0 turns it off); got {getattr(self, key)}")
+        if self.krum_malicious < 0:
+            raise bad("krum_malicious", f"must be >= 0; got {self.krum_malicious}")
+        if self.trust_samples < 1:
+            raise bad("trust_samples", f"must be >= 1 (the cloud's clean images for FLTrust); got {self.trust_samples}")
         if self.evaluate_every < 0:
             raise bad(
                 "evaluate_every",

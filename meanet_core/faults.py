@@ -15,7 +15,12 @@ The faults (applied by :mod:`fl_client.faults` to the arrays of every training r
 ``missing-key`` the last edge array is left out
 ``main-key``    an extra ``main.fc.weight`` entry (an update trying to overwrite the cloud's main block)
 ``crash``       the client raises mid-round instead of replying (its process survives; Flower sends an error reply)
+``flip=K``      a lie inside the checks: the update's change is reversed and scaled, ``sent - K (update - sent)``
+``claim=K``     a lie about the weight: the reply claims ``K`` times the examples it trained on
 =============== =====================================================================================================
+
+``claim=K`` combines with one array fault by ``+``, e.g. ``"0:flip=3+claim=1000"`` (an adversarial direction backed
+by an inflated example count).
 
 This module only parses and validates (pure Python, used by :mod:`meanet_core.config`); the client applies them.
 """
@@ -25,7 +30,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-FAULT_KINDS: tuple[str, ...] = ("nan", "scale", "shape", "dtype", "missing-key", "main-key", "crash")
+FAULT_KINDS: tuple[str, ...] = (
+    "nan",
+    "scale",
+    "shape",
+    "dtype",
+    "missing-key",
+    "main-key",
+    "crash",
+    "flip",
+    "claim",
+)
 """Every fault a client can be told to inject."""
 
 _EXAMPLE = '"0:nan,1:scale=100,2:shape"'
@@ -33,13 +48,18 @@ _EXAMPLE = '"0:nan,1:scale=100,2:shape"'
 
 @dataclass(frozen=True)
 class Fault:
-    """One client's fault: ``kind`` from :data:`FAULT_KINDS`; ``factor`` is ``K`` for ``scale=K`` (else 1)."""
+    """One client's fault: ``kind`` from :data:`FAULT_KINDS`; ``factor`` is ``K`` for ``scale=K``/``flip=K`` (else 1);
+    ``claim`` multiplies the example count the client reports (``claim=K``, alone or after ``+``)."""
 
     kind: str
     factor: float = 1.0
+    claim: float = 1.0
 
     def __str__(self) -> str:
-        return f"scale={self.factor:g}" if self.kind == "scale" else self.kind
+        text = f"{self.kind}={self.factor:g}" if self.kind in _VALUED else self.kind
+        if self.kind == "claim":
+            return f"claim={self.claim:g}"
+        return text + (f"+claim={self.claim:g}" if self.claim != 1.0 else "")
 
 
 def parse_faults(spec: str, num_clients: int | None = None) -> dict[int, Fault]:
@@ -78,18 +98,36 @@ def parse_faults(spec: str, num_clients: int | None = None) -> dict[int, Fault]:
     return faults
 
 
+_VALUED = ("scale", "flip", "claim")
+
+
 def _parse_fault(item: str, text: str) -> Fault:
+    first, plus, rest = (part.strip() for part in text.partition("+"))
+    fault = _parse_one(item, first)
+    if not plus:
+        return fault
+    extra = _parse_one(item, rest)
+    if extra.kind != "claim" or fault.kind == "claim":
+        raise ValueError(f"faults item {item!r}: only 'claim=K' combines with another fault, as in 'flip=3+claim=1000'")
+    return Fault(fault.kind, fault.factor, extra.claim)
+
+
+def _parse_one(item: str, text: str) -> Fault:
     kind, sep, arg = (part.strip() for part in text.partition("="))
     if kind not in FAULT_KINDS:
         raise ValueError(f"faults item {item!r}: unknown fault {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
-    if kind != "scale":
+    if kind not in _VALUED:
         if sep:
-            raise ValueError(f"faults item {item!r}: {kind!r} takes no '=value' (only scale=K does)")
+            raise ValueError(f"faults item {item!r}: {kind!r} takes no '=value' (only {', '.join(_VALUED)} do)")
         return Fault(kind)
     try:
         factor = float(arg)
     except ValueError:
-        raise ValueError(f"faults item {item!r}: scale needs a number, as in 'scale=100'; got {arg!r}") from None
+        raise ValueError(f"faults item {item!r}: {kind} needs a number, as in '{kind}=100'; got {arg!r}") from None
     if not math.isfinite(factor):
-        raise ValueError(f"faults item {item!r}: the scale factor must be finite (use 'nan' for NaN); got {arg!r}")
-    return Fault("scale", factor)
+        raise ValueError(f"faults item {item!r}: the {kind} factor must be finite (use 'nan' for NaN); got {arg!r}")
+    if kind == "claim":
+        if factor <= 0:
+            raise ValueError(f"faults item {item!r}: claim needs a positive multiple; got {arg!r}")
+        return Fault("claim", 1.0, factor)
+    return Fault(kind, factor)

@@ -82,6 +82,27 @@ BROADCAST_STATE = "meanet-broadcast"
 """Key of the ``ConfigRecord`` in an edge's ``context.state`` holding the newest position it accepted
 (:data:`EXPERIENCE`, :data:`BROADCAST_ROUND`)."""
 
+ENCODING = "encoding"
+"""Edge-info entry: how the reply's arrays are encoded (``float32``, ``fp16``, ``int8``; see
+:mod:`meanet_core.compression`). Absent: ``float32``."""
+
+ENCODE_SECONDS = "encode-seconds"
+"""Edge-info entry: seconds the edge spent encoding its update (:mod:`meanet_core.compression`)."""
+
+HELD_MAIN = "held-main-digest"
+"""Config entry of a *delta* broadcast, which leaves the main block out: the digest of the main block the edge must
+already hold (from an earlier full broadcast, kept in its state under :data:`MAIN_CACHE`). The signature covers it."""
+
+MAIN_CACHE = "meanet-main-block"
+"""Key of the ``ArrayRecord`` in an edge's ``context.state`` holding the last main block it received in full."""
+
+UPLOAD_RESIDUAL = "meanet-upload-residual"
+"""Key of the ``ArrayRecord`` in an edge's ``context.state`` holding what its compressed uploads have not sent yet
+(error feedback), with :data:`RESIDUAL_INFO`."""
+
+RESIDUAL_INFO = "meanet-upload-residual-info"
+"""Key of the ``ConfigRecord`` in an edge's ``context.state``: the experience the residual belongs to."""
+
 # ----------------------------------------------------------------------------------------- exit metrics
 ACCURACY = "accuracy"
 """Overall accuracy, whichever exit answered."""

@@ -39,6 +39,7 @@ def load_splits(cfg: TrainConfig) -> DatasetSplits:
         seed=cfg.seed,
         image_size=cfg.image_size,
         limit_train=cfg.limit_train,
+        bad_images=cfg.bad_images,
     )
 
 
@@ -57,12 +58,15 @@ def run_training(
     state_path = out / "state.pt"
     torch.manual_seed(cfg.seed)
     data = splits or load_splits(cfg)
+    skipped = f", {len(data.skipped_images)} unreadable files skipped" if data.skipped_images else ""
     log(
         f"data: {data.name}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
-        f"{data.num_classes} classes, {data.image_size}x{data.image_size}"
+        f"{data.num_classes} classes, {data.image_size}x{data.image_size}{skipped}"
     )
-    model = build_meanet(cfg.model, data.num_classes, mean=data.mean, std=data.std)
-    cloud = build_cloud(cfg.cloud_model, data.num_classes, mean=data.mean, std=data.std)
+    # The models take the data's size: checkpoints record it, so the run is evaluated and served at that size.
+    size = data.image_size
+    model = build_meanet(cfg.model, data.num_classes, mean=data.mean, std=data.std, input_size=size)
+    cloud = build_cloud(cfg.cloud_model, data.num_classes, mean=data.mean, std=data.std, input_size=size)
     if cfg.channels_last:  # faster convolutions on CPU; fit() converts the inputs to match
         for m in (model, cloud):
             m.to(memory_format=torch.channels_last)
@@ -70,6 +74,8 @@ def run_training(
     state: dict[str, Any] = {"format": FORMAT, "config": cfg.as_dict(), "stage": "main", "history": {}}
     if resume and state_path.exists():
         saved = safe_load(state_path)
+        # Keys added since the state was written hold their defaults there (e.g. bad_images).
+        saved["config"] = {**TrainConfig().as_dict(), **saved["config"]}
         if saved["config"] != cfg.as_dict():
             diff = sorted(k for k in cfg.as_dict() if saved["config"].get(k) != cfg.as_dict()[k])
             raise ValueError(
@@ -151,6 +157,7 @@ def run_training(
             "val": len(data.val),
             "test": len(data.test),
             "image_size": data.image_size,
+            "skipped_images": [{"path": str(b.path), "reason": b.reason} for b in data.skipped_images],
         },
         "hard_classes": state["hard_classes"],
         "hard_class_names": [data.class_names[c] for c in state["hard_classes"]],

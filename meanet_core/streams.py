@@ -12,11 +12,16 @@ has seen), and the rest is partitioned over the edge clients (IID or Dirichlet l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from meanet_core.data import DatasetSplits, ImageTensors, partition
+from meanet_core.data import DatasetSplits, ImageTensors, load_dataset, partition
+
+if TYPE_CHECKING:
+    from meanet_core.config import FederationConfig
 
 STREAMS = ("class-incremental", "iid")
 
@@ -95,3 +100,26 @@ def make_stream(
 
 def concat(parts: list[ImageTensors]) -> ImageTensors:
     return ImageTensors(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
+
+@lru_cache(maxsize=2)
+def stream_for(cfg: FederationConfig) -> tuple[DatasetSplits, tuple[Experience, ...]]:
+    """The dataset and its stream, built the same way on the server and every client (same seed)."""
+    splits = load_dataset(
+        cfg.dataset,
+        data_dir=cfg.data_dir or None,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        limit_train=cfg.limit_train or None,
+    )
+    stream = make_stream(
+        splits,
+        kind=cfg.stream,
+        num_experiences=cfg.experiences,
+        num_clients=cfg.num_clients,
+        cloud_share=cfg.cloud_share,
+        partition_scheme=cfg.partition,
+        alpha=cfg.alpha,
+        seed=cfg.seed,
+    )
+    return splits, tuple(stream)

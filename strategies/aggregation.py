@@ -202,18 +202,25 @@ def coordinate_median(updates: WeightedUpdates) -> Arrays:
 
 
 def trimmed_count(num_updates: int, trim_fraction: float) -> int:
-    """How many values :func:`trimmed_mean` drops from *each* end: ``floor(trim_fraction * num_updates)``."""
+    """How many values :func:`trimmed_mean` drops from *each* end.
+
+    ``floor(trim_fraction * num_updates)``, but at least one when ``trim_fraction > 0`` and there are at least three
+    updates (so 0.2 with four clients trims one from each end instead of nothing; three clients give the median).
+    With one or two updates nothing can be trimmed (the strategy logs it); ``trim_fraction = 0`` never trims.
+    """
     if not 0.0 <= trim_fraction < 0.5:
         raise ValueError(f"trim_fraction must lie in [0, 0.5); got {trim_fraction!r}")
-    return int(trim_fraction * num_updates)
+    if trim_fraction == 0 or num_updates < 3:
+        return 0
+    return max(1, min(int(trim_fraction * num_updates), (num_updates - 1) // 2))
 
 
 def trimmed_mean(updates: WeightedUpdates, trim_fraction: float) -> Arrays:
     """Coordinate-wise trimmed mean (FedTrimmedAvg, Yin et al. 2018): robust to a minority of outliers.
 
-    At every coordinate, the ``floor(trim_fraction * n)`` smallest and largest values are dropped and the rest
-    averaged without weights (weights are ignored, as in :func:`coordinate_median`). With few updates the trim may
-    be zero (e.g. 3 updates at 0.2), and the result is then the plain unweighted mean.
+    At every coordinate, the :func:`trimmed_count` smallest and largest values are dropped and the rest averaged
+    without weights (weights are ignored, as in :func:`coordinate_median`). With one or two updates nothing can be
+    trimmed, and the result is then the plain unweighted mean.
 
     Raises
     ------

@@ -4,105 +4,62 @@ The server sends every sampled edge the full MEANet state dict (main + adaptive 
 and hard-class buffers). Each edge fine-tunes only the adaptive and extension blocks and replies with those entries
 alone (parameters and BatchNorm buffers) in one ``ArrayRecord``, and one ``MetricRecord`` holding ``num-examples``
 and its training metrics. This strategy checks every reply against what was sent (keys, shapes, dtypes, finite
-values, an optional norm bound), drops the bad ones with a logged reason, aggregates the good ones with the chosen
-rule (example-weighted mean, coordinate median, or trimmed mean; maths in :mod:`strategies.aggregation`), and returns
-the aggregate merged with the **unchanged** cloud-owned entries, byte for byte as sent.
+values, the main-block digest the edge loaded, a norm bound that follows the round), drops the bad ones with a logged
+reason, bounds each example count it cannot verify, aggregates the good ones with the chosen rule (example-weighted
+mean, coordinate median, trimmed mean, Multi-Krum, or FLTrust against a reference update computed on the server's own
+data; maths in :mod:`strategies.aggregation` and :mod:`strategies.robust`), and returns the aggregate merged with the
+**unchanged** cloud-owned entries, byte for byte as sent.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
-from typing import Any, TypedDict
 
 import numpy as np
-import numpy.typing as npt
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
 
+from meanet_core.broadcast import digest
 from meanet_core.keys import (
     ARRAYS,
-    CLIENT,
     CLOUD_ARRAYS,
     CONFIG,
-    EDGE_INFO,
     EDGE_PREFIXES,
-    MAIN_DIGEST,
-    METRICS,
+    EXPERIENCE,
+    HELD_MAIN,
     NUM_EXAMPLES,
-    TRAIN_ENDED,
     TRAIN_SECONDS,
-    TRAIN_STARTED,
     is_edge_key,
+    is_main_key,
 )
 from strategies.aggregation import (
-    AGGREGATORS,
     Arrays,
     aggregate_metrics,
     trimmed_count,
     update_norm_ratio,
     validate_update,
 )
+from strategies.replies import (
+    Reply,
+    TrainRoundReport,
+    client_index,
+    main_digest,
+    read_reply,
+    short_error,
+    train_interval,
+)
+from strategies.robust import RULES, apply_rule, bound_claims, round_norm_bound
+
+ReferenceFn = Callable[[Arrays], Arrays]
+"""``sent full state -> edge arrays``: the server's own update of the edge blocks on its clean data (FLTrust)."""
 
 __all__ = ["MEANetStrategy", "TrainRoundReport"]
-
-
-class _RoundEvaluation(TypedDict, total=False):
-    client_evaluation: dict[str, Any]
-    """The round's aggregated client evaluation (set by ``aggregate_evaluate``, which Flower runs after training)."""
-
-
-class TrainRoundReport(_RoundEvaluation):
-    """What happened to the replies of one training round (``MEANetStrategy.last_round``)."""
-
-    server_round: int
-    received: int
-    """Replies received, error replies included."""
-    accepted: int
-    """Replies aggregated."""
-    accepted_nodes: list[int]
-    """Node ids of the aggregated replies."""
-    dropped: list[tuple[int, str]]
-    """``(node id, reason)`` for every reply rejected: error replies, malformed replies, failed validation."""
-    skipped: list[tuple[int, str]]
-    """``(node id, reason)`` for valid replies with nothing to aggregate (trained on 0 examples)."""
-    num_examples: float
-    """Total ``num-examples`` of the aggregated replies."""
-    bytes_received_per_client: float
-    """Mean size in bytes of the ArrayRecords received (every non-error reply carrying exactly one)."""
-    main_digests: dict[int, str]
-    """Node id -> the main-block digest the edge reported (``edge-info``/``main-digest``), where it sent one."""
-    clients: dict[int, int]
-    """Node id -> the client (partition) index the edge reported (``edge-info``/``client``), where it sent one."""
-    norm_ratios: dict[int, float]
-    """Node id -> ``||update - sent|| / ||sent||`` for every reply that passed the structural checks (keys, shapes,
-    dtypes, finite values), whether the norm bound then accepted it or not."""
-    max_norm_ratio: float | None
-    """The norm bound in force (``None``: off)."""
-    train_phase_seconds: float
-    """From sending the instructions to the start of aggregation: local training plus communication and waiting."""
-    client_train_seconds: list[float]
-    """The ``train-seconds`` each accepted edge reported (its local fine-tuning time)."""
-    aggregation_seconds: float
-    """Time spent in ``aggregate_train`` (validation, aggregation, merging)."""
-    client_train_intervals: list[tuple[float, float]]
-    """``(start, end)`` of each accepted edge's fine-tuning, in seconds after the instructions were sent, from the
-    wall-clock times the edges reported (``edge-info`` ``train-started``/``train-ended``); meaningful where the edges
-    share the server's clock (simulation, loopback)."""
-
-
-class _Reply(TypedDict):
-    """A reply decoded for aggregation."""
-
-    arrays: Arrays
-    weight: float
-    metrics: Mapping[str, float | Sequence[float]]
 
 
 class MEANetStrategy(FedAvg):
@@ -123,13 +80,35 @@ class MEANetStrategy(FedAvg):
         As in FedAvg: ``aggregate_evaluate`` is FedAvg's, an example-weighted average by default; the result is also
         stored in the round's report (``last_round["client_evaluation"]``).
     aggregation : str (default: ``"mean"``)
-        ``"mean"`` (example-weighted average), ``"median"`` (coordinate-wise median) or ``"trimmed-mean"``.
-        The robust rules ignore the example counts for the arrays, so a client cannot buy influence.
+        ``"mean"`` (example-weighted average, with bounded claims), ``"median"`` (coordinate-wise median),
+        ``"trimmed-mean"``, ``"multi-krum"`` (Flower's Multi-Krum selection, then the weighted mean of the selected)
+        or ``"fltrust"`` (cosine trust scores against ``reference_fn``'s update; needs ``reference_fn``). The median,
+        trimmed mean and FLTrust ignore the example counts for the arrays, so a client cannot buy influence.
     trim_fraction : float (default: 0.2)
-        For ``"trimmed-mean"``: the fraction cut from each end at every coordinate, in ``[0, 0.5)``.
+        For ``"trimmed-mean"``: the fraction cut from each end at every coordinate, in ``[0, 0.5)`` (at least one
+        from each end when there are three updates or more, see :func:`strategies.aggregation.trimmed_count`).
     max_norm_ratio : float, optional
-        Drop an update whose change ``||update - sent||`` exceeds ``max_norm_ratio * ||sent||`` (over the floating
-        edge arrays). ``None`` (default) disables the bound.
+        The absolute ceiling of the norm bound: drop an update whose change ``||update - sent||`` exceeds
+        ``max_norm_ratio * ||sent||`` (over the floating edge arrays). ``None`` (default): no ceiling.
+    norm_bound_factor : float, optional
+        The bound that follows the round: drop an update whose norm ratio exceeds this multiple of the lower median
+        ratio of the round's valid updates (never above ``max_norm_ratio``). ``None`` (default): off.
+    claim_factor : float, optional
+        Weigh an example count at most this multiple of the median count of the round's other clients.
+    max_claim : float, optional
+        Weigh an example count at most this much. An edge's count may also never exceed the count it reported earlier
+        in the same experience (the instruction config's ``experience``). Clipped claims are recorded with the reason.
+    krum_malicious : int (default: 1)
+        For ``"multi-krum"``: the number of malicious clients ``f`` tolerated; ``n - f`` updates are selected.
+    reference_fn : callable, optional
+        ``sent full state -> edge arrays``: the server's own update of the edge blocks on clean data, for FLTrust.
+    require_main_digest : bool (default: False)
+        Drop a reply that does not report the main-block digest it loaded. A reported digest that differs from the
+        digest of the main block sent is always dropped.
+    delta_broadcast : bool (default: False)
+        Leave the main block out of the instructions to an edge that reported holding it (its last training reply's
+        digest is the current one): such an instruction carries the rest and the digest of the main block to use
+        (``held-main-digest``). Every other edge gets the full state. :attr:`bytes_sent` says what each costs.
 
     Attributes
     ----------
@@ -168,13 +147,33 @@ class MEANetStrategy(FedAvg):
         aggregation: str = "mean",
         trim_fraction: float = 0.2,
         max_norm_ratio: float | None = None,
+        norm_bound_factor: float | None = None,
+        claim_factor: float | None = None,
+        max_claim: float | None = None,
+        krum_malicious: int = 1,
+        reference_fn: ReferenceFn | None = None,
+        require_main_digest: bool = False,
+        delta_broadcast: bool = False,
     ) -> None:
-        if aggregation not in AGGREGATORS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {sorted(AGGREGATORS)}")
+        if aggregation not in RULES:
+            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(RULES)}")
+        if aggregation == "fltrust" and reference_fn is None:
+            raise ValueError(
+                "aggregation 'fltrust' needs reference_fn (the server's own update of the edge blocks on clean data); "
+                "pass one, or choose another rule"
+            )
         if not 0.0 <= trim_fraction < 0.5:
             raise ValueError(f"trim_fraction must lie in [0, 0.5); got {trim_fraction!r}")
-        if max_norm_ratio is not None and not (math.isfinite(max_norm_ratio) and max_norm_ratio > 0):
-            raise ValueError(f"max_norm_ratio must be a positive finite number or None; got {max_norm_ratio!r}")
+        for name, value in (
+            ("max_norm_ratio", max_norm_ratio),
+            ("norm_bound_factor", norm_bound_factor),
+            ("claim_factor", claim_factor),
+            ("max_claim", max_claim),
+        ):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number or None (off); got {value!r}")
+        if krum_malicious < 0:
+            raise ValueError(f"krum_malicious must be >= 0; got {krum_malicious}")
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -192,6 +191,18 @@ class MEANetStrategy(FedAvg):
         self.aggregation = aggregation
         self.trim_fraction = trim_fraction
         self.max_norm_ratio = max_norm_ratio
+        self.norm_bound_factor = norm_bound_factor
+        self.claim_factor = claim_factor
+        self.max_claim = max_claim
+        self.krum_malicious = krum_malicious
+        self.reference_fn = reference_fn
+        self.require_main_digest = require_main_digest
+        self.delta_broadcast = delta_broadcast
+        self.holds: dict[int, str] = {}  # node -> the main-block digest its last training reply reported
+        self.bytes_sent: dict[str, float] = {}  # message type -> mean array bytes per instruction, last sent
+        self.sent_main_digest: str | None = None
+        self._claims: dict[int, float] = {}  # node -> the weight it was allowed earlier in this experience
+        self._claims_experience: object = None
         self.current_arrays: ArrayRecord | None = None
         self.current_round: int | None = None
         self.last_round: TrainRoundReport | None = None
@@ -210,7 +221,18 @@ class MEANetStrategy(FedAvg):
         log(INFO, "\t│\t├── Aggregation: %s", self.aggregation)
         if self.aggregation == "trimmed-mean":
             log(INFO, "\t│\t├── Trim fraction: %s", self.trim_fraction)
-        log(INFO, "\t│\t└── Max norm ratio: %s", "off" if self.max_norm_ratio is None else self.max_norm_ratio)
+        log(
+            INFO,
+            "\t│\t├── Norm bound: %s x the round's median ratio, ceiling %s",
+            self.norm_bound_factor or "off",
+            "none" if self.max_norm_ratio is None else self.max_norm_ratio,
+        )
+        log(
+            INFO,
+            "\t│\t└── Claims: at most %s x the others' median, cap %s",
+            self.claim_factor or "any",
+            self.max_claim or "none",
+        )
         super().summary()
 
     # ------------------------------------------------------------------------------------------------- train
@@ -232,7 +254,12 @@ class MEANetStrategy(FedAvg):
         # A snapshot sharing the (immutable) bytes: later changes to `arrays` cannot alter what we compare against.
         self.current_arrays = ArrayRecord.from_array_dict(dict(arrays.items()))
         self.current_round = server_round
-        messages = super().configure_train(server_round, arrays, config, grid)
+        self.sent_main_digest = digest({k: v.numpy() for k, v in self.current_arrays.items()})
+        experience = config.get(EXPERIENCE)
+        if experience != self._claims_experience:  # new data on the edges: their counts may change
+            self._claims, self._claims_experience = {}, experience
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.bytes_sent[MessageType.TRAIN] = _mean_array_bytes(messages)
         self._sent_at = time.perf_counter()  # the grid sends right after this returns
         self._sent_wall = time.time()
         return messages
@@ -272,13 +299,15 @@ class MEANetStrategy(FedAvg):
         valid_replies, error_replies = self._check_and_log_replies(replies, is_train=True, validate=False)
 
         dropped: list[tuple[int, str]] = [
-            (msg.metadata.src_node_id, f"error reply (code {msg.error.code}): {_short_error(msg.error.reason)}")
+            (msg.metadata.src_node_id, f"error reply (code {msg.error.code}): {short_error(msg.error.reason)}")
             for msg in error_replies
         ]
-        for node_id, reason in dropped:
-            log(WARNING, "aggregate_train: round %d: no update from node %d: %s", server_round, node_id, reason)
+        for node_id, _ in dropped:
+            self.holds.pop(node_id, None)  # it may have lost its state (or lacks the main block): send it in full
+        for node_id, error in dropped:
+            log(WARNING, "aggregate_train: round %d: no update from node %d: %s", server_round, node_id, error)
         reference = {k: v.numpy() for k, v in self.current_arrays.items() if is_edge_key(k)}
-        accepted: list[tuple[Message, _Reply]] = []
+        candidates: list[tuple[Message, Reply]] = []
         skipped: list[tuple[int, str]] = []
         main_digests: dict[int, str] = {}
         clients: dict[int, int] = {}
@@ -289,34 +318,72 @@ class MEANetStrategy(FedAvg):
             content = msg.content
             if len(content.array_records) == 1:
                 received_bytes.append(next(iter(content.array_records.values())).count_bytes())
-            if (main_digest := _main_digest(content)) is not None:
-                main_digests[node_id] = main_digest
-            if (client := _client_index(content)) is not None:
+            if (reported := main_digest(content)) is not None:
+                main_digests[node_id] = reported
+                self.holds[node_id] = reported  # the edge keeps the main block it loaded (fl_client.transport)
+            if (client := client_index(content)) is not None:
                 clients[node_id] = client
-            verdict, ratio = self._judge(content, reference)
-            if ratio is not None:
-                norm_ratios[node_id] = ratio
+            verdict = self._judge(content, reference, reported)
             if isinstance(verdict, str):
-                dropped.append((node_id, verdict))
-                log(
-                    WARNING,
-                    "aggregate_train: round %d: dropped the update from node %d%s: %s",
-                    server_round,
-                    node_id,
-                    "" if client is None else f" (client {client})",
-                    verdict,
-                )
+                self._drop(dropped, server_round, node_id, client, verdict)
             elif verdict["weight"] == 0:
                 skipped.append((node_id, f"'{self.weighted_by_key}' is 0: trained on nothing, nothing to aggregate"))
                 log(INFO, "aggregate_train: round %d: node %d trained on 0 examples; skipped", server_round, node_id)
             else:
-                accepted.append((msg, verdict))
+                norm_ratios[node_id] = update_norm_ratio(verdict["arrays"], reference)
+                candidates.append((msg, verdict))
+
+        # The norm bound that follows the round: a multiple of the round's own (lower) median ratio, under the ceiling.
+        ratios = [norm_ratios[msg.metadata.src_node_id] for msg, _ in candidates]
+        bound = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=self.max_norm_ratio)
+        relative = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=None) if ratios else None
+        if ratios:
+            log(
+                INFO,
+                "aggregate_train: round %d: norm bound %s (relative: %s; ceiling: %s); ratios %s",
+                server_round,
+                "off" if bound is None else f"{bound:.4g}",
+                "off"
+                if relative is None
+                else f"{self.norm_bound_factor:g} x median {relative / (self.norm_bound_factor or 1):.4g}",
+                "none" if self.max_norm_ratio is None else f"{self.max_norm_ratio:g}",
+                ", ".join(f"{x:.3g}" for x in ratios),
+            )
+        accepted: list[tuple[Message, Reply]] = []
+        for msg, r in candidates:
+            node_id = msg.metadata.src_node_id
+            too_far = None if bound is None else validate_update(r["arrays"], reference, max_norm_ratio=bound)
+            if too_far is not None:
+                if relative is not None and self.norm_bound_factor and bound == relative:
+                    too_far += (
+                        f" (the round's bound: {self.norm_bound_factor:g} x the median ratio of its valid updates, "
+                        f"{relative / self.norm_bound_factor:.4g}; ceiling {self.max_norm_ratio})"
+                    )
+                self._drop(dropped, server_round, node_id, clients.get(node_id), too_far)
+            else:
+                accepted.append((msg, r))
+
+        # Example counts are claims: bound each by what the server knows, and weigh the update by what is allowed.
+        nodes = [msg.metadata.src_node_id for msg, _ in accepted]
+        claims = bound_claims(
+            [r["weight"] for _, r in accepted],
+            [self._claims.get(node) for node in nodes],
+            median_factor=self.claim_factor,
+            cap=self.max_claim,
+        )
+        clipped_claims: list[tuple[int, str]] = []
+        for node, (_, r), claim in zip(nodes, accepted, claims, strict=True):
+            r["weight"] = claim.allowed
+            self._claims[node] = claim.allowed
+            if claim.reason is not None:
+                clipped_claims.append((node, claim.reason))
+                log(WARNING, "aggregate_train: round %d: node %d %s", server_round, node, claim.reason)
 
         report = TrainRoundReport(
             server_round=server_round,
             received=len(replies),
             accepted=len(accepted),
-            accepted_nodes=[msg.metadata.src_node_id for msg, _ in accepted],
+            accepted_nodes=nodes,
             dropped=dropped,
             skipped=skipped,
             num_examples=float(sum(r["weight"] for _, r in accepted)),
@@ -325,13 +392,25 @@ class MEANetStrategy(FedAvg):
             clients=clients,
             norm_ratios=norm_ratios,
             max_norm_ratio=self.max_norm_ratio,
+            norm_bound=bound,
+            norm_bound_relative=relative,
+            claims={node: claim.claimed for node, claim in zip(nodes, claims, strict=True)},
+            clipped_claims=clipped_claims,
+            rule=self.aggregation,
+            rule_note="",
+            ignored_by_rule=[],
+            trust_scores={},
+            encodings={node: r["encoding"] for node, (_, r) in zip(nodes, accepted, strict=True)},
+            encode_seconds=float(np.mean([r["encode_seconds"] for _, r in accepted])) if accepted else 0.0,
+            decode_seconds=float(np.mean([r["decode_seconds"] for _, r in accepted])) if accepted else 0.0,
+            bytes_sent_per_client=self.bytes_sent.get(MessageType.TRAIN, 0.0),
             train_phase_seconds=started - self._sent_at if self._sent_at is not None else 0.0,
             client_train_seconds=[float(r["metrics"].get(TRAIN_SECONDS, 0.0)) for _, r in accepted],  # type: ignore[arg-type]
             aggregation_seconds=0.0,
             client_train_intervals=[
                 (interval[0] - self._sent_wall, interval[1] - self._sent_wall)
                 for msg, _ in accepted
-                if self._sent_wall is not None and (interval := _train_interval(msg.content)) is not None
+                if self._sent_wall is not None and (interval := train_interval(msg.content)) is not None
             ],
         )
         self.last_round = report
@@ -349,31 +428,59 @@ class MEANetStrategy(FedAvg):
             )
             return None, None
 
-        if self.aggregation == "trimmed-mean" and trimmed_count(len(accepted), self.trim_fraction) == 0:
-            log(
-                WARNING,
-                "aggregate_train: round %d: trim_fraction %s trims nothing from %d updates; this round is a plain mean",
-                server_round,
-                self.trim_fraction,
-                len(accepted),
-            )
-        aggregated = AGGREGATORS[self.aggregation](
-            [(r["arrays"], r["weight"]) for _, r in accepted], self.trim_fraction
-        )
+        aggregated = self._aggregate_arrays(accepted, reference, report)
         arrays = self._merge_with_sent(aggregated)
         metrics = self._aggregate_train_metrics(accepted)
         report["aggregation_seconds"] = time.perf_counter() - started
         log(
             INFO,
-            "aggregate_train: round %d: aggregated %d of %d updates (%s, %g examples); %d dropped",
+            "aggregate_train: round %d: aggregated %d of %d updates (%s%s, %g examples); %d dropped",
             server_round,
             len(accepted),
             len(replies),
             self.aggregation,
+            f": {report['rule_note']}" if report["rule_note"] else "",
             report["num_examples"],
             len(dropped),
         )
         return arrays, metrics
+
+    def _aggregate_arrays(
+        self, accepted: list[tuple[Message, Reply]], reference: Arrays, report: TrainRoundReport
+    ) -> Arrays:
+        """The accepted updates combined by the configured rule; what the rule did goes into ``report``."""
+        nodes = [msg.metadata.src_node_id for msg, _ in accepted]
+        server_update = None
+        if self.aggregation == "fltrust":
+            assert self.reference_fn is not None and self.current_arrays is not None  # checked in __init__ / above
+            server_update = self.reference_fn({k: v.numpy() for k, v in self.current_arrays.items()})
+        result = apply_rule(
+            self.aggregation,
+            [(r["arrays"], r["weight"]) for _, r in accepted],
+            trim_fraction=self.trim_fraction,
+            krum_malicious=self.krum_malicious,
+            reference=server_update,
+            sent=reference,
+        )
+        report["rule_note"] = result.note
+        report["ignored_by_rule"] = [(nodes[i], reason) for i, reason in result.ignored]
+        report["trust_scores"] = dict(zip(nodes, result.scores, strict=False))
+        if self.aggregation == "trimmed-mean" and trimmed_count(len(nodes), self.trim_fraction) == 0:
+            log(WARNING, "aggregate_train: trimmed-mean: %s", result.note)
+        return result.arrays
+
+    def _drop(
+        self, dropped: list[tuple[int, str]], server_round: int, node: int, client: int | None, reason: str
+    ) -> None:
+        dropped.append((node, reason))
+        log(
+            WARNING,
+            "aggregate_train: round %d: dropped the update from node %d%s: %s",
+            server_round,
+            node,
+            "" if client is None else f" (client {client})",
+            reason,
+        )
 
     # ------------------------------------------------------------------------------------------------- evaluate
     def configure_evaluate(
@@ -385,12 +492,41 @@ class MEANetStrategy(FedAvg):
         """
         if not self.evaluates(server_round):
             return []  # Flower's Strategy.start sends nothing and aggregates nothing this round
+        self.sent_main_digest = digest({k: v.numpy() for k, v in arrays.items() if is_main_key(k)})
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         if self.cloud_arrays is not None:
-            for msg in messages:  # FedAvg shares one RecordDict among the messages: setting it again is harmless
+            for msg in messages:  # the full and the delta instructions each share one RecordDict: harmless
                 msg.content[CLOUD_ARRAYS] = self.cloud_arrays
+        self.bytes_sent[MessageType.EVALUATE] = _mean_array_bytes(messages)
         self._evaluate_sent_at = time.perf_counter()
         return messages
+
+    # ------------------------------------------------------------------------------------------------- broadcasts
+    def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> Iterable[Message]:
+        """FedAvg's one message per node, except that an edge holding the current main block gets a delta."""
+        delta: RecordDict | None = None
+        messages = []
+        for node in node_ids:
+            content = record
+            if self.delta_broadcast and self.sent_main_digest and self.holds.get(node) == self.sent_main_digest:
+                delta = delta or self._delta_record(record, message_type)
+                content = delta
+            messages.append(Message(content=content, message_type=message_type, dst_node_id=node))
+        return messages
+
+    def _delta_record(self, record: RecordDict, purpose: str) -> RecordDict:
+        """``record`` without the main block, with the digest of the one to use, sealed by :meth:`seal`."""
+        arrays = record[self.arrayrecord_key]
+        config = record[self.configrecord_key]
+        assert isinstance(arrays, ArrayRecord) and isinstance(config, ConfigRecord)  # FedAvg built them
+        kept = ArrayRecord({k: v for k, v in arrays.items() if not is_main_key(k)})
+        held = ConfigRecord({**dict(config.items()), HELD_MAIN: self.sent_main_digest or ""})
+        return RecordDict({self.arrayrecord_key: kept, self.configrecord_key: self.seal(kept, held, purpose)})
+
+    def seal(self, arrays: ArrayRecord, config: ConfigRecord, purpose: str) -> ConfigRecord:
+        """The config of an instruction built here (a delta): as it is; :class:`~strategies.SignedMEANetStrategy`
+        signs it."""
+        return config
 
     def evaluates(self, server_round: int) -> bool:
         """Whether the edges evaluate after ``server_round`` (:attr:`evaluate_rounds`; every round when unset)."""
@@ -412,53 +548,22 @@ class MEANetStrategy(FedAvg):
         return metrics
 
     # ------------------------------------------------------------------------------------------------- helpers
-    def _judge(self, content: RecordDict, reference: Arrays) -> tuple[_Reply | str, float | None]:
-        """The decoded reply if it is readable and passes :func:`validate_update`, else the reason it does not; and
-        the update's norm ratio when its structure (keys, shapes, dtypes, finite values) is sound, else ``None``."""
-        reply = self._read_reply(content)
+    def _judge(self, content: RecordDict, reference: Arrays, reported_digest: str | None) -> Reply | str:
+        """The decoded reply if it is readable, holds the main block that was sent and passes
+        :func:`validate_update`'s structural checks (keys, shapes, dtypes, finite values), else the reason it does
+        not. The norm bound is applied afterwards, once the round's ratios are known."""
+        if reported_digest is not None and reported_digest != self.sent_main_digest:
+            return (
+                f"the edge trained against main block {reported_digest[:12]}..., not the one broadcast this round "
+                f"({(self.sent_main_digest or '?')[:12]}...): its update was computed on other features"
+            )
+        if reported_digest is None and self.require_main_digest:
+            return "the reply reports no main-block digest (edge-info 'main-digest'); this server requires one"
+        reply = read_reply(content, self.weighted_by_key, reference)
         if isinstance(reply, str):
-            return reply, None
+            return reply
         reason = validate_update(reply["arrays"], reference, max_norm_ratio=None)
-        if reason is not None:
-            return reason, None
-        ratio = update_norm_ratio(reply["arrays"], reference)
-        if self.max_norm_ratio is not None:
-            reason = validate_update(reply["arrays"], reference, max_norm_ratio=self.max_norm_ratio)
-        return (reply if reason is None else reason), ratio
-
-    def _read_reply(self, content: RecordDict) -> _Reply | str:
-        """Decode a reply's arrays, weight and metrics, or say why it cannot be used."""
-        array_records = content.array_records
-        if len(array_records) != 1:
-            return (
-                f"expected exactly one ArrayRecord (under '{self.arrayrecord_key}') holding the edge arrays; "
-                f"found {len(array_records)}: {list(array_records)}"
-            )
-        metric_records = content.metric_records
-        if len(metric_records) != 1:
-            return (
-                f"expected exactly one MetricRecord (under '{METRICS}') holding '{self.weighted_by_key}'; "
-                f"found {len(metric_records)}: {list(metric_records)}"
-            )
-        record = next(iter(array_records.values()))
-        metric_record = next(iter(metric_records.values()))
-        if self.weighted_by_key not in metric_record:
-            return (
-                f"the MetricRecord has no '{self.weighted_by_key}' entry (the number of examples trained on); "
-                f"found {sorted(metric_record)}"
-            )
-        weight = metric_record[self.weighted_by_key]
-        if isinstance(weight, list) or not (math.isfinite(weight) and weight >= 0):
-            return f"'{self.weighted_by_key}' is {weight!r}; expected a number of examples (finite, >= 0)"
-
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        for key, array in record.items():
-            try:
-                arrays[key] = array.numpy()
-            except (TypeError, ValueError, OSError, EOFError) as exc:
-                return f"array '{key}' could not be decoded as a numpy array ({type(exc).__name__}: {exc})"
-        metrics = {k: v for k, v in metric_record.items() if k != self.weighted_by_key}
-        return _Reply(arrays=arrays, weight=float(weight), metrics=metrics)
+        return reply if reason is None else reason
 
     def _merge_with_sent(self, aggregated: Arrays) -> ArrayRecord:
         """The sent state dict, in order, with the edge entries replaced by the aggregate; the rest byte for byte."""
@@ -473,7 +578,7 @@ class MEANetStrategy(FedAvg):
                 merged[key] = Array(dtype=sent.dtype, shape=tuple(sent.shape), stype=sent.stype, data=sent.data)
         return merged
 
-    def _aggregate_train_metrics(self, accepted: list[tuple[Message, _Reply]]) -> MetricRecord:
+    def _aggregate_train_metrics(self, accepted: list[tuple[Message, Reply]]) -> MetricRecord:
         """Example-weighted training metrics of the accepted replies (or the user's ``train_metrics_aggr_fn``)."""
         if self._custom_train_metrics_aggr_fn is not None:
             return self._custom_train_metrics_aggr_fn([msg.content for msg, _ in accepted], self.weighted_by_key)
@@ -484,42 +589,7 @@ class MEANetStrategy(FedAvg):
         return record
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _short_error(reason: str | None, limit: int = 300) -> str:
-    """The gist of an error reply's reason: Flower's simulation wraps the ClientApp's exception in a Ray traceback
-    (with colour codes); keep the exception's own message, at most ``limit`` characters (FedAvg logs it in full)."""
-    text = _ANSI.sub("", reason or "")
-    if "Message: " in text:
-        text = text.rsplit("Message: ", 1)[1]
-    else:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        text = lines[-1] if lines else "(no reason given)"
-    text = text.strip().removesuffix("'>").strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _client_index(content: RecordDict) -> int | None:
-    """The client (partition) index an edge reported in its ``edge-info`` ConfigRecord, if any."""
-    info = content.config_records.get(EDGE_INFO)
-    value = info.get(CLIENT) if info is not None else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _train_interval(content: RecordDict) -> tuple[float, float] | None:
-    """The wall-clock ``(start, end)`` of the edge's fine-tuning from its ``edge-info`` ConfigRecord, if it sent one."""
-    info = content.config_records.get(EDGE_INFO)
-    if info is None:
-        return None
-    start, end = info.get(TRAIN_STARTED), info.get(TRAIN_ENDED)
-    if not isinstance(start, float) or not isinstance(end, float) or not math.isfinite(start) or not end >= start:
-        return None
-    return start, end
-
-
-def _main_digest(content: RecordDict) -> str | None:
-    """The main-block digest an edge reported in its ``edge-info`` ConfigRecord, if any."""
-    info = content.config_records.get(EDGE_INFO)
-    value = info.get(MAIN_DIGEST) if info is not None else None
-    return value if isinstance(value, str) else None
+def _mean_array_bytes(messages: list[Message]) -> float:
+    """Mean bytes of the arrays (every ArrayRecord) the instructions carry: what a broadcast costs each edge."""
+    sizes = [sum(r.count_bytes() for r in m.content.array_records.values()) for m in messages]
+    return float(np.mean(sizes)) if sizes else 0.0

@@ -9,15 +9,19 @@ from meanet_core.data.datasets import (
     load_dataset,
     train_val_split,
 )
+from meanet_core.data.images import BAD_IMAGE_POLICIES, BadImageError, SkippedImage
 from meanet_core.data.loader import TensorBatches, to_float
 from meanet_core.data.partition import PARTITION_SCHEMES, dirichlet_partition, iid_partition, partition
 
 __all__ = [
+    "BAD_IMAGE_POLICIES",
     "DATASETS",
     "DATA_DIR_ENV",
     "PARTITION_SCHEMES",
+    "BadImageError",
     "DatasetSplits",
     "ImageTensors",
+    "SkippedImage",
     "TensorBatches",
     "data_dir_from_env",
     "dirichlet_partition",

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from meanet_core.data.images import SkippedImage, check_bad_images
+
 DATASETS: tuple[str, ...] = ("cifar100", "cifar100-mini", "cifar10", "digits", "imagefolder")
 DATA_DIR_ENV = "MEANET_DATA_DIR"
 
@@ -80,6 +82,8 @@ class DatasetSplits:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    skipped_images: tuple[SkippedImage, ...] = ()
+    """Files left out because they are not readable images (``imagefolder`` with ``bad_images="skip"``)."""
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -153,12 +157,15 @@ def load_dataset(
     download: bool = True,
     image_size: int = 224,
     limit_train: int | None = None,
+    bad_images: str = "skip",
 ) -> DatasetSplits:
     """Load dataset ``name`` (one of :data:`DATASETS`) as seeded train/val/test splits held in memory.
 
     ``data_dir`` defaults to ``$MEANET_DATA_DIR``. ``image_size`` only applies to ``imagefolder``; the other
     datasets keep their native 32x32. ``limit_train`` keeps a seeded, stratified subset of that many training
-    images (after the validation carve-out), for quick runs.
+    images (after the validation carve-out), for quick runs. ``bad_images`` (``imagefolder`` only) says what happens
+    to a file that is not a readable image of a supported format: ``"skip"`` leaves it out with a warning (listed in
+    ``skipped_images``), ``"error"`` refuses the dataset with a ``BadImageError`` naming the files.
     """
     from meanet_core.data import sources  # local import: sources imports this module
 
@@ -168,8 +175,9 @@ def load_dataset(
         raise ValueError(f"limit_train must be a positive number of images or None; got {limit_train!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in [0, 1) (0 means no validation split); got {val_fraction}")
+    check_bad_images(bad_images)
     folder = Path(data_dir).expanduser() if data_dir is not None else data_dir_from_env()
-    raw = sources.read_source(name, folder, download=download, image_size=image_size)
+    raw = sources.read_source(name, folder, download=download, image_size=image_size, bad_images=bad_images)
     train, val = train_val_split(raw.train, val_fraction, seed)
     if limit_train is not None and limit_train < len(train):
         # A different stream from the val carve-out, so changing limit_train never changes val.
@@ -185,4 +193,5 @@ def load_dataset(
         image_size=int(raw.train.x.shape[-1]),
         mean=raw.mean,
         std=raw.std,
+        skipped_images=raw.skipped,
     )

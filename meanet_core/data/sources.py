@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from meanet_core.data.datasets import DATA_DIR_ENV, ImageTensors, stratified_pick
+from meanet_core.data.images import SkippedImage, check_bad_images, class_folders, read_image_tree
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -43,10 +44,19 @@ class RawSource:
     class_names: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    skipped: tuple[SkippedImage, ...] = ()
+    """Files left out because they are not readable images (``imagefolder`` with ``bad_images="skip"``)."""
 
 
-def read_source(name: str, folder: Path | None, *, download: bool, image_size: int) -> RawSource:
-    """Read dataset ``name``; ``folder`` is the data directory (already resolved against the environment)."""
+def read_source(
+    name: str, folder: Path | None, *, download: bool, image_size: int, bad_images: str = "skip"
+) -> RawSource:
+    """Read dataset ``name``; ``folder`` is the data directory (already resolved against the environment).
+
+    ``bad_images`` (``imagefolder`` only): ``"skip"`` leaves files that are not readable images out with a warning,
+    ``"error"`` refuses the folder with a :class:`~meanet_core.data.images.BadImageError` naming them.
+    """
+    check_bad_images(bad_images)
     if name == "cifar100":
         return _read_cifar(folder, "cifar100.npz", 100, CIFAR100_MEAN, CIFAR100_STD, "CIFAR100", download)
     if name == "cifar100-mini":
@@ -56,7 +66,7 @@ def read_source(name: str, folder: Path | None, *, download: bool, image_size: i
     if name == "digits":
         return _read_digits()
     if name == "imagefolder":
-        return _read_imagefolder(folder, image_size)
+        return _read_imagefolder(folder, image_size, bad_images)
     raise ValueError(f"no reader for dataset {name!r}")
 
 
@@ -277,7 +287,7 @@ def _read_digits() -> RawSource:
 # --------------------------------------------------------------------------------------------------- folders
 
 
-def _read_imagefolder(folder: Path | None, image_size: int) -> RawSource:
+def _read_imagefolder(folder: Path | None, image_size: int, bad_images: str) -> RawSource:
     """``folder/train`` and ``folder/val`` (or ``folder/test``) in ImageFolder layout, resized and cropped."""
     if isinstance(image_size, bool) or int(image_size) < 1:
         raise ValueError(f"image_size must be a positive number of pixels; got {image_size!r}")
@@ -294,7 +304,7 @@ def _read_imagefolder(folder: Path | None, image_size: int) -> RawSource:
             f"imagefolder expects {folder}/train/ and {folder}/val/ (or test/), one sub-folder per class; "
             + (f"found sub-folders {found or 'none'}" if found is not None else f"{folder} does not exist")
         )
-    train_classes, test_classes = _class_dirs(train_dir), _class_dirs(eval_dir)
+    train_classes, test_classes = class_folders(train_dir), class_folders(eval_dir)
     if train_classes != test_classes:
         only_train = sorted(set(train_classes) - set(test_classes))
         only_eval = sorted(set(test_classes) - set(train_classes))
@@ -303,33 +313,13 @@ def _read_imagefolder(folder: Path | None, image_size: int) -> RawSource:
             f"only in train: {only_train or 'none'}, only in {eval_dir.name}: {only_eval or 'none'}; "
             "both must hold the same class sub-folders"
         )
-    train, train_classes = _read_image_tree(train_dir, image_size)
-    test, _ = _read_image_tree(eval_dir, image_size)
-    return RawSource(train, test, train_classes, IMAGENET_MEAN, IMAGENET_STD)
-
-
-def _class_dirs(root: Path) -> tuple[str, ...]:
-    return tuple(sorted(entry.name for entry in root.iterdir() if entry.is_dir()))
-
-
-def _read_image_tree(root: Path, image_size: int) -> tuple[ImageTensors, tuple[str, ...]]:
-    from torchvision import datasets, transforms
-
-    transform = transforms.Compose(
-        [
-            transforms.Resize(int(image_size * 256 / 224)),
-            transforms.CenterCrop(image_size),
-            transforms.PILToTensor(),
-        ]
+    train = read_image_tree(train_dir, image_size, bad_images=bad_images)
+    test = read_image_tree(eval_dir, image_size, bad_images=bad_images)
+    return RawSource(
+        ImageTensors(train.x, train.y),
+        ImageTensors(test.x, test.y),
+        train.classes,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        train.skipped + test.skipped,
     )
-    try:
-        tree = datasets.ImageFolder(str(root), transform=transform)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"{root} must hold one sub-folder per class with images inside (e.g. {root}/cat/001.jpg): {err}"
-        ) from err
-    x = torch.empty((len(tree), 3, image_size, image_size), dtype=torch.uint8)
-    for i in range(len(tree)):
-        x[i] = tree[i][0]
-    y = torch.as_tensor(tree.targets, dtype=torch.int64)
-    return ImageTensors(x, y), tuple(tree.classes)

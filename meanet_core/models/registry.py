@@ -55,6 +55,18 @@ def _check_classes(num_classes: int) -> None:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
 
 
+def _input_size(spec: ArchSpec, name: str, input_size: int | None) -> int:
+    """``input_size`` checked (a positive int), or the architecture's native size when it is None."""
+    if input_size is None:
+        return spec.input_size
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(
+            f"input_size of {name} must be a positive number of pixels (the side the model is trained and "
+            f"evaluated at; native {spec.input_size}) or None for the native size; got {input_size!r}"
+        )
+    return input_size
+
+
 def build_meanet(
     name: str,
     num_classes: int,
@@ -65,10 +77,16 @@ def build_meanet(
     adaptive_width: int = 16,
     extension_width: int | None = None,
     extension_blocks: int = 2,
+    input_size: int | None = None,
 ) -> MEANet:
-    """A MEANet on the registered backbone ``name`` (see ``MEANET_ARCHS``)."""
+    """A MEANet on the registered backbone ``name`` (see ``MEANET_ARCHS``).
+
+    ``input_size``: the side of the images it takes (trains on, is evaluated and served at); default the
+    architecture's native size. Every backbone pools globally, so any size works; checkpoints record it.
+    """
     spec = _spec(MEANET_ARCHS, name, "MEANet")
     _check_classes(num_classes)
+    side = _input_size(spec, name, input_size)
     return MEANet(
         name,
         spec.build(num_classes),
@@ -76,7 +94,7 @@ def build_meanet(
         hard_classes,
         mean,
         std,
-        spec.input_size,
+        side,
         adaptive_width=adaptive_width,
         extension_width=extension_width,
         extension_blocks=extension_blocks,
@@ -89,11 +107,13 @@ def build_cloud(
     *,
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.25, 0.25, 0.25),
+    input_size: int | None = None,
 ) -> CloudModel:
-    """A cloud classifier on the registered backbone ``name`` (see ``CLOUD_ARCHS``)."""
+    """A cloud classifier on the registered backbone ``name`` (see ``CLOUD_ARCHS``); ``input_size`` as in
+    :func:`build_meanet`."""
     spec = _spec(CLOUD_ARCHS, name, "cloud")
     _check_classes(num_classes)
-    return CloudModel(name, spec.build(num_classes), mean, std, spec.input_size)
+    return CloudModel(name, spec.build(num_classes), mean, std, _input_size(spec, name, input_size))
 
 
 # --------------------------------------------------------------------------------------------- description

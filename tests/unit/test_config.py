@@ -43,7 +43,7 @@ def test_the_app_defaults_parse_and_round_trip() -> None:
         ({"partition": True}, "partition must be str"),
         ({"max-norm-ratio": float("nan")}, "max-norm-ratio: must be a finite number"),
         ({"lr": float("inf")}, "lr: must be a finite number"),
-        ({"max-norm-ratio": -1.0}, "max-norm-ratio: must be >= 0 (0 turns the norm bound off)"),
+        ({"max-norm-ratio": -1.0}, "max-norm-ratio: must be >= 0 (0 turns it off)"),
         ({"limit-train": -5}, "limit-train: must be >= 0"),
         ({"evaluate-every": -1}, "evaluate-every: must be >= 0 (0 = only after each experience's last round)"),
         ({"entropy-threshold": 2.0}, "entropy-threshold: must lie in [0, 1]"),

@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message
 
-from fl_client.faults import MAIN_KEY, InjectedCrash, apply_fault, inject
+from fl_client.faults import MAIN_KEY, InjectedCrash, apply_fault, claimed, inject
 from meanet_core.config import ConfigError, FederationConfig
 from meanet_core.faults import FAULT_KINDS, Fault, parse_faults
 from strategies import MEANetStrategy
@@ -21,8 +21,8 @@ Arrays = dict[str, npt.NDArray[Any]]
 
 # ----------------------------------------------------------------------------------------- the spec
 def test_parse_faults_reads_every_kind() -> None:
-    spec = " 0:nan, 1:scale=100 ,2:shape,3:dtype,4:missing-key,5:main-key,6:crash"
-    faults = parse_faults(spec, num_clients=7)
+    spec = " 0:nan, 1:scale=100 ,2:shape,3:dtype,4:missing-key,5:main-key,6:crash,7:flip=3+claim=1000,8:claim=50"
+    faults = parse_faults(spec, num_clients=9)
     assert faults == {
         0: Fault("nan"),
         1: Fault("scale", 100.0),
@@ -31,9 +31,12 @@ def test_parse_faults_reads_every_kind() -> None:
         4: Fault("missing-key"),
         5: Fault("main-key"),
         6: Fault("crash"),
+        7: Fault("flip", 3.0, claim=1000.0),
+        8: Fault("claim", claim=50.0),
     }
     assert {f.kind for f in faults.values()} == set(FAULT_KINDS)
     assert str(faults[1]) == "scale=100" and parse_faults("") == {} and parse_faults("  ") == {}
+    assert str(faults[7]) == "flip=3+claim=1000" and str(faults[8]) == "claim=50"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,8 @@ def test_parse_faults_reads_every_kind() -> None:
         ("0:scale=big", "scale needs a number"),
         ("0:scale=inf", "must be finite"),
         ("0:nan,0:shape", "already has a fault"),
+        ("0:flip=2+nan", "only 'claim=K' combines"),
+        ("0:claim=0", "positive multiple"),
     ],
 )
 def test_parse_faults_rejects_malformed_specs(spec: str, message: str) -> None:
@@ -67,6 +72,18 @@ def test_the_run_config_validates_faults() -> None:
 
 
 # ----------------------------------------------------------------------------------------- applying a fault
+def test_lies_stay_inside_the_checks() -> None:
+    sent = {"extension.fc.weight": np.ones((2, 2), np.float32), "extension.bn.num_batches_tracked": np.array(3)}
+    trained = {"extension.fc.weight": np.full((2, 2), 1.5, np.float32), "extension.bn.num_batches_tracked": np.array(4)}
+    flipped = apply_fault(trained, Fault("flip", 2.0), sent=sent)
+    np.testing.assert_allclose(flipped["extension.fc.weight"], 0.0)  # 1 - 2 x (1.5 - 1): reversed, twice as far
+    assert flipped["extension.fc.weight"].dtype == np.float32 and int(flipped["extension.bn.num_batches_tracked"]) == 4
+    with pytest.raises(ValueError, match="are needed"):
+        apply_fault(trained, Fault("flip", 2.0))
+    assert apply_fault(trained, Fault("claim", claim=9.0)).keys() == trained.keys()
+    assert claimed(40, "1:flip=3+claim=1000", 1) == 40_000 and claimed(40, "1:claim=5", 0) == 40
+
+
 def test_apply_fault_corrupts_a_copy() -> None:
     sent = edge_of(sent_state())
     original = {k: v.copy() for k, v in sent.items()}

@@ -34,8 +34,8 @@ def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> No
     assert len(rows) == 2 + 1 + 2  # two headers, one evaluated experience, two rounds
     assert "| 0 | 50 | 7000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
     # wall 30 = training phase 18 (local 6 + overhead 12) + aggregation 0.04 + client evaluation 11.96
-    assert "| 0 | 1 | 30.0 | 6.0 | 12.0 | 0.04 | 12.0 | 733,984 | 1,875,405 | 0.391 | 0.4100 |" in rows
-    assert rows[-1].endswith("| 0.391 | - |")  # a round without client evaluation says so
+    assert "| 0 | 1 | 30.0 | 6.0 | 12.0 | 0.04 | 12.0 | 733,984 | 0.391 | 1,875,405 | 1.000 | 0 | 0.4100 |" in rows
+    assert rows[-1].endswith("| 1.000 | 0 | - |")  # a round without client evaluation says so
     assert "Whole run: 600 s." in text
 
 

@@ -15,7 +15,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fl_server.signed_strategy import SignedMEANetStrategy
 from meanet_core import keys
 from meanet_core.signing import (
     SIGNING_KEY_FILE,
@@ -27,6 +26,7 @@ from meanet_core.signing import (
     sign_broadcast,
     verify_broadcast,
 )
+from strategies.signed import SignedMEANetStrategy
 
 RUN = 7
 
@@ -169,9 +169,9 @@ def test_ensure_signing_key_makes_a_private_key_once_and_publishes_the_public_ke
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A run config on the digits data, a broadcast MEANet built as the server builds it, a signing strategy."""
-    from fl_client.data import stream_for
     from meanet_core.config import FederationConfig
     from meanet_core.models import build_cloud, build_meanet
+    from meanet_core.streams import stream_for
 
     report = tmp_path_factory.mktemp("report")
     run_config: dict[str, Any] = {

@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 
+from meanet_core.broadcast import digest
 from meanet_core.keys import ARRAYS, CLOUD_ARRAYS, EDGE_INFO, MAIN_DIGEST, METRICS, NUM_EXAMPLES, is_edge_key
 from strategies import (
     MEANetStrategy,
@@ -303,20 +304,31 @@ def test_zero_example_replies_are_skipped_not_aggregated(task_identity: None) ->
     np.testing.assert_allclose(arrays["extension.fc.bias"].numpy(), state["extension.fc.bias"] + 2.0, rtol=1e-5)
 
 
-def test_main_digests_reported_by_the_edges_are_collected(task_identity: None) -> None:
+@pytest.mark.parametrize("require", [False, True])
+def test_an_update_trained_on_another_main_block_is_dropped(task_identity: None, require: bool) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = MEANetStrategy(require_main_digest=require)
     instructions = send(strategy, state)
+    sent_digest = digest(state)
+    reported = {11: sent_digest, 12: digest({**state, "main.fc.weight": state["main.fc.weight"] + 1})}
     replies = []
     for node in NODES:
-        msg = reply(instructions[node], edge_of(state), 5)
-        if node != 13:  # an edge that reports nothing is simply absent from the map
-            msg.content[EDGE_INFO] = ConfigRecord({MAIN_DIGEST: f"digest-{node}", "client": node})
+        msg = reply(instructions[node], shifted(edge_of(state), 0.1 * node), 5)
+        if node in reported:  # node 13 reports no digest
+            msg.content[EDGE_INFO] = ConfigRecord({MAIN_DIGEST: reported[node], "client": node})
         replies.append(msg)
-    strategy.aggregate_train(1, replies)
-    assert strategy.last_round is not None
-    assert strategy.last_round["main_digests"] == {11: "digest-11", 12: "digest-12"}
-    assert strategy.last_round["accepted"] == 3  # the extra ConfigRecord does not upset reading the reply
+    arrays, _ = strategy.aggregate_train(1, replies)
+    report = strategy.last_round
+    assert report is not None and arrays is not None
+    assert report["main_digests"] == reported  # collected as reported, right or wrong
+    reasons = dict(report["dropped"])
+    assert "not the one broadcast this round" in reasons[12]  # dropped, with the reason in the round's record
+    assert report["accepted_nodes"] == ([11] if require else [11, 13])
+    if require:
+        assert "no main-block digest" in reasons[13]
+    kept = [11] if require else [11, 13]  # the aggregate is the mean of the kept updates only
+    expected = state["extension.fc.bias"] + np.mean([0.1 * n for n in kept])
+    np.testing.assert_allclose(arrays["extension.fc.bias"].numpy(), expected, rtol=1e-5)
 
 
 def test_configure_evaluate_adds_the_cloud_arrays_when_set(task_identity: None) -> None:
@@ -412,8 +424,12 @@ def test_aggregate_train_before_configure_train_fails_helpfully() -> None:
 
 
 def test_constructor_and_configure_train_reject_bad_input(task_identity: None) -> None:
-    with pytest.raises(ValueError, match="'mean'"):
+    with pytest.raises(ValueError, match="mean, median, trimmed-mean, multi-krum, fltrust"):
         MEANetStrategy(aggregation="average")
+    with pytest.raises(ValueError, match="needs reference_fn"):
+        MEANetStrategy(aggregation="fltrust")
+    with pytest.raises(ValueError, match="claim_factor"):
+        MEANetStrategy(claim_factor=-2.0)
     with pytest.raises(ValueError, match="trim_fraction"):
         MEANetStrategy(aggregation="trimmed-mean", trim_fraction=0.6)
     with pytest.raises(ValueError, match="max_norm_ratio"):

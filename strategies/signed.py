@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 from meanet_core import keys
 from meanet_core.signing import sign_broadcast
-from strategies import MEANetStrategy
+from strategies.meanet_strategy import MEANetStrategy
 
 
 def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -60,8 +60,20 @@ class SignedMEANetStrategy(MEANetStrategy):
         cloud_arrays: ArrayRecord | None = None,
     ) -> ConfigRecord:
         """A copy of ``config`` with the signed round and the signature of (arrays, config, purpose, run) added."""
+        with_round = ConfigRecord(dict(config.items()))
+        with_round[keys.BROADCAST_ROUND] = self.round_offset + server_round
+        return self._sign(arrays, with_round, purpose, cloud_arrays)
+
+    def seal(self, arrays: ArrayRecord, config: ConfigRecord, purpose: str) -> ConfigRecord:
+        """Sign an instruction the strategy built after signing the full one (a delta broadcast): the signature covers
+        exactly what is sent, the digest of the main block the edge must hold (``held-main-digest``) included, at the
+        signed round of the full one."""
+        return self._sign(arrays, config, purpose, self.cloud_arrays if purpose == "evaluate" else None)
+
+    def _sign(
+        self, arrays: ArrayRecord, config: ConfigRecord, purpose: str, cloud_arrays: ArrayRecord | None
+    ) -> ConfigRecord:
         signed = ConfigRecord({k: v for k, v in config.items() if k != keys.BROADCAST_SIGNATURE})
-        signed[keys.BROADCAST_ROUND] = self.round_offset + server_round
         signed[keys.BROADCAST_SIGNATURE] = sign_broadcast(
             self.signing_key,
             numpy_arrays(arrays),
