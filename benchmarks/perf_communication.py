@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from meanet_cli.flower_runner import run_simulation
+from fl_server.launch import run_simulation
 
 VARIANTS: dict[str, dict[str, object]] = {
     "float32 + full broadcasts (before)": {"upload-encoding": "float32", "delta-broadcast": False},

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meanet_cli.flower_runner import run_simulation
+from fl_server.launch import run_simulation
 
 
 def round_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

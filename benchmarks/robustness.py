@@ -289,7 +289,7 @@ def federation_accuracy(rules: dict[str, dict[str, Any]], out: str) -> dict[str,
     import tempfile
     from pathlib import Path
 
-    from meanet_cli.flower_runner import run_simulation
+    from fl_server.launch import run_simulation
 
     base: dict[str, object] = {
         "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": NUM_CLIENTS,

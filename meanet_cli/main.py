@@ -262,7 +262,7 @@ def federate(
     stops here, before anything starts (``--fresh`` or another ``--report-dir`` starts over)."""
     import tomllib
 
-    from meanet_cli.flower_runner import APP_DIR, run_deployment, run_simulation
+    from fl_server.launch import APP_DIR, run_deployment, run_simulation
     from meanet_core.config import FederationConfig
 
     overrides = _run_config_overrides(config)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meanet_cli.flower_runner import FlowerRun, run_simulation
+from fl_server.launch import FlowerRun, run_simulation
 from meanet_core.config import FederationConfig
 
 pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meanet_cli.flower_runner import run_deployment, run_simulation
+from fl_server.launch import run_deployment, run_simulation
 from tests.sim.helpers import left_behind
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from meanet_cli.flower_runner import flwr_run, loopback_federation, run_simulation
+from fl_server.launch import flwr_run, loopback_federation, run_simulation
 from meanet_core.checkpoint import CheckpointError, safe_load
 from tests.sim.test_faults import tiny_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from meanet_cli.flower_runner import list_supernodes, loopback_federation, run_deployment, start_supernode
+from fl_server.launch import list_supernodes, loopback_federation, run_deployment, start_supernode
 from meanet_cli.main import app
 from meanet_core.certs import supernode_key_pair
 from tests.sim.helpers import left_behind

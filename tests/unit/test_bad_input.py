@@ -174,7 +174,7 @@ class FakeRuns:
         self.calls: list[tuple[dict[str, object], int]] = []
 
     def __call__(self, run_config: dict[str, object], num_supernodes: int, **_: Any) -> Any:
-        from meanet_cli.flower_runner import FlowerRun
+        from fl_server.launch import FlowerRun
 
         self.calls.append((dict(run_config), num_supernodes))
         return FlowerRun("1", "finished:completed", "", "", self.home)
@@ -193,7 +193,7 @@ def test_federate_takes_the_number_of_clients_from_one_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], clients: int
 ) -> None:
     fake = FakeRuns(tmp_path)
-    monkeypatch.setattr("meanet_cli.flower_runner.run_simulation", fake)
+    monkeypatch.setattr("fl_server.launch.run_simulation", fake)
     result = runner.invoke(app, ["federate", "--report-dir", str(tmp_path / "report"), *args])
     assert result.exit_code == 0, result.output
     assert [(c["num-clients"], n) for c, n in fake.calls] == [(clients, clients)]
@@ -215,7 +215,7 @@ def test_federate_refuses_conflicting_or_bad_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
 ) -> None:
     fake = FakeRuns(tmp_path)
-    monkeypatch.setattr("meanet_cli.flower_runner.run_simulation", fake)
+    monkeypatch.setattr("fl_server.launch.run_simulation", fake)
     result = runner.invoke(app, ["federate", "--report-dir", str(tmp_path / "report"), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
@@ -224,7 +224,7 @@ def test_federate_refuses_conflicting_or_bad_settings(
 
 def test_federate_reads_the_report_dir_from_the_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeRuns(tmp_path)
-    monkeypatch.setattr("meanet_cli.flower_runner.run_simulation", fake)
+    monkeypatch.setattr("fl_server.launch.run_simulation", fake)
     result = runner.invoke(app, ["federate", "-c", f'report-dir="{tmp_path / "via-c"}"'])
     assert result.exit_code == 0, result.output
     assert fake.calls[0][0]["report-dir"] == str(tmp_path / "via-c")

@@ -1,8 +1,8 @@
 """Run this Flower app on loopback: a SuperLink (simulation or deployment), SuperNodes, ``flwr run``, cleanup.
 
-Used by ``meanet federate`` and by the tests. Every process started here runs in its own session and is ended
-(SIGTERM, then SIGKILL) whatever happens. Flower's ``flwr run --stream`` exits 0 even when the run failed, so the
-status is read back with ``flwr ls`` (polled until the run has finished).
+Used by ``meanet federate`` (meanet_cli), the tests and the benchmarks: it sits below them all. Every process started
+here runs in its own session and is ended (SIGTERM, then SIGKILL) whatever happens. Flower's ``flwr run --stream``
+exits 0 even when the run failed, so the status is read back with ``flwr ls`` (polled until the run has finished).
 
 ``secure=DIR`` (a folder written by ``meanet certs``) runs the secure path instead of ``--insecure``: the SuperLink
 serves TLS (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) and, for deployment, authenticates SuperNodes
