@@ -32,7 +32,6 @@ from meanet_core.keys import (
     CONFIG,
     EDGE_PREFIXES,
     EXPERIENCE,
-    HELD_MAIN,
     NUM_EXAMPLES,
     TRAIN_SECONDS,
     is_edge_key,
@@ -45,6 +44,7 @@ from strategies.aggregation import (
     update_norm_ratio,
     validate_update,
 )
+from strategies.broadcasts import DeltaBroadcasts, mean_array_bytes
 from strategies.replies import (
     Reply,
     TrainRoundReport,
@@ -54,7 +54,7 @@ from strategies.replies import (
     short_error,
     train_interval,
 )
-from strategies.robust import RULES, apply_rule, bound_claims, round_norm_bound
+from strategies.robust import RULES, Claim, apply_rule, bound_claims, round_norm_bound
 
 ReferenceFn = Callable[[Arrays], Arrays]
 """``sent full state -> edge arrays``: the server's own update of the edge blocks on its clean data (FLTrust)."""
@@ -62,7 +62,7 @@ ReferenceFn = Callable[[Arrays], Arrays]
 __all__ = ["MEANetStrategy", "TrainRoundReport"]
 
 
-class MEANetStrategy(FedAvg):
+class MEANetStrategy(DeltaBroadcasts, FedAvg):
     """FedAvg over MEANet's edge blocks, with per-update validation and robust aggregation options.
 
     Parameters
@@ -259,7 +259,7 @@ class MEANetStrategy(FedAvg):
         if experience != self._claims_experience:  # new data on the edges: their counts may change
             self._claims, self._claims_experience = {}, experience
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.bytes_sent[MessageType.TRAIN] = _mean_array_bytes(messages)
+        self.bytes_sent[MessageType.TRAIN] = mean_array_bytes(messages)
         self._sent_at = time.perf_counter()  # the grid sends right after this returns
         self._sent_wall = time.time()
         return messages
@@ -333,51 +333,9 @@ class MEANetStrategy(FedAvg):
                 norm_ratios[node_id] = update_norm_ratio(verdict["arrays"], reference)
                 candidates.append((msg, verdict))
 
-        # The norm bound that follows the round: a multiple of the round's own (lower) median ratio, under the ceiling.
-        ratios = [norm_ratios[msg.metadata.src_node_id] for msg, _ in candidates]
-        bound = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=self.max_norm_ratio)
-        relative = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=None) if ratios else None
-        if ratios:
-            log(
-                INFO,
-                "aggregate_train: round %d: norm bound %s (relative: %s; ceiling: %s); ratios %s",
-                server_round,
-                "off" if bound is None else f"{bound:.4g}",
-                "off"
-                if relative is None
-                else f"{self.norm_bound_factor:g} x median {relative / (self.norm_bound_factor or 1):.4g}",
-                "none" if self.max_norm_ratio is None else f"{self.max_norm_ratio:g}",
-                ", ".join(f"{x:.3g}" for x in ratios),
-            )
-        accepted: list[tuple[Message, Reply]] = []
-        for msg, r in candidates:
-            node_id = msg.metadata.src_node_id
-            too_far = None if bound is None else validate_update(r["arrays"], reference, max_norm_ratio=bound)
-            if too_far is not None:
-                if relative is not None and self.norm_bound_factor and bound == relative:
-                    too_far += (
-                        f" (the round's bound: {self.norm_bound_factor:g} x the median ratio of its valid updates, "
-                        f"{relative / self.norm_bound_factor:.4g}; ceiling {self.max_norm_ratio})"
-                    )
-                self._drop(dropped, server_round, node_id, clients.get(node_id), too_far)
-            else:
-                accepted.append((msg, r))
-
-        # Example counts are claims: bound each by what the server knows, and weigh the update by what is allowed.
+        accepted, bound, relative = self._norm_bound(candidates, reference, norm_ratios, clients, dropped, server_round)
         nodes = [msg.metadata.src_node_id for msg, _ in accepted]
-        claims = bound_claims(
-            [r["weight"] for _, r in accepted],
-            [self._claims.get(node) for node in nodes],
-            median_factor=self.claim_factor,
-            cap=self.max_claim,
-        )
-        clipped_claims: list[tuple[int, str]] = []
-        for node, (_, r), claim in zip(nodes, accepted, claims, strict=True):
-            r["weight"] = claim.allowed
-            self._claims[node] = claim.allowed
-            if claim.reason is not None:
-                clipped_claims.append((node, claim.reason))
-                log(WARNING, "aggregate_train: round %d: node %d %s", server_round, node, claim.reason)
+        claims, clipped_claims = self._weigh_claims(nodes, [r for _, r in accepted], server_round)
 
         report = TrainRoundReport(
             server_round=server_round,
@@ -445,6 +403,67 @@ class MEANetStrategy(FedAvg):
         )
         return arrays, metrics
 
+    def _norm_bound(
+        self,
+        candidates: list[tuple[Message, Reply]],
+        reference: Arrays,
+        norm_ratios: dict[int, float],
+        clients: dict[int, int],
+        dropped: list[tuple[int, str]],
+        server_round: int,
+    ) -> tuple[list[tuple[Message, Reply]], float | None, float | None]:
+        """The candidates within the round's norm bound (``norm_bound_factor`` x the round's lower median ratio,
+        under the ceiling ``max_norm_ratio``); the others are dropped with the reason. Returns the kept ones, the
+        bound in force and the relative bound (``None`` when off)."""
+        ratios = [norm_ratios[msg.metadata.src_node_id] for msg, _ in candidates]
+        bound = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=self.max_norm_ratio)
+        relative = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=None) if ratios else None
+        if ratios:
+            log(
+                INFO,
+                "aggregate_train: round %d: norm bound %s (relative: %s; ceiling: %s); ratios %s",
+                server_round,
+                "off" if bound is None else f"{bound:.4g}",
+                "off" if relative is None else f"{self.norm_bound_factor:g} x the median ratio",
+                "none" if self.max_norm_ratio is None else f"{self.max_norm_ratio:g}",
+                ", ".join(f"{x:.3g}" for x in ratios),
+            )
+        kept: list[tuple[Message, Reply]] = []
+        for msg, r in candidates:
+            node_id = msg.metadata.src_node_id
+            too_far = None if bound is None else validate_update(r["arrays"], reference, max_norm_ratio=bound)
+            if too_far is None:
+                kept.append((msg, r))
+                continue
+            if relative is not None and self.norm_bound_factor and bound == relative:
+                too_far += (
+                    f" (the round's bound: {self.norm_bound_factor:g} x the median ratio of its valid updates, "
+                    f"{relative / self.norm_bound_factor:.4g}; ceiling {self.max_norm_ratio})"
+                )
+            self._drop(dropped, server_round, node_id, clients.get(node_id), too_far)
+        return kept, bound, relative
+
+    def _weigh_claims(
+        self, nodes: list[int], replies: list[Reply], server_round: int
+    ) -> tuple[list[Claim], list[tuple[int, str]]]:
+        """Example counts are claims: bound each by what the server knows (:func:`~strategies.robust.bound_claims`)
+        and weigh each reply by what is allowed (``reply["weight"]`` is replaced). Returns every claim and the
+        ``(node, reason)`` of the clipped ones."""
+        claims = bound_claims(
+            [r["weight"] for r in replies],
+            [self._claims.get(node) for node in nodes],
+            median_factor=self.claim_factor,
+            cap=self.max_claim,
+        )
+        clipped: list[tuple[int, str]] = []
+        for node, r, claim in zip(nodes, replies, claims, strict=True):
+            r["weight"] = claim.allowed
+            self._claims[node] = claim.allowed
+            if claim.reason is not None:
+                clipped.append((node, claim.reason))
+                log(WARNING, "aggregate_train: round %d: node %d %s", server_round, node, claim.reason)
+        return claims, clipped
+
     def _aggregate_arrays(
         self, accepted: list[tuple[Message, Reply]], reference: Arrays, report: TrainRoundReport
     ) -> Arrays:
@@ -497,36 +516,9 @@ class MEANetStrategy(FedAvg):
         if self.cloud_arrays is not None:
             for msg in messages:  # the full and the delta instructions each share one RecordDict: harmless
                 msg.content[CLOUD_ARRAYS] = self.cloud_arrays
-        self.bytes_sent[MessageType.EVALUATE] = _mean_array_bytes(messages)
+        self.bytes_sent[MessageType.EVALUATE] = mean_array_bytes(messages)
         self._evaluate_sent_at = time.perf_counter()
         return messages
-
-    # ------------------------------------------------------------------------------------------------- broadcasts
-    def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> Iterable[Message]:
-        """FedAvg's one message per node, except that an edge holding the current main block gets a delta."""
-        delta: RecordDict | None = None
-        messages = []
-        for node in node_ids:
-            content = record
-            if self.delta_broadcast and self.sent_main_digest and self.holds.get(node) == self.sent_main_digest:
-                delta = delta or self._delta_record(record, message_type)
-                content = delta
-            messages.append(Message(content=content, message_type=message_type, dst_node_id=node))
-        return messages
-
-    def _delta_record(self, record: RecordDict, purpose: str) -> RecordDict:
-        """``record`` without the main block, with the digest of the one to use, sealed by :meth:`seal`."""
-        arrays = record[self.arrayrecord_key]
-        config = record[self.configrecord_key]
-        assert isinstance(arrays, ArrayRecord) and isinstance(config, ConfigRecord)  # FedAvg built them
-        kept = ArrayRecord({k: v for k, v in arrays.items() if not is_main_key(k)})
-        held = ConfigRecord({**dict(config.items()), HELD_MAIN: self.sent_main_digest or ""})
-        return RecordDict({self.arrayrecord_key: kept, self.configrecord_key: self.seal(kept, held, purpose)})
-
-    def seal(self, arrays: ArrayRecord, config: ConfigRecord, purpose: str) -> ConfigRecord:
-        """The config of an instruction built here (a delta): as it is; :class:`~strategies.SignedMEANetStrategy`
-        signs it."""
-        return config
 
     def evaluates(self, server_round: int) -> bool:
         """Whether the edges evaluate after ``server_round`` (:attr:`evaluate_rounds`; every round when unset)."""
@@ -587,9 +579,3 @@ class MEANetStrategy(FedAvg):
         for key, value in averaged.items():
             record[key] = value
         return record
-
-
-def _mean_array_bytes(messages: list[Message]) -> float:
-    """Mean bytes of the arrays (every ArrayRecord) the instructions carry: what a broadcast costs each edge."""
-    sizes = [sum(r.count_bytes() for r in m.content.array_records.values()) for m in messages]
-    return float(np.mean(sizes)) if sizes else 0.0
