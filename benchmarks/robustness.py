@@ -63,7 +63,7 @@ def rule_settings() -> dict[str, dict[str, Any]]:
         "claim_factor": d.claim_factor or None,
         "max_claim": d.max_claim or None,
     }
-    rows: dict[str, dict[str, Any]] = {"mean, ceiling only (before)": {"aggregation": "mean", "max_norm_ratio": 1.0}}
+    rows: dict[str, dict[str, Any]] = {"mean + ceiling only (before)": {"aggregation": "mean", "max_norm_ratio": 1.0}}
     for rule in ("fltrust", "multi-krum", "trimmed-mean", "median", "mean"):
         name = f"{rule} (default)" if rule == d.aggregation else rule
         rows[name] = {"aggregation": rule, **bounds, "krum_malicious": d.krum_malicious, "trim_fraction": 0.2}
@@ -330,7 +330,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="scenarios averaged per cell")
     parser.add_argument("--json", default="robustness.json", help="where to write the results")
     parser.add_argument("--federation", action="store_true", help="also the accuracy of real digits federations")
-    parser.add_argument("--rules", default="", help="comma-separated rows for --federation (default: every row)")
+    parser.add_argument(
+        "--rules", default="", help="rows for --federation, separated by ';', e.g. 'fltrust;multi-krum' (default: all)"
+    )
     args = parser.parse_args()
     result = run(args.seeds)
     print(
@@ -343,7 +345,7 @@ def main() -> None:
         json.dump(result, f, indent=2)
     print(f"wrote {args.json} ({result['seconds']:.0f} s)")
     if args.federation:
-        wanted = [r.strip() for r in args.rules.split(",") if r.strip()]
+        wanted = [r.strip() for r in args.rules.split(";") if r.strip()]
         rules = {k: v for k, v in rule_settings().items() if not wanted or k.split(" (")[0] in wanted or k in wanted}
         print("accuracy after a real federation (digits, 5 edges, 2 rounds; chance 0.10):")
         result["federation_accuracy"] = federation_accuracy(rules, args.json + ".federation.json")

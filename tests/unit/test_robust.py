@@ -102,7 +102,7 @@ def world() -> Iterator[rb.World]:
 
 ROWS = rb.rule_settings()
 DEFAULT = next(name for name in ROWS if "(default)" in name)
-BEFORE = "mean, ceiling only (before)"
+BEFORE = "mean + ceiling only (before)"
 
 
 def distance(lie: str, row: str, world: rb.World) -> float:
