@@ -53,7 +53,10 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "download_first_round_bytes": down_first,
         "download_later_rounds_bytes": down_later,
         "download_later_ratio": down_later / full,
-        "evaluation_broadcast_bytes": float(np.mean([r.get("bytes_evaluate_per_client", 0) for r in rounds])),
+        # per evaluation instruction (the rounds where the edges evaluated): the state (or delta) + the cloud model
+        "evaluation_broadcast_bytes": float(np.mean([e for r in rounds if (e := r.get("bytes_evaluate_per_client"))]))
+        if any(r.get("bytes_evaluate_per_client") for r in rounds)
+        else 0.0,
         "encode_ms": 1000 * float(np.mean([r.get("encode_seconds", 0.0) for r in rounds])),
         "decode_ms": 1000 * float(np.mean([r.get("decode_seconds", 0.0) for r in rounds])),
         "accepted": [r["accepted"] for r in rounds],
