@@ -31,6 +31,25 @@ from pathlib import Path
 import psutil
 
 APP_DIR = Path(__file__).resolve().parents[1]
+"""The Flower app's folder (its ``pyproject.toml`` and packages): the source checkout this module runs from."""
+
+
+def app_dir() -> Path:
+    """:data:`APP_DIR`, checked: ``flwr run`` packages the app from a folder with its ``pyproject.toml``.
+
+    Raises
+    ------
+    ValueError
+        When this module runs from an installed copy (``pip install .`` puts the packages in site-packages, without
+        the app's ``pyproject.toml``); the message says what to do.
+    """
+    if not (APP_DIR / "pyproject.toml").is_file():
+        raise ValueError(
+            f"the Flower app's pyproject.toml is not beside the installed packages ({APP_DIR}): `flwr run` needs the "
+            "app's source folder. Run from a clone of MEANet-FL installed with `pip install -e .` (dev/main.sh does), "
+            "or `flwr run PATH-TO-CLONE` yourself"
+        )
+    return APP_DIR
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -249,7 +268,7 @@ def flwr_run(
     run_config: dict[str, object],
     *,
     federation_config: str | None = None,
-    app_dir: Path = APP_DIR,
+    app: Path | None = None,
     timeout: float = 3600,
     stream_to_stdout: bool = False,
 ) -> FlowerRun:
@@ -261,7 +280,7 @@ def flwr_run(
     env = _env(home)
     flwr = str(VENV_BIN / "flwr")
     overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-    cmd = [flwr, "run", str(app_dir), connection, "--format", "json"]
+    cmd = [flwr, "run", str(app or app_dir()), connection, "--format", "json"]
     cmd += ["--federation-config", federation_config] if federation_config else []
     cmd += ["--run-config", overrides] if overrides else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
