@@ -50,6 +50,8 @@ def app_dir() -> Path:
             "or `flwr run PATH-TO-CLONE` yourself"
         )
     return APP_DIR
+
+
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -11,6 +11,8 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
+from meanet_cli.edge import edge_predict, export_model
+
 # Tracebacks never show local variables: they can hold tokens, keys and paths.
 app = typer.Typer(
     help="MEANet-FL: complexity-aware edge-cloud learning.",
@@ -262,7 +264,7 @@ def federate(
     stops here, before anything starts (``--fresh`` or another ``--report-dir`` starts over)."""
     import tomllib
 
-    from fl_server.launch import APP_DIR, run_deployment, run_simulation
+    from fl_server.launch import app_dir, run_deployment, run_simulation
     from meanet_core.config import FederationConfig
 
     overrides = _run_config_overrides(config)
@@ -287,7 +289,7 @@ def federate(
         _fail("--secure needs --deployment (no SuperNodes connect to the simulation engine)")
     if secure is not None and not secure.is_dir():
         _fail(f"--secure {secure} is not a folder; write one with `meanet certs --out {secure}`")
-    defaults = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = tomllib.loads((app_dir() / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     cfg = FederationConfig.from_run_config({**defaults, **overrides})  # a ConfigError names the bad key
     if cfg.report_path().exists() and not cfg.report_path().is_dir():
         _fail(f"the report folder {cfg.report_path()} is a file; pass --report-dir with a folder")
@@ -393,6 +395,12 @@ def cloud_serve(
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+
+
+app.command("export")(_user_errors(export_model))
+edge_app = typer.Typer(help="On an edge device: adaptive inference outside federation rounds.", no_args_is_help=True)
+app.add_typer(edge_app, name="edge")
+edge_app.command("predict")(_user_errors(edge_predict))
 
 
 @app.command()

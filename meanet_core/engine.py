@@ -2,8 +2,8 @@
 
 ``AdaptiveEngine.predict`` runs the main block on the whole batch, the adaptive + extension blocks only on the
 samples the policy routes there, and sends only the complex samples (as uint8 images) to a ``CloudBackend``. Every
-prediction carries its exit, the MACs it executed on the edge and in the cloud, the bytes it sent, its edge energy
-and an estimated latency.
+prediction carries its exit, the MACs it executed on the edge and in the cloud, the bytes it sent, its edge energy,
+an estimated latency and the confidence (max softmax) of the last edge exit it ran.
 
 ``optimize=True`` (on ``AdaptiveEngine`` and ``LocalCloud``) runs an inference copy of the model from
 :func:`meanet_core.fastpath.optimize_for_inference`: BatchNorm folded into the convolutions and channels-last weights;
@@ -30,6 +30,7 @@ EXIT_NAMES = ("main", "extension", "cloud")
 class CloudReply:
     labels: torch.Tensor  # (n,) int64 predicted classes
     ok: torch.Tensor  # (n,) bool: False where the cloud did not answer (the edge falls back)
+    sent: torch.Tensor | None = None  # (n,) bool: the image left the device; None: every one did
 
 
 class CloudBackend(Protocol):
@@ -122,6 +123,7 @@ class Predictions:
     energy_joule: torch.Tensor  # float64 edge energy (compute + transmission)
     latency_s: torch.Tensor  # float64 estimated end-to-end latency (needs measured RouteLatency)
     fallback: torch.Tensor  # bool: offloaded but the cloud did not answer; the edge's own answer stands
+    edge_confidence: torch.Tensor  # float32 max softmax probability of the last edge exit run (main or extension)
 
     @staticmethod
     def concat(parts: list[Predictions]) -> Predictions:
@@ -181,10 +183,10 @@ class AdaptiveEngine:
         n = x.shape[0]
         logits, feats = self._main(x)  # (B, K), (B, C, h, w)
         probs = logits.softmax(dim=1)
-        labels = probs.argmax(dim=1)
+        confidence, labels = probs.max(dim=1)
         top1_hard = self.model.hard_index[labels] >= 0
         to_cloud, to_ext = (m.cpu() for m in self.policy.after_main(probs, top1_hard))
-        labels = labels.cpu()
+        labels, confidence = labels.cpu(), confidence.float().cpu()
         exits = torch.full((n,), EXIT_MAIN, dtype=torch.int8)
         edge_macs = torch.full((n,), self.main_macs, dtype=torch.int64)
 
@@ -192,7 +194,9 @@ class AdaptiveEngine:
         if ext_idx.numel():
             sel = ext_idx.to(x.device)
             ext_probs = self._extension(x[sel], feats[sel]).softmax(dim=1)  # only the routed samples
-            labels[ext_idx] = self.model.hard_classes[ext_probs.argmax(dim=1)].cpu()
+            ext_conf, ext_pos = ext_probs.max(dim=1)
+            labels[ext_idx] = self.model.hard_classes[ext_pos].cpu()
+            confidence[ext_idx] = ext_conf.float().cpu()
             exits[ext_idx] = EXIT_EXTENSION
             edge_macs[ext_idx] += self.extension_macs
             to_cloud[ext_idx] |= self.policy.after_extension(ext_probs).cpu()
@@ -210,9 +214,10 @@ class AdaptiveEngine:
             labels[answered] = reply.labels.cpu()[ok]
             exits[answered] = EXIT_CLOUD
             cloud_macs[answered] = self.cloud.macs_per_image
-            bytes_sent[cloud_idx] = self.image_bytes
+            sent = reply.sent.to(torch.bool).cpu() if reply.sent is not None else torch.ones_like(ok)
+            bytes_sent[cloud_idx[sent]] = self.image_bytes
             fallback[cloud_idx[~ok]] = True
-        return self._finish(labels, exits, edge_macs, cloud_macs, bytes_sent, fallback)
+        return self._finish(labels, exits, edge_macs, cloud_macs, bytes_sent, fallback, confidence)
 
     def _finish(
         self,
@@ -222,6 +227,7 @@ class AdaptiveEngine:
         cloud_macs: torch.Tensor,
         bytes_sent: torch.Tensor,
         fallback: torch.Tensor,
+        confidence: torch.Tensor,
     ) -> Predictions:
         bytes_f = bytes_sent.double()
         energy = edge_macs.double() * self.cost.joules_per_mac + self.cost.transmission_energy(bytes_f)
@@ -231,7 +237,9 @@ class AdaptiveEngine:
             latency += lat.main_s
             latency += (edge_macs > self.main_macs).double() * lat.extension_s
             latency += self.cost.uplink_seconds(bytes_f) + (cloud_macs > 0).double() * lat.cloud_s
-        return Predictions(labels.cpu(), exits, edge_macs, cloud_macs, bytes_sent, energy, latency, fallback)
+        return Predictions(
+            labels.cpu(), exits, edge_macs, cloud_macs, bytes_sent, energy, latency, fallback, confidence.cpu()
+        )
 
     def predictions_from_outputs(
         self, main_logits: torch.Tensor, ext_logits: torch.Tensor, cloud_logits: torch.Tensor | None
@@ -245,7 +253,9 @@ class AdaptiveEngine:
         edge = self.main_macs + routed.ran_extension.to(torch.int64) * self.extension_macs
         cloud_macs = offloaded.to(torch.int64) * (self.cloud.macs_per_image if self.cloud is not None else 0)
         sent = offloaded.to(torch.int64) * self.image_bytes
-        return self._finish(routed.labels, routed.exit, edge, cloud_macs, sent, torch.zeros_like(offloaded))
+        return self._finish(
+            routed.labels, routed.exit, edge, cloud_macs, sent, torch.zeros_like(offloaded), routed.confidence
+        )
 
     @torch.inference_mode()
     def predict_all_branches(self, images: torch.Tensor, cloud: LocalCloud | None = None) -> Predictions:
@@ -262,7 +272,8 @@ class AdaptiveEngine:
         edge = torch.full((n,), self.main_macs + self.extension_macs, dtype=torch.int64)
         cloud_m = torch.full((n,), cloud.macs_per_image if cloud is not None else 0, dtype=torch.int64)
         sent = torch.full((n,), self.image_bytes if cloud is not None else 0, dtype=torch.int64)
-        return self._finish(routed.labels, routed.exit, edge, cloud_m, sent, torch.zeros(n, dtype=torch.bool))
+        fallback = torch.zeros(n, dtype=torch.bool)
+        return self._finish(routed.labels, routed.exit, edge, cloud_m, sent, fallback, routed.confidence)
 
 
 @dataclass(frozen=True)
@@ -270,6 +281,7 @@ class Routed:
     labels: torch.Tensor  # (N,) final predicted class
     exit: torch.Tensor  # (N,) int8 exit code
     ran_extension: torch.Tensor  # (N,) bool: the route computed the adaptive + extension blocks
+    confidence: torch.Tensor  # (N,) float32 max softmax probability of the last edge exit on the route
 
 
 def route_outputs(
@@ -281,17 +293,19 @@ def route_outputs(
 ) -> Routed:
     """Apply ``policy`` to precomputed outputs of every branch (for the all-branches baseline and sweeps)."""
     probs, ext_probs = main_logits.softmax(dim=1), ext_logits.softmax(dim=1)
-    labels = probs.argmax(dim=1)
+    main_conf, labels = probs.max(dim=1)
     top1_hard = model.hard_index.to(labels.device)[labels] >= 0
     to_cloud, to_ext = policy.after_main(probs, top1_hard)
     hard_classes = model.hard_classes.to(labels.device)
-    labels = torch.where(to_ext, hard_classes[ext_probs.argmax(dim=1)], labels)
+    ext_conf, ext_pos = ext_probs.max(dim=1)
+    labels = torch.where(to_ext, hard_classes[ext_pos], labels)
+    confidence = torch.where(to_ext, ext_conf, main_conf).float()
     exits = torch.where(to_ext, EXIT_EXTENSION, EXIT_MAIN).to(torch.int8)
     if cloud_labels is not None:
         to_cloud = to_cloud | (to_ext & policy.after_extension(ext_probs))
         labels = torch.where(to_cloud, cloud_labels.to(labels.device), labels)
         exits[to_cloud] = EXIT_CLOUD
-    return Routed(labels.cpu(), exits.cpu(), to_ext.cpu())
+    return Routed(labels.cpu(), exits.cpu(), to_ext.cpu(), confidence.cpu())
 
 
 def measure_route_latency(

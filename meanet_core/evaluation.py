@@ -96,21 +96,21 @@ def fit_calibrated(
     )
 
 
-def summarize(pred: Predictions, labels: torch.Tensor) -> dict[str, Any]:
-    """Accuracy, exits, MACs, bytes and energy of a set of predictions."""
-    correct = pred.labels == labels
-    n = len(labels)
+def summarize(pred: Predictions, labels: torch.Tensor | None) -> dict[str, Any]:
+    """Accuracy, exits, MACs, bytes and energy of a set of predictions (accuracies None when ``labels`` is)."""
+    correct = pred.labels == labels if labels is not None else None
+    n = len(pred)
     exits = {}
     for code, name in enumerate(EXIT_NAMES):
         mask = pred.exit == code
         count = int(mask.sum())
         exits[name] = {
             "fraction": count / n,
-            "accuracy": float(correct[mask].float().mean()) if count else None,
+            "accuracy": float(correct[mask].float().mean()) if count and correct is not None else None,
             "count": count,
         }
     return {
-        "accuracy": float(correct.float().mean()),
+        "accuracy": float(correct.float().mean()) if correct is not None else None,
         "exits": exits,
         "fallbacks": int(pred.fallback.sum()),
         "macs_per_image": float((pred.edge_macs + pred.cloud_macs).double().mean()),

@@ -157,6 +157,7 @@ def run_training(
             "val": len(data.val),
             "test": len(data.test),
             "image_size": data.image_size,
+            "class_names": list(data.class_names),  # index = class id (meanet export carries them to the edge)
             "skipped_images": [{"path": str(b.path), "reason": b.reason} for b in data.skipped_images],
         },
         "hard_classes": state["hard_classes"],

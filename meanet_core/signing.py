@@ -87,6 +87,12 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    """A short name of a public key (SHA-256 of its raw bytes, 16 hex digits), to tell keys apart in messages."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def write_key_pair(key: Ed25519PrivateKey, private_path: Path, public_path: Path) -> None:
     """Write the private key (mode 0600) and its public key."""
     _write_private(private_path, private_key_pem(key))
@@ -156,8 +162,10 @@ def ensure_signing_key(configured: str, report_dir: Path) -> tuple[Ed25519Privat
 
 
 # ------------------------------------------------------------------------------------------------- the signed bytes
-def _tagged(value: Any) -> Any:
-    """A config value as JSON with its type kept (1, 1.0 and True differ; bytes as hex)."""
+def tagged(value: Any) -> Any:
+    """A value as JSON with its type kept (1, 1.0 and True differ; bytes as hex; dict keys in order), for hashing."""
+    if value is None:
+        return ["none", None]
     if isinstance(value, bool):
         return ["bool", value]
     if isinstance(value, int):
@@ -169,8 +177,15 @@ def _tagged(value: Any) -> Any:
     if isinstance(value, bytes):
         return ["bytes", value.hex()]
     if isinstance(value, (list, tuple)):
-        return ["list", [_tagged(v) for v in value]]
-    raise TypeError(f"cannot sign a config value of type {type(value).__name__}: {value!r}")
+        return ["list", [tagged(v) for v in value]]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return ["dict", [[k, tagged(value[k])] for k in sorted(value)]]
+    raise TypeError(f"cannot sign a value of type {type(value).__name__}: {value!r}")
+
+
+def canonical_hash(document: Mapping[str, Any]) -> bytes:
+    """SHA-256 of ``document`` as canonical JSON (sorted keys, no spaces): what a signature covers."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
 def broadcast_hash(
@@ -190,9 +205,9 @@ def broadcast_hash(
         "run": int(run_id),
         "arrays": digest(arrays, prefix=""),
         "cloud": None if cloud_arrays is None else digest(cloud_arrays, prefix=""),
-        "config": {k: _tagged(v) for k, v in config.items() if k not in _UNSIGNED_CONFIG_KEYS},
+        "config": {k: tagged(v) for k, v in config.items() if k not in _UNSIGNED_CONFIG_KEYS},
     }
-    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).digest()
+    return canonical_hash(document)
 
 
 def position_of(config: Mapping[str, Any]) -> BroadcastPosition:
@@ -262,11 +277,14 @@ __all__ = [
     "BroadcastPosition",
     "BroadcastRejected",
     "broadcast_hash",
+    "canonical_hash",
     "ensure_signing_key",
+    "key_fingerprint",
     "load_signing_key",
     "load_verify_key",
     "position_of",
     "sign_broadcast",
+    "tagged",
     "verify_broadcast",
     "write_key_pair",
 ]

@@ -82,23 +82,19 @@ def read_image_tree(root: Path, image_size: int, *, bad_images: str = "skip") ->
     FileNotFoundError
         When ``root`` has no class folders, or a class folder holds no readable image.
     """
-    from torchvision import transforms
-
     check_bad_images(bad_images)
-    transform: Callable[[object], torch.Tensor] = transforms.Compose(
-        [transforms.Resize(int(image_size * 256 / 224)), transforms.CenterCrop(image_size), transforms.PILToTensor()]
-    )
+    transform = resize_crop(image_size)
     classes = class_folders(root)
     if not classes:
         raise FileNotFoundError(
             f"{root} must hold one sub-folder per class with images inside (e.g. {root}/cat/001.jpg); found none"
         )
-    files = [(path, label) for label, name in enumerate(classes) for path in _files(root / name)]
+    files = [(path, label) for label, name in enumerate(classes) for path in image_files(root / name)]
     x = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)  # (N, 3, S, S), filled in place
     labels: list[int] = []
     bad: list[SkippedImage] = []
     for path, label in files:
-        reason = _decode_into(x[len(labels)], path, transform)
+        reason = decode_into(x[len(labels)], path, transform)
         if reason:
             bad.append(SkippedImage(path, reason))
         else:
@@ -137,7 +133,16 @@ def class_folders(root: Path) -> tuple[str, ...]:
     return tuple(sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")))
 
 
-def _files(folder: Path) -> list[Path]:
+def resize_crop(image_size: int) -> Callable[[object], torch.Tensor]:
+    """PIL image -> uint8 ``(3, S, S)``: short side resized to ``image_size * 256 / 224``, centre-cropped to S."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [transforms.Resize(int(image_size * 256 / 224)), transforms.CenterCrop(image_size), transforms.PILToTensor()]
+    )
+
+
+def image_files(folder: Path) -> list[Path]:
     """Every non-hidden file under ``folder``, in ``ImageFolder`` order (a sorted walk that follows links)."""
     paths = []
     for dirpath, _, filenames in sorted(os.walk(folder, followlinks=True)):
@@ -147,7 +152,7 @@ def _files(folder: Path) -> list[Path]:
     return paths
 
 
-def _decode_into(out: torch.Tensor, path: Path, transform: Callable[[object], torch.Tensor]) -> str:
+def decode_into(out: torch.Tensor, path: Path, transform: Callable[[object], torch.Tensor]) -> str:
     """Decode ``path`` into ``out`` (3, S, S); returns "" on success, else why the file cannot be used."""
     from PIL import Image
 

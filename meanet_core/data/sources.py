@@ -70,6 +70,34 @@ def read_source(
     raise ValueError(f"no reader for dataset {name!r}")
 
 
+def class_names_of(name: str, folder: Path | None, num_classes: int) -> tuple[str, ...]:
+    """The class names (index = class id) dataset ``name`` has in ``folder``, without reading its images.
+
+    What :func:`read_source` would give: ``cifar100_labels.json`` beside the CIFAR-100 arrays (else ``class_I``),
+    CIFAR-10's names, the digits ``0``-``9``, the sorted class folders of an ``imagefolder``'s ``train/``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the names cannot be found (no data folder, or it lacks the dataset): pass them explicitly instead.
+    """
+    fallback = tuple(f"class_{i}" for i in range(num_classes))
+    if name in ("cifar10", "digits"):
+        return CIFAR10_CLASSES if name == "cifar10" else tuple(str(i) for i in range(10))
+    if folder is None:
+        raise FileNotFoundError(f"cannot find the class names of {name}: no data folder (data_dir, ${DATA_DIR_ENV})")
+    if name in ("cifar100", "cifar100-mini"):
+        npz = folder / ("cifar100.npz" if name == "cifar100" else "cifar100_mini.npz")
+        if not npz.is_file():
+            raise FileNotFoundError(f"cannot find the class names of {name}: {npz} does not exist")
+        return _class_names_beside(npz, num_classes) or fallback
+    if name == "imagefolder":
+        if not (folder / "train").is_dir():
+            raise FileNotFoundError(f"cannot find the class names of the imagefolder: {folder}/train does not exist")
+        return class_folders(folder / "train")
+    raise ValueError(f"no reader for dataset {name!r}")
+
+
 # --------------------------------------------------------------------------------------------------- CIFAR
 
 

@@ -1,0 +1,111 @@
+"""``meanet export`` and ``meanet edge predict``: a run's edge model onto a device, and adaptive inference there.
+
+Thin: :mod:`meanet_core.export` writes the signed file, :mod:`fl_client.predict` runs the engine. Mistakes in the
+input raise ValueError / OSError with a message; ``meanet_cli.main`` registers these commands behind its
+``error: ...`` handler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def export_model(
+    out: Path = typer.Option(..., "--out", help="the edge model file to write, e.g. model.pt"),
+    report_dir: Path | None = typer.Option(None, help="a federation's report folder (its state.pt)"),
+    run: Path | None = typer.Option(None, "--run", help="a meanet train run folder (meanet.pt, train.json)"),
+    signing_key: Path | None = typer.Option(
+        None, help="Ed25519 private key (PEM) to sign with (default: the run's broadcast-signing.key)"
+    ),
+    class_names: Path | None = typer.Option(
+        None, help="class names in class-id order (JSON list or one per line), when the run cannot tell"
+    ),
+) -> None:
+    """Write a run's edge model as a signed, weights-only file for an edge device (meanet edge predict)."""
+    from meanet_core.edge_model import describe_policy
+    from meanet_core.export import export, from_report_dir, from_train_run, read_class_names
+
+    if report_dir is not None and run is None:
+        source = from_report_dir(report_dir)
+    elif run is not None and report_dir is None:
+        source = from_train_run(run)
+    else:
+        raise ValueError("give one of --report-dir DIR (a federation) or --run RUN (a meanet train run)")
+    names = read_class_names(class_names) if class_names is not None else None
+    done = export(source, out, signing_key=signing_key, class_names=names)
+    m, policy = source.model, source.policy
+    routing = (
+        f"{describe_policy(policy)}, from {source.policy_origin}"
+        if policy
+        else f"none recorded ({source.policy_origin}); the edge routes with the paper policy"
+    )
+    typer.echo(
+        f"wrote {done.path}: {m.arch}, {m.num_classes} classes ({m.num_hard} hard), {m.input_size}x{m.input_size} "
+        f"images, from {source.source}"
+    )
+    typer.echo(f"routing policy: {routing}")
+    pin = f" ({done.public_key})" if done.public_key is not None else ""
+    typer.echo(f"signed by key {done.fingerprint}: the edge pins its public key{pin} with --verify-key")
+
+
+def edge_predict(
+    model: Path = typer.Option(..., "--model", help="edge model file written by meanet export"),
+    verify_key: Path = typer.Option(..., help="the cloud's public key (broadcast-signing.pub), pinned on the edge"),
+    images: Path = typer.Option(..., help="a folder of images (flat, or one sub-folder per class), an image or .npz"),
+    out: Path = typer.Option(..., "--out", help="CSV to write: one row per input"),
+    cloud_url: str | None = typer.Option(None, help="the cloud offload service, https://HOST:PORT (none: edge only)"),
+    ca: Path | None = typer.Option(None, "--ca", help="CA certificate (PEM) of the service's TLS certificate"),
+    token: str | None = typer.Option(
+        None, envvar="MEANET_CLOUD_TOKEN", show_envvar=True, help="bearer token (prefer the env var: ps shows options)"
+    ),
+    client_cert: Path | None = typer.Option(None, help="client certificate (PEM) for a service with mutual TLS"),
+    client_key: Path | None = typer.Option(None, help="its private key (PEM)"),
+    policy: str | None = typer.Option(None, help="paper | calibrated (default: the one recorded in the model file)"),
+    entropy_threshold: float | None = typer.Option(None, help="paper policy: offload above this normalised entropy"),
+    batch_size: int = typer.Option(64, min=1, help="inputs per engine call (and at most one cloud request each)"),
+    timeout: float = typer.Option(2.0, help="deadline in seconds of one cloud request, retries included"),
+    retries: int = typer.Option(2, min=0, help="extra attempts after a transient cloud failure"),
+    bad_images: str = typer.Option("skip", help="unreadable files: skip (counted, with a warning) | error"),
+    joules_per_mac: float = typer.Option(1e-10, help="edge compute energy per MAC"),
+    uplink_mbps: float = typer.Option(5.64, help="uplink throughput, for the transmission energy"),
+    progress: bool = typer.Option(True, help="progress bar"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
+) -> None:
+    """Run adaptive inference on new inputs: main block, extension, cloud; one CSV row per input, and a summary."""
+    import torch
+
+    from fl_client.inputs import open_inputs
+    from fl_client.predict import connect_cloud, format_summary, predict_to_csv
+    from meanet_core.cost import CostConfig
+    from meanet_core.edge_model import load_edge_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    if cloud_url is None and any(v is not None for v in (ca, client_cert, client_key)):
+        raise ValueError("--ca, --client-cert and --client-key configure the cloud: give --cloud-url too")
+    if policy is not None and policy not in ("paper", "calibrated"):
+        raise ValueError(f"--policy must be paper or calibrated; got {policy!r}")
+    edge = load_edge_model(model, verify_key)  # verified before anything is built
+    routing = edge.routing_policy(policy, entropy_threshold)
+    inputs = open_inputs(images, edge.model.input_size, edge.class_names, bad_images=bad_images)
+    cost = CostConfig(joules_per_mac=joules_per_mac, uplink_throughput_mbps=uplink_mbps)
+    cloud = None
+    if cloud_url is not None:
+        cloud = connect_cloud(
+            cloud_url, edge, token=token, ca_certfile=ca, client_certfile=client_cert, client_keyfile=client_key,
+            timeout_s=timeout, retries=retries,
+        )  # fmt: skip
+        batch_size = min(batch_size, int(cloud.info.get("max_request_images", batch_size)))
+    try:
+        run = predict_to_csv(
+            edge, inputs, out, policy=routing, cloud=cloud, cost=cost, batch_size=batch_size, bad_images=bad_images,
+            progress=progress,
+        )  # fmt: skip
+    finally:
+        if cloud is not None:
+            cloud.close()
+    where = cloud_url or "none (the inputs routed to it are answered on the edge, fallback=true)"
+    typer.echo(format_summary(run, where))
+    typer.echo(f"predictions: {out}")

@@ -1,0 +1,198 @@
+"""``meanet export``: the edge model of a finished run, as a signed edge model file (:mod:`meanet_core.edge_model`).
+
+Two kinds of run:
+
+* a federation's report folder (``meanet federate``): ``state.pt`` holds the MEANet as the cloud last broadcast
+  it (main block, aggregated edge blocks, hard classes) and the report, whose newest experience's evaluation
+  records the routing policy and its calibrated thresholds; the federation's own signing key
+  (its run config's ``signing-key``, else ``REPORT_DIR/broadcast-signing.key``) signs it, so the edges pin the
+  key they already pin for broadcasts;
+* a ``meanet train`` run folder: ``meanet.pt`` and ``train.json``, with the thresholds of ``RUN/eval.json`` when
+  ``meanet evaluate`` wrote one; signed by ``RUN/broadcast-signing.key`` (made on the first export).
+
+Both are read weights-only. The class names come from the run (``train.json``), else from the dataset's folder
+without reading its images (:func:`meanet_core.data.sources.class_names_of`), else from a file given by the user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meanet_core.checkpoint import SERVER_STATE_FIELDS, CheckpointError, load_meanet, load_state, require, safe_load
+from meanet_core.data import data_dir_from_env
+from meanet_core.data.sources import class_names_of
+from meanet_core.edge_model import policy_from_dict, write_edge_model
+from meanet_core.models import MEANet, build_meanet
+from meanet_core.signing import ensure_signing_key, key_fingerprint, load_signing_key
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """What a run holds for an edge: the model, its class names, its routing policy, and its signing key."""
+
+    model: MEANet
+    class_names: tuple[str, ...] | None  # None: not found; the caller must give them
+    class_names_problem: str  # why they were not found ("" when found)
+    policy: dict[str, Any] | None
+    policy_origin: str  # where the policy came from, or why there is none
+    folder: Path
+    configured_key: str  # the run's own signing-key setting ("" = the folder's broadcast-signing.key)
+    source: str  # recorded in the file
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    fingerprint: str
+    public_key: Path | None  # the public key to pin, when it lies beside the run
+    source: ExportSource
+    class_names: tuple[str, ...]
+
+
+def from_report_dir(report_dir: str | os.PathLike[str]) -> ExportSource:
+    """The edge model of a federation's report folder (``REPORT_DIR/state.pt``)."""
+    folder = Path(report_dir)
+    path = folder / "state.pt"
+    if not path.is_file():
+        hint = " (it holds meanet.pt: pass it with --run)" if (folder / "meanet.pt").is_file() else ""
+        raise CheckpointError(
+            f"{folder} holds no state.pt of a federation{hint}; pass the report-dir of meanet federate"
+        )
+    state = safe_load(path)
+    if "stage" in state and "position" not in state:
+        raise CheckpointError(f"{path} is the state of a 'meanet train' run, not of a federation: pass --run {folder}")
+    require(state, SERVER_STATE_FIELDS, path)
+    config, weights = state["config"], state["meanet"]
+    if not isinstance(config, dict) or not isinstance(weights, dict) or "hard_index" not in weights:
+        raise CheckpointError(f"{path}: its config or MEANet weights are not those of a federation; it is damaged")
+    index, mean, std = weights["hard_index"], weights.get("normalize.mean"), weights.get("normalize.std")
+    if mean is None or std is None:
+        raise CheckpointError(f"{path}: the MEANet weights lack the normalisation buffers; it is damaged")
+    try:
+        model = build_meanet(
+            str(config.get("model")),
+            int(index.shape[0]),
+            state["hard_classes"],
+            mean=mean.flatten().tolist(),
+            std=std.flatten().tolist(),
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config does not describe a MEANet this version can build ({e})") from e
+    load_state(model, weights, path, "the MEANet")
+    names, problem = _dataset_class_names(config.get("dataset"), config.get("data-dir"), model.num_classes)
+    policy, origin = _federation_policy(state["report"], path)
+    return ExportSource(
+        model.eval(), names, problem, policy, origin, folder, str(config.get("signing-key") or ""),
+        f"federation {folder.resolve()} at {state['position']}",
+    )  # fmt: skip
+
+
+def from_train_run(run: str | os.PathLike[str]) -> ExportSource:
+    """The edge model of a ``meanet train`` run folder (``meanet.pt``, ``train.json``, optionally ``eval.json``)."""
+    folder = Path(run)
+    train_json = folder / "train.json"
+    if not train_json.is_file():
+        if (folder / "state.pt").is_file() and not (folder / "meanet.pt").is_file():
+            raise CheckpointError(
+                f"{folder} holds a state.pt but no train.json: an unfinished 'meanet train' (let it finish) or a "
+                f"federation's report folder (pass --report-dir {folder})"
+            )
+        raise CheckpointError(f"{train_json} not found: --run must be a folder written by 'meanet train'")
+    try:
+        summary = json.loads(train_json.read_text())
+        dataset, config = summary["dataset"], summary["config"]
+        trained_size = dataset.get("image_size")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{train_json} is not a train.json written by 'meanet train' ({e}); retrain") from e
+    model = load_meanet(folder / "meanet.pt", default_input_size=trained_size)
+    recorded = dataset.get("class_names")
+    if isinstance(recorded, list):
+        names: tuple[str, ...] | None = tuple(str(n) for n in recorded)
+        problem = ""
+    else:  # runs written before train.json recorded them
+        names, problem = _dataset_class_names(config.get("dataset"), config.get("data_dir"), model.num_classes)
+    policy, origin = _eval_policy(folder / "eval.json")
+    return ExportSource(model, names, problem, policy, origin, folder, "", f"meanet train run {folder.resolve()}")
+
+
+def export(
+    source: ExportSource,
+    out: str | os.PathLike[str],
+    *,
+    signing_key: str | os.PathLike[str] | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> Exported:
+    """Sign ``source``'s model and write it to ``out``: with ``signing_key`` (a PEM private key), else the run's."""
+    names = class_names or source.class_names
+    if names is None:
+        raise FileNotFoundError(
+            f"{source.class_names_problem}; give the class names in class-id order with --class-names FILE "
+            "(a JSON list, or one name per line)"
+        )
+    public: Path | None = None
+    if signing_key is not None:
+        key = load_signing_key(signing_key)
+    else:
+        key, public = ensure_signing_key(source.configured_key, source.folder)
+    path = write_edge_model(source.model, names, key, out, policy=source.policy, source=source.source)
+    return Exported(path, key_fingerprint(key.public_key()), public, source, tuple(names))
+
+
+def read_class_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Class names in class-id order from a JSON list (or ``{"class_names": [...]}``), or one name per line."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(value, dict):
+        value = value.get("class_names", value.get("fine_label_names"))
+    if not isinstance(value, list) or not value:
+        found = type(value).__name__ if value else "nothing"
+        raise ValueError(f"{path} must be a JSON list of class names, or one name per line; found {found}")
+    return tuple(str(v) for v in value)
+
+
+def _dataset_class_names(dataset: Any, data_dir: Any, num_classes: int) -> tuple[tuple[str, ...] | None, str]:
+    folder = Path(str(data_dir)).expanduser() if data_dir else data_dir_from_env()
+    try:
+        names = class_names_of(str(dataset), folder, num_classes)
+    except (FileNotFoundError, ValueError) as e:
+        return None, str(e)
+    if len(names) != num_classes:
+        return None, f"the dataset {dataset!r} in {folder} now has {len(names)} classes; the model has {num_classes}"
+    return names, ""
+
+
+def _federation_policy(report: Any, path: Path) -> tuple[dict[str, Any] | None, str]:
+    experiences = report.get("experiences") if isinstance(report, dict) else None
+    if not experiences:
+        return None, f"{path}: no experience has been evaluated yet, so no thresholds are known"
+    last = experiences[-1]
+    evaluation = last.get("evaluation") if isinstance(last, dict) else None
+    policy = evaluation.get("policy") if isinstance(evaluation, dict) else None
+    if not isinstance(policy, dict):
+        number = last.get("experience", len(experiences) - 1) if isinstance(last, dict) else len(experiences) - 1
+        return None, f"{path}: experience {number} (the newest) has not been evaluated yet, so no thresholds are known"
+    try:
+        return policy_from_dict(policy).as_dict(), f"{path}: the evaluation of experience {last.get('experience')}"
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the report's policy is damaged ({e})") from e
+
+
+def _eval_policy(path: Path) -> tuple[dict[str, Any] | None, str]:
+    if not path.is_file():
+        return None, f"{path} does not exist (meanet evaluate --policy calibrated writes the thresholds there)"
+    try:
+        policy = json.loads(path.read_text()).get("policy")
+        return policy_from_dict(policy).as_dict(), str(path)
+    except (ValueError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path} is not an eval.json of meanet evaluate with a policy ({e}); delete it") from e
+
+
+__all__ = ["ExportSource", "Exported", "export", "from_report_dir", "from_train_run", "read_class_names"]
