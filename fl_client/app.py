@@ -1,11 +1,14 @@
 """The edge device as a Flower ClientApp.
 
 ``train``: load the broadcast MEANet with its main block frozen, fine-tune only the adaptive and extension blocks on
-this client's partition of the current experience (hard-class samples), reply with just those arrays, the number of
-examples, and a digest of the main block as it was loaded (so the server can check nobody changed it).
+this client's images of the current experience (hard-class samples), reply with just those arrays, the number of
+examples, and a digest of the main block as it was loaded (so the server can check nobody changed it). The images are
+the SuperNode's own ``data-dir`` when its node config names one (:mod:`fl_client.local_data`), else its partition of
+the shared stream (:func:`fl_client.data.edge_data`).
 
-``evaluate``: run the adaptive inference engine on this client's test shard; complex samples go to the cloud model
-(in simulation, ``LocalCloud``: an in-process stand-in with the interface of the real offload service).
+``evaluate``: run the adaptive inference engine on this client's test images (held out from its own ``data-dir``, or
+its shard of the shared test set); complex samples go to the cloud model (in simulation, ``LocalCloud``: an in-process
+stand-in with the interface of the real offload service).
 
 Both check the cloud's signature on the broadcast against the pinned public key **before** loading anything, and
 refuse (an error reply, with the reason logged) an unsigned, tampered or replayed broadcast: see
@@ -23,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common import log
 
-from fl_client.data import client_index, local_test
+from fl_client.data import client_index, edge_data
 from fl_client.faults import claimed, inject
 from fl_client.transport import broadcast_state, encode_reply
 from meanet_core import keys
@@ -34,7 +37,6 @@ from meanet_core.evaluation import summarize
 from meanet_core.models import build_cloud
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.signing import VERIFY_KEY_FILE, BroadcastPosition, BroadcastRejected, load_verify_key, verify_broadcast
-from meanet_core.streams import stream_for
 from meanet_core.training import train_extension
 
 app = ClientApp()
@@ -120,12 +122,13 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)  # many clients share the machine in simulation
     cfg, client, e, hard = _setup(msg, context)
     verify(msg, context, cfg, client, "train")  # before anything of the broadcast is loaded
-    splits, stream = stream_for(cfg)
     state = broadcast_state(msg, context)  # a delta broadcast: the main block from this edge's cache
-    model = model_from_broadcast(cfg.model, splits.num_classes, hard, state, splits.mean, splits.std)
+    # the node's own data-dir when its node config names one, else its partition of the shared stream
+    view = edge_data("train", msg.content[keys.CONFIG], context.node_config, cfg, client, e, state)
+    model = model_from_broadcast(cfg.model, view.num_classes, hard, state, view.mean, view.std)
     loaded_digest = digest(model.state_dict())
     sent = {k: v.numpy().copy() for k, v in edge_state(model.state_dict()).items()}
-    data = stream[e].client_data(client)
+    data = view.data
     n_hard = int(model.is_hard(data.y).sum())
     started, t0 = time.time(), time.perf_counter()
     history = []
@@ -170,16 +173,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     cfg, client, e, hard = _setup(msg, context)
     verify(msg, context, cfg, client, "evaluate")
-    splits, stream = stream_for(cfg)
     state = broadcast_state(msg, context)
-    model = model_from_broadcast(cfg.model, splits.num_classes, hard, state, splits.mean, splits.std)
+    view = edge_data("evaluate", msg.content[keys.CONFIG], context.node_config, cfg, client, e, state)
+    model = model_from_broadcast(cfg.model, view.num_classes, hard, state, view.mean, view.std)
     cloud = None
     if keys.CLOUD_ARRAYS in msg.content:
-        cloud_model = build_cloud(cfg.cloud_model, splits.num_classes, mean=splits.mean, std=splits.std)
+        cloud_model = build_cloud(cfg.cloud_model, view.num_classes, mean=view.mean, std=view.std)
         cloud_model.load_state_dict(msg.content[keys.CLOUD_ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
         cloud = LocalCloud(cloud_model, optimize=True)
     engine = AdaptiveEngine(model, _policy(msg, cfg), cloud, optimize=True)  # fused BatchNorm, channels-last
-    test = local_test(stream[e], client, cfg.num_clients, cfg.seed)
+    test = view.data
     parts = [engine.predict(test.x[i : i + 256]) for i in range(0, len(test), 256)]
     summary = summarize(Predictions.concat(parts), test.y)
     metrics = MetricRecord(

@@ -1,10 +1,27 @@
-"""The edge's view of the data stream: which partition is its own, and its share of the test images.
+"""The edge's view of the data: which partition is its own, and where its training and test images come from.
 
-The stream itself (:func:`meanet_core.streams.stream_for`) is built the same way by the cloud and every edge.
+Two sources (:func:`edge_data`):
+
+* the SuperNode's own images, when its node config names them (``--node-config 'data-dir="/data/edge-3"'``; layout in
+  :mod:`fl_client.local_data`): only that path is read, never the run's shared dataset. The number of classes and the
+  normalisation come from the broadcast model state (``hard_index``, ``normalize.mean``/``normalize.std``), the class
+  names from the broadcast's ``class-names`` (else the run config's dataset), the image side from the run config's
+  dataset;
+* otherwise (simulation) this client's ``partition-id`` slice of the shared stream
+  (:func:`meanet_core.streams.stream_for`, built the same way by the cloud and every edge) and its share of the test
+  images.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fl_client.local_data import class_names_for, federation_image_size, node_data_dir, read_edge_data
+from meanet_core import streams
 from meanet_core.config import FederationConfig
 from meanet_core.data import ImageTensors, partition
 from meanet_core.streams import Experience
@@ -31,3 +48,45 @@ def local_test(experience: Experience, client: int, num_clients: int, seed: int)
     """The client's shard of the experience's test images (IID over clients)."""
     parts = partition(experience.test.y, num_clients, "iid", seed=seed + 7919 * experience.index)
     return experience.test.subset(parts[client])
+
+
+@dataclass(frozen=True)
+class EdgeView:
+    """What an edge needs to build its model and run a round: the class count, normalisation, and the images."""
+
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    data: ImageTensors
+
+
+def edge_data(
+    purpose: str,
+    config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    cfg: FederationConfig,
+    client: int,
+    experience: int,
+    state: Mapping[str, torch.Tensor],
+) -> EdgeView:
+    """The images this edge trains on (``purpose="train"``) or evaluates on (``"evaluate"``) at ``experience``.
+
+    ``config`` is the (verified) instruction's config, ``state`` the broadcast MEANet state.
+    """
+    if purpose not in ("train", "evaluate"):
+        raise ValueError(f"purpose must be 'train' or 'evaluate'; got {purpose!r}")
+    root = node_data_dir(node_config)
+    if root is None:
+        splits, stream = streams.stream_for(cfg)
+        exp = stream[experience]
+        data = exp.client_data(client) if purpose == "train" else local_test(exp, client, cfg.num_clients, cfg.seed)
+        return EdgeView(splits.num_classes, tuple(splits.mean), tuple(splits.std), data)
+    try:
+        num_classes = int(state["hard_index"].numel())
+        mean = tuple(float(v) for v in state["normalize.mean"].flatten().tolist())
+        std = tuple(float(v) for v in state["normalize.std"].flatten().tolist())
+    except KeyError as e:
+        raise ValueError(f"the broadcast MEANet state lacks {e}: an edge with its own data needs it") from e
+    names = class_names_for(config, cfg, num_classes)
+    own = read_edge_data(root, names, image_size=federation_image_size(cfg), seed=cfg.seed)
+    return EdgeView(num_classes, mean, std, own.train(experience) if purpose == "train" else own.test(experience))

@@ -201,7 +201,10 @@ class CloudServer:
         full_bytes = broadcast.count_bytes()
         main_digest = digest(state)
         self.strategy.cloud_arrays = ArrayRecord(self.cloud.state_dict())
-        config = ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard})
+        # the class list is the cloud's: it travels (signed) to edges that read their own folders (fl_client.local_data)
+        config = ConfigRecord(
+            {keys.EXPERIENCE: e, keys.HARD_CLASSES: hard, keys.CLASS_NAMES: [*self.splits.class_names]}
+        )
         # The edges evaluate with thresholds fitted to the blocks as broadcast (the server's final evaluation refits).
         routing = self._policy_config(self._policy(e))
         rounds_left = cfg.rounds_per_experience - start_round
@@ -257,7 +260,7 @@ class CloudServer:
             initial_arrays=broadcast,
             num_rounds=rounds_left,
             train_config=config,
-            evaluate_config=ConfigRecord({keys.EXPERIENCE: e, keys.HARD_CLASSES: hard, **routing}),
+            evaluate_config=ConfigRecord({**config, **routing}),
             evaluate_fn=after_round,
         )
         for r, metrics in result.evaluate_metrics_clientapp.items():

@@ -59,6 +59,10 @@ TRAIN_ENDED = "train-ended"
 MAIN_DIGEST = "main-digest"
 """Edge-info entry: digest of the main block as the edge loaded it (proves the broadcast arrived intact)."""
 
+CLASS_NAMES = "class-names"
+"""Config entry: the cloud's class names (a list of str; index = class id). An edge with its own images maps its class
+folders to ids by these names (:mod:`fl_client.local_data`)."""
+
 POLICY = "policy"
 """Config entry: the routing policy the edges use (``paper`` or ``calibrated``)."""
 
