@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fl_client.offload import RemoteCloud
-from fl_server.service import load_cloud_from_run
+from fl_server.offload.service import load_cloud_from_run
 from meanet_core.checkpoint import atomic_save, cloud_payload
 from meanet_core.engine import LocalCloud
 from meanet_core.models import CloudModel, build_cloud

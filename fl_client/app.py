@@ -7,8 +7,10 @@ the SuperNode's own ``data-dir`` when its node config names one (:mod:`fl_client
 the shared stream (:func:`fl_client.data.edge_data`).
 
 ``evaluate``: run the adaptive inference engine on this client's test images (held out from its own ``data-dir``, or
-its shard of the shared test set); complex samples go to the cloud model (in simulation, ``LocalCloud``: an in-process
-stand-in with the interface of the real offload service).
+its shard of the shared test set); complex samples go to the cloud: the real offload service over HTTPS when the run
+config names a ``cloud-url`` (credentials from the SuperNode's node config, :mod:`fl_client.cloud_link`), else the cloud
+model shipped in the instruction (simulation: ``LocalCloud``, an in-process stand-in), else nowhere (the edge's own
+answers, flagged as fallbacks). The reply counts the inputs offloaded, the fallbacks and the bytes sent.
 
 Both check the cloud's signature on the broadcast against the pinned public key **before** loading anything, and
 refuse (an error reply, with the reason logged) an unsigned, tampered or replayed broadcast: see
@@ -26,13 +28,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common import log
 
+from fl_client.cloud_link import backend_name, remote_cloud
 from fl_client.data import client_index, edge_data
 from fl_client.faults import claimed, inject
+from fl_client.offload import RemoteCloud
+from fl_client.predict import EdgeOnly
 from fl_client.transport import broadcast_state, encode_reply
 from meanet_core import keys
 from meanet_core.broadcast import digest, edge_state, model_from_broadcast
 from meanet_core.config import FederationConfig
-from meanet_core.engine import AdaptiveEngine, LocalCloud, Predictions
+from meanet_core.engine import AdaptiveEngine, CloudBackend, LocalCloud, Predictions
 from meanet_core.evaluation import summarize
 from meanet_core.models import build_cloud
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
@@ -176,15 +181,24 @@ def evaluate(msg: Message, context: Context) -> Message:
     state = broadcast_state(msg, context)
     view = edge_data("evaluate", msg.content[keys.CONFIG], context.node_config, cfg, client, e, state)
     model = model_from_broadcast(cfg.model, view.num_classes, hard, state, view.mean, view.std)
-    cloud = None
-    if keys.CLOUD_ARRAYS in msg.content:
+    cloud: CloudBackend
+    if cfg.cloud_url:  # the real cloud offload service; credentials from this SuperNode's node config
+        cloud = remote_cloud(cfg.cloud_url, model, context.node_config)
+    elif keys.CLOUD_ARRAYS in msg.content:  # simulation: the cloud model shipped in the instruction
         cloud_model = build_cloud(cfg.cloud_model, view.num_classes, mean=view.mean, std=view.std)
         cloud_model.load_state_dict(msg.content[keys.CLOUD_ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
         cloud = LocalCloud(cloud_model, optimize=True)
-    engine = AdaptiveEngine(model, _policy(msg, cfg), cloud, optimize=True)  # fused BatchNorm, channels-last
-    test = view.data
-    parts = [engine.predict(test.x[i : i + 256]) for i in range(0, len(test), 256)]
-    summary = summarize(Predictions.concat(parts), test.y)
+    else:  # no cloud: the inputs the policy would offload keep the edge's answer, flagged as fallbacks
+        cloud = EdgeOnly()
+    try:
+        engine = AdaptiveEngine(model, _policy(msg, cfg), cloud, optimize=True)  # fused BatchNorm, channels-last
+        test = view.data
+        parts = [engine.predict(test.x[i : i + 256]) for i in range(0, len(test), 256)]
+    finally:
+        if isinstance(cloud, RemoteCloud):
+            cloud.close()
+    pred = Predictions.concat(parts)
+    summary = summarize(pred, test.y)
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: len(test),
@@ -195,6 +209,10 @@ def evaluate(msg: Message, context: Context) -> Message:
             keys.MACS_PER_IMAGE: summary["macs_per_image"],
             keys.ENERGY_PER_IMAGE: summary["energy_per_image_joule"],
             keys.BYTES_OFFLOADED_PER_IMAGE: summary["bytes_offloaded_per_image"],
+            keys.OFFLOADED: int((pred.bytes_sent > 0).sum()),
+            keys.FALLBACKS: summary["fallbacks"],
+            keys.BYTES_SENT: int(pred.bytes_sent.sum()),
         }
     )
-    return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
+    info = ConfigRecord({keys.CLIENT: client, keys.CLOUD_BACKEND: backend_name(cloud)})
+    return Message(content=RecordDict({keys.METRICS: metrics, keys.EDGE_INFO: info}), reply_to=msg)

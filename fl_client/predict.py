@@ -41,6 +41,7 @@ from meanet_core.engine import (
     Predictions,
 )
 from meanet_core.evaluation import summarize
+from meanet_core.models import MEANet
 from meanet_core.policies import Policy
 
 log = logging.getLogger("meanet.edge.predict")
@@ -91,9 +92,10 @@ class TimedCloud:
             self.macs_per_image = self.inner.macs_per_image
 
 
-def check_cloud_contract(info: dict[str, Any], edge: EdgeModel, url: str) -> None:
+def check_cloud_contract(info: dict[str, Any], edge: EdgeModel | MEANet, url: str) -> None:
     """Refuse a cloud service whose model takes other images or classes than the edge model (another run)."""
-    side, k = edge.model.input_size, edge.model.num_classes
+    model = edge.model if isinstance(edge, EdgeModel) else edge
+    side, k = model.input_size, model.num_classes
     shape, classes = info.get("input_shape"), info.get("num_classes")
     if shape is not None and list(shape) != [3, side, side]:
         raise ValueError(f"the cloud at {url} takes images of shape {shape}; this edge model takes [3, {side}, {side}]")
@@ -104,8 +106,9 @@ def check_cloud_contract(info: dict[str, Any], edge: EdgeModel, url: str) -> Non
         )
 
 
-def connect_cloud(url: str, edge: EdgeModel, **options: Any) -> RemoteCloud:
-    """A :class:`RemoteCloud` for ``edge``, checked once at the start.
+def connect_cloud(url: str, edge: EdgeModel | MEANet, **options: Any) -> RemoteCloud:
+    """A :class:`RemoteCloud` for ``edge`` (an exported edge model, or the MEANet of a federation's broadcast),
+    checked once at the start.
 
     A service that is down now is not an error (the offloaded inputs fall back until it answers); one that answers
     with an error (wrong or missing token, no client certificate), whose certificate does not verify, or that serves

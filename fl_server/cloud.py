@@ -9,6 +9,11 @@ For experience ``e``:
 4. it evaluates the adaptive engine (edge + cloud) on the test images of the seen classes, and writes the report.
 Server state is written atomically after every round (``state.pt``); a restarted server resumes at the experience and
 round it reached.
+
+After each cloud training (and on resume) the newest cloud model is handed to the offload service: written atomically
+to ``REPORT_DIR/cloud-serving.pt`` with ``version`` = the experience index (:mod:`fl_server.offload.handoff`;
+``meanet cloud serve --watch`` follows it). With ``cloud-url`` set the edges call that service, so the cloud model no
+longer rides with their evaluation instructions; with it empty (simulation) it does, as evaluation broadcast bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from fl_server.offload.handoff import SERVING_FILE, serving_version, write_serving_model
 from meanet_core import keys
 from meanet_core.broadcast import digest, edge_state
 from meanet_core.checkpoint import FORMAT, atomic_save, load_server_state, load_state
@@ -88,6 +94,7 @@ class CloudServer:
         )
         self.report: dict[str, Any] = {"config": cfg.as_run_config(), "experiences": [], "rounds": []}
         self.state_path = self.out / "state.pt"
+        self.serving_path = self.out / SERVING_FILE
         self.position: dict[str, Any] = {"experience": 0, "phase": "cloud-training", "round": 0}
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -115,6 +122,23 @@ class CloudServer:
         self.report = json.loads(saved["report"])
         self.position = dict(saved["position"])
         self.say(f"resuming from {self.state_path} at {self.position}")
+        # the cloud model of the newest experience trained so far, unless the serving file already holds it (or a
+        # newer one, trained before a crash that came before the state was saved: no rollback while it retrains)
+        trained = min(self.position["experience"] - (self.position["phase"] != "federation"), self.cfg.experiences - 1)
+        served = serving_version(self.serving_path)
+        if trained >= 0 and (served is None or served < trained):
+            self._publish_cloud(trained)
+
+    def _publish_cloud(self, e: int) -> None:
+        """Hand the cloud model trained for experience ``e`` to the offload service (atomic write, version ``e``)."""
+        write_serving_model(
+            self.cloud,
+            self.serving_path,
+            version=e,
+            num_classes=self.splits.num_classes,
+            class_names=self.splits.class_names,
+        )
+        self.say(f"experience {e}: cloud model version {e} written for the offload service to {self.serving_path}")
 
     # ------------------------------------------------------------------------------------------ trust
     def reference_update(self, sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,7 +224,8 @@ class CloudServer:
         broadcast = ArrayRecord(state)
         full_bytes = broadcast.count_bytes()
         main_digest = digest(state)
-        self.strategy.cloud_arrays = ArrayRecord(self.cloud.state_dict())
+        # with a real offload service (cloud-url) the edges call it; otherwise the cloud model rides with evaluation
+        self.strategy.cloud_arrays = None if cfg.cloud_url else ArrayRecord(self.cloud.state_dict())
         # the class list is the cloud's: it travels (signed) to edges that read their own folders (fl_client.local_data)
         config = ConfigRecord(
             {keys.EXPERIENCE: e, keys.HARD_CLASSES: hard, keys.CLASS_NAMES: [*self.splits.class_names]}
@@ -295,6 +320,7 @@ class CloudServer:
             phase = self.position["phase"] if e == self.position["experience"] else "cloud-training"
             if phase == "cloud-training":
                 self._cloud_training(e)
+                self._publish_cloud(e)
                 self.position = {"experience": e, "phase": "federation", "round": 0}
                 self._save()
             if self.position["round"] < self.cfg.rounds_per_experience:

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,23 +175,40 @@ def list_supernodes(fed: Loopback) -> list[dict[str, object]]:
         raise RuntimeError(f"flwr supernode ls failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}") from e
 
 
+def node_config_arg(values: Mapping[str, object]) -> str:
+    """A SuperNode's ``--node-config`` string (``key=value`` pairs, TOML values) from a mapping."""
+    for key in values:
+        if not key or any(c.isspace() or c in "=\"'" for c in key):
+            raise ValueError(f"node config key {key!r} must be a plain name (no spaces, quotes or '=')")
+    return " ".join(f"{key}={_toml(value)}" for key, value in values.items())
+
+
 def start_supernode(
-    fed: Loopback, partition: int, num_partitions: int, *, auth_key: Path | None = None, log_name: str | None = None
+    fed: Loopback,
+    partition: int,
+    num_partitions: int,
+    *,
+    auth_key: Path | None = None,
+    log_name: str | None = None,
+    node_config: Mapping[str, object] | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """Start a SuperNode for ``partition`` against ``fed``'s SuperLink; it is ended with the federation.
 
     Secure federations: TLS against ``ca.pem``, authenticated with ``auth_key`` (default ``supernode-PARTITION.key``),
-    and the broadcast verify key pinned in the node config. Returns the process and its log file.
+    and the broadcast verify key pinned in the node config. ``node_config``: entries added to the SuperNode's
+    ``--node-config`` (its own ``data-dir``, cloud credentials...), overriding the ones set here. Returns the process
+    and its log file.
     """
-    node_config = f"partition-id={partition} num-partitions={num_partitions}"
+    values: dict[str, object] = {"partition-id": partition, "num-partitions": num_partitions}
     cmd = [str(VENV_BIN / "flower-supernode"), "--superlink", fed.address]
     if fed.certs is None:
         cmd += ["--insecure"]
     else:
         key = auth_key or fed.certs / f"supernode-{partition}.key"
         cmd += ["--root-certificates", str(fed.certs / "ca.pem"), "--auth-supernode-private-key", str(key)]
-        node_config += f' verify-key="{fed.certs / "broadcast-signing.pub"}"'
-    cmd += ["--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port())]
+        values["verify-key"] = str(fed.certs / "broadcast-signing.pub")
+    values.update(node_config or {})
+    cmd += ["--node-config", node_config_arg(values), "--host", "127.0.0.1", "--port", str(free_port())]
     log = fed.home / (log_name or f"supernode-{partition}.log")
     proc = subprocess.Popen(
         cmd, env=_env(fed.home), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
@@ -202,13 +219,21 @@ def start_supernode(
 
 @contextmanager
 def loopback_federation(
-    *, simulation: bool, num_supernodes: int = 0, home: Path | None = None, secure: Path | None = None
+    *,
+    simulation: bool,
+    num_supernodes: int = 0,
+    home: Path | None = None,
+    secure: Path | None = None,
+    node_configs: Sequence[Mapping[str, object]] | None = None,
 ) -> Iterator[Loopback]:
     """A SuperLink (and for deployment ``num_supernodes`` SuperNodes) on 127.0.0.1.
 
     ``secure``: a ``meanet certs`` folder; TLS on, and for deployment SuperNode authentication on, with SuperNode
-    ``i`` registered and authenticated with ``supernode-i.key``/``.pub``.
+    ``i`` registered and authenticated with ``supernode-i.key``/``.pub``. ``node_configs[i]``: entries added to
+    SuperNode ``i``'s ``--node-config``.
     """
+    if node_configs is not None and len(node_configs) != num_supernodes:
+        raise ValueError(f"node_configs has {len(node_configs)} entries for {num_supernodes} SuperNodes; give one each")
     home = home or Path(tempfile.mkdtemp(prefix="meanet-flwr-"))
     home.mkdir(parents=True, exist_ok=True)
     if secure is not None:
@@ -240,7 +265,7 @@ def loopback_federation(
         for i in range(0 if simulation else num_supernodes):
             if secure is not None:
                 register_supernode(fed, secure / f"supernode-{i}.pub")
-            start_supernode(fed, i, num_supernodes)
+            start_supernode(fed, i, num_supernodes, node_config=node_configs[i] if node_configs else None)
         yield fed
     finally:
         for proc in reversed(fed.procs):
@@ -369,16 +394,20 @@ def run_deployment(
     home: Path | None = None,
     stream_to_stdout: bool = False,
     secure: Path | None = None,
+    node_configs: Sequence[Mapping[str, object]] | None = None,
 ) -> FlowerRun:
     """The app on Flower's deployment engine: a SuperLink and ``num_supernodes`` SuperNodes on loopback.
 
     ``secure``: a ``meanet certs`` folder: TLS, SuperNode authentication, and broadcasts signed with its
     ``broadcast-signing.key`` (unless the run config names another ``signing-key``) and checked by every SuperNode
-    against its ``broadcast-signing.pub``.
+    against its ``broadcast-signing.pub``. ``node_configs``: one mapping per SuperNode, merged into its
+    ``--node-config`` (e.g. its own ``data-dir``, and ``cloud-ca``/``cloud-token-file`` for the offload service).
     """
     if secure is not None:
         run_config = {"signing-key": str(secure.resolve() / "broadcast-signing.key"), **run_config}
-    with loopback_federation(simulation=False, num_supernodes=num_supernodes, home=home, secure=secure) as fed:
+    with loopback_federation(
+        simulation=False, num_supernodes=num_supernodes, home=home, secure=secure, node_configs=node_configs
+    ) as fed:
         return flwr_run(fed.connection, fed.home, run_config, timeout=timeout, stream_to_stdout=stream_to_stdout)
 
 
@@ -387,6 +416,7 @@ __all__: Sequence[str] = [
     "Loopback",
     "list_supernodes",
     "loopback_federation",
+    "node_config_arg",
     "register_supernode",
     "run_deployment",
     "run_simulation",

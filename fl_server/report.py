@@ -8,6 +8,8 @@ from typing import Any
 
 import matplotlib
 
+from meanet_core import keys
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -73,7 +75,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
-    """Two markdown tables: accuracy and exits per experience; time and bytes per round."""
+    """Markdown tables: accuracy and exits per experience; time and bytes per round; each edge's evaluation."""
     lines = [
         "| experience | seen classes | cloud images | cloud training s | MEANet + cloud | edge (main + ext) "
         "| main only | cloud only | exit main | exit extension | exit cloud |",
@@ -110,9 +112,33 @@ def markdown_summary(report: dict[str, Any]) -> str:
             f"| {r['bytes_broadcast_per_client']:,.0f} | {r.get('download_ratio_vs_full_state', 1.0):.3f} "
             f"| {r.get('bytes_evaluate_per_client', 0):,.0f} | {'-' if acc is None else f'{acc:.4f}'} |"
         )
+    lines += per_edge_table(report["rounds"])
     if "wall_seconds" in report:
         lines += ["", f"Whole run: {report['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def per_edge_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each edge's evaluation per round (examples, accuracy, cloud backend, inputs offloaded,
+    fallbacks, bytes sent); none when no round kept per-edge evaluations."""
+    rows = [(r, node, m) for r in rounds for node, m in sorted((r.get("client_evaluation_per_node") or {}).items())]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| experience | round | node | client | cloud | examples | accuracy | exit cloud | offloaded | fallbacks "
+        "| bytes sent |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r, node, m in rows:
+        acc, cloud = m.get(keys.ACCURACY), m.get(keys.EXIT_CLOUD)
+        lines.append(
+            f"| {r['experience']} | {r['round']} | {node} | {m.get('client', '-')} | {m.get('cloud', '-')} "
+            f"| {int(m.get(keys.NUM_EXAMPLES, 0))} | {'-' if acc is None else f'{acc:.4f}'} "
+            f"| {'-' if cloud is None else f'{cloud:.3f}'} | {int(m.get(keys.OFFLOADED, 0))} "
+            f"| {int(m.get(keys.FALLBACKS, 0))} | {int(m.get(keys.BYTES_SENT, 0)):,} |"
+        )
+    return lines
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -338,7 +338,15 @@ app.add_typer(cloud_app, name="cloud")
 @cloud_app.command("serve")
 @_user_errors
 def cloud_serve(
-    run: Path = typer.Option(..., "--run", help="run folder: cloud.pt (meanet train) or state.pt (meanet federate)"),
+    run: Path | None = typer.Option(
+        None, "--run", help="run folder: cloud.pt (meanet train) or state.pt (meanet federate)"
+    ),
+    watch: Path | None = typer.Option(
+        None,
+        "--watch",
+        help="serving file to follow (a federation's REPORT_DIR/cloud-serving.pt): serve its newest model, "
+        "swapped atomically when it changes (polled; SIGHUP reloads at once)",
+    ),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(8443, min=1, max=65535),
     certfile: Path | None = typer.Option(None, help="server certificate (PEM) for TLS"),
@@ -360,14 +368,22 @@ def cloud_serve(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
 ) -> None:
-    """Serve the run's cloud model over HTTPS with micro-batching, a bearer token and/or mutual TLS."""
+    """Serve the run's cloud model (or the newest of a serving file) over HTTPS with micro-batching, a bearer token
+    and/or mutual TLS."""
     import torch
 
-    from fl_server.service import ServiceConfig, check_security, load_cloud_from_run, serve
+    from fl_server.offload.handoff import ServedModel, load_served, prepare
+    from fl_server.offload.service import ServiceConfig, check_security, load_cloud_from_run, serve
     from meanet_core.checkpoint import CheckpointError
 
     if threads:
         torch.set_num_threads(threads)
+    if watch is not None:  # a swap is news: "info: now serving ... version N" (warnings already print)
+        cloud_log = logging.getLogger("meanet.cloud")
+        cloud_log.setLevel(logging.INFO)
+        info = _EchoHandler(logging.INFO)
+        info.addFilter(lambda record: record.levelno < logging.WARNING)
+        cloud_log.addHandler(info)
     try:
         torch.device(device)
     except RuntimeError:
@@ -380,18 +396,33 @@ def cloud_serve(
             max_request_images=max_request_images, max_pending_images=max(8192, max_request_images), token=token,
         )  # fmt: skip
         check_security(certfile=certfile, token=token, ca_certfile=ca_certfile, insecure=insecure)
-        model = load_cloud_from_run(run)
+        served: ServedModel
+        if watch is not None and watch.is_file():  # the serving file is the newest model
+            served = load_served(watch, device)
+        elif run is not None:
+            served = prepare(load_cloud_from_run(run), device, source=str(run))
+        elif watch is not None:
+            raise ValueError(
+                f"--watch {watch} does not exist yet: start the federation first (it writes the file after the "
+                "first cloud training), or pass --run too to serve that run's model until the file appears"
+            )
+        else:
+            raise ValueError("pass --run RUN_DIR (a run's cloud model) and/or --watch FILE (a serving file)")
     except (CheckpointError, ValueError) as e:
         _fail(str(e))
         return
     scheme = "https" if certfile else "http"
     auth = " + ".join(a for a, on in (("bearer token", token), ("mutual TLS", ca_certfile)) if on) or "none"
     batching = f"up to {max_batch} images or {max_wait_ms:g} ms" if micro_batching else "off"
-    typer.echo(f"serving {model.arch} from {run} on {scheme}://{host}:{port} (auth: {auth}; micro-batching {batching})")
+    following = f"; following {watch}" if watch is not None else ""
+    typer.echo(
+        f"serving {served.arch} version {served.version} from {served.source} on {scheme}://{host}:{port} "
+        f"(auth: {auth}; micro-batching {batching}{following})"
+    )
     try:
         serve(
-            model, host=host, port=port, certfile=certfile, keyfile=keyfile, ca_certfile=ca_certfile, config=config,
-            insecure=insecure, device=device,
+            served, host=host, port=port, certfile=certfile, keyfile=keyfile, ca_certfile=ca_certfile, config=config,
+            insecure=insecure, device=device, watch=watch,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))

@@ -137,6 +137,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _https_url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as the offload service's address (None: nothing)."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() for c in url):
+        return "white space"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError when the port is not a number in range)
+    except ValueError as e:
+        return str(e)
+    if parts.scheme != "https":
+        return f"scheme {parts.scheme or None!r}: the edges send images and a token, so only https is accepted"
+    if not parts.hostname:
+        return "no host"
+    if parts.username or parts.password:
+        return "credentials in the URL: put the token in the edge's node config instead"
+    if parts.query or parts.fragment:
+        return "a query or fragment"
+    return None
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Every knob of the federated loop; Flower's ``run_config`` keys are the kebab-case forms of these names."""
@@ -180,6 +202,8 @@ class FederationConfig:
     signing_key: str = ""  # the cloud's Ed25519 private key (PEM); "": REPORT_DIR/broadcast-signing.key, made once
     verify_key: str = ""  # the edges' pinned public key; "": REPORT_DIR/broadcast-signing.pub (simulation; a
     # SuperNode's --node-config verify-key wins over both, see fl_client.app.pinned_verify_key)
+    cloud_url: str = ""  # the offload service the edges call (https://HOST:PORT); "" = the cloud model travels with
+    # the evaluation broadcast (simulation). Its secrets (token, CA) live in each edge's node config, never here.
 
     def report_path(self) -> Path:
         path = Path(self.report_dir).expanduser()
@@ -248,6 +272,14 @@ class FederationConfig:
             raise bad("limit_train", f"must be >= 0 (0 = every training image); got {self.limit_train}")
         if not 0.0 <= self.entropy_threshold <= 1.0:
             raise bad("entropy_threshold", f"must lie in [0, 1]; got {self.entropy_threshold}")
+        if self.cloud_url:
+            problem = _https_url_problem(self.cloud_url)
+            if problem:
+                raise bad(
+                    "cloud_url",
+                    f"{self.cloud_url!r} is not an https:// URL ({problem}); expected e.g. 'https://cloud.example:8443'"
+                    ", or '' to send the cloud model with the evaluation broadcast",
+                )
         try:
             parse_faults(self.faults, self.num_clients)
         except ValueError as e:

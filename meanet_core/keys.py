@@ -129,6 +129,23 @@ ENERGY_PER_IMAGE = "energy-per-image"
 BYTES_OFFLOADED_PER_IMAGE = "bytes-offloaded-per-image"
 """Mean bytes sent to the cloud per image."""
 
+OFFLOADED = "offloaded"
+"""Evaluation metric: inputs the edge sent to the cloud (the request left the device, answered or not)."""
+
+FALLBACKS = "fallbacks"
+"""Evaluation metric: inputs the policy routed to the cloud that the edge answered itself, flagged (the cloud did not
+answer, or the edge has no cloud)."""
+
+BYTES_SENT = "bytes-sent"
+"""Evaluation metric: image bytes the edge sent to the cloud in the evaluation."""
+
+CLOUD_BACKEND = "cloud"
+"""Edge-info entry of an evaluation reply: where the edge's complex inputs went: ``remote`` (the cloud offload service
+over HTTPS), ``local`` (the cloud model shipped in the instruction, simulation) or ``none`` (answered on the edge)."""
+
+OFFLOAD_METRICS: tuple[str, ...] = (OFFLOADED, FALLBACKS, BYTES_SENT)
+"""Counts an edge reports per evaluation: summed over edges, never averaged, in the round report."""
+
 EXIT_METRICS: tuple[str, ...] = (
     ACCURACY,
     EXIT_MAIN,

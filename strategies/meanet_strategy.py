@@ -49,7 +49,9 @@ from strategies.replies import (
     Reply,
     TrainRoundReport,
     client_index,
+    evaluation_per_node,
     main_digest,
+    offload_totals,
     read_reply,
     short_error,
     train_interval,
@@ -525,7 +527,9 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         return self.evaluate_rounds is None or self.evaluate_rounds(server_round)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """FedAvg's weighted average of the evaluation metrics, also kept in the round's report.
+        """FedAvg's weighted average of the evaluation metrics, also kept in the round's report, with each node's own
+        metrics (``client_evaluation_per_node``: node id -> metrics, client index, cloud backend) and the offload counts
+        summed over the nodes (``client_offload_totals``).
 
         Flower evaluates right after each training round and before the ServerApp's ``evaluate_fn``, so a server
         that checkpoints its round records there (``fl_server.cloud``) saves them with their client evaluation.
@@ -533,10 +537,16 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         if self._evaluate_sent_at is not None:
             self.last_evaluation_seconds[server_round] = time.perf_counter() - self._evaluate_sent_at
             self._evaluate_sent_at = None
+        replies = list(replies)
         metrics = super().aggregate_evaluate(server_round, replies)
         report = self.round_reports.get(server_round)
-        if metrics is not None and report is not None:
-            report["client_evaluation"] = dict(metrics.items())
+        if report is not None:
+            if metrics is not None:
+                report["client_evaluation"] = dict(metrics.items())
+            # per edge: what each one evaluated, offloaded, fell back on and sent (FedAvg's average mixes them)
+            per_node = evaluation_per_node(replies)
+            report["client_evaluation_per_node"] = per_node
+            report["client_offload_totals"] = offload_totals(per_node)
         return metrics
 
     # ------------------------------------------------------------------------------------------------- helpers

@@ -9,28 +9,35 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 import numpy.typing as npt
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
 
 from meanet_core.compression import PayloadError, decode_update
 from meanet_core.keys import (
     ARRAYS,
     CLIENT,
+    CLOUD_BACKEND,
     EDGE_INFO,
     ENCODE_SECONDS,
     ENCODING,
     MAIN_DIGEST,
     METRICS,
+    OFFLOAD_METRICS,
     TRAIN_ENDED,
     TRAIN_STARTED,
 )
 from strategies.aggregation import Arrays
 
-__all__ = ["TrainRoundReport"]
+__all__ = ["TrainRoundReport", "evaluation_per_node", "offload_totals"]
 
 
 class _RoundEvaluation(TypedDict, total=False):
     client_evaluation: dict[str, Any]
     """The round's aggregated client evaluation (set by ``aggregate_evaluate``, which Flower runs after training)."""
+    client_evaluation_per_node: dict[int, dict[str, Any]]
+    """Node id -> that edge's evaluation metrics, with its client index and cloud backend (``remote``/``local``/
+    ``none``) where it reported them (:func:`evaluation_per_node`)."""
+    client_offload_totals: dict[str, int]
+    """Inputs offloaded, fallbacks and bytes sent, summed over the edges (:func:`offload_totals`)."""
 
 
 class TrainRoundReport(_RoundEvaluation):
@@ -205,3 +212,29 @@ def main_digest(content: RecordDict) -> str | None:
     info = content.config_records.get(EDGE_INFO)
     value = info.get(MAIN_DIGEST) if info is not None else None
     return value if isinstance(value, str) else None
+
+
+def evaluation_per_node(replies: Sequence[Message]) -> dict[int, dict[str, Any]]:
+    """Each node's evaluation metrics (node id -> metrics), with the client index and cloud backend it reported in its
+    ``edge-info``, if any; error replies and replies without metrics are left out."""
+    per_node: dict[int, dict[str, Any]] = {}
+    for msg in replies:
+        if msg.has_error() or METRICS not in msg.content.metric_records:
+            continue
+        entry: dict[str, Any] = dict(msg.content.metric_records[METRICS].items())
+        if (client := client_index(msg.content)) is not None:
+            entry["client"] = client
+        info = msg.content.config_records.get(EDGE_INFO)
+        backend = info.get(CLOUD_BACKEND) if info is not None else None
+        if isinstance(backend, str):
+            entry["cloud"] = backend
+        per_node[msg.metadata.src_node_id] = entry
+    return per_node
+
+
+def offload_totals(per_node: Mapping[int, Mapping[str, Any]]) -> dict[str, int]:
+    """The offload counts (inputs sent, fallbacks, bytes) summed over the nodes that reported them."""
+    return {
+        key: int(sum(m[key] for m in per_node.values() if isinstance(m.get(key), int | float)))
+        for key in OFFLOAD_METRICS
+    }

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from fl_server.service import BackgroundServer, ServiceConfig, create_app
+from fl_server.offload.service import BackgroundServer, ServiceConfig, create_app
 from meanet_core.models import CloudModel, build_cloud
 from meanet_core.tls import DevCertificates, write_dev_certificates
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fl_client.offload import RemoteCloud
-from fl_server.batching import MicroBatcher, ServiceError
-from fl_server.service import BackgroundServer, ServiceConfig, load_cloud_from_run
+from fl_server.offload.batching import MicroBatcher, ServiceError
+from fl_server.offload.service import BackgroundServer, ServiceConfig, load_cloud_from_run
 from meanet_cli.main import app as cli
 from meanet_core import payload
 from meanet_core.checkpoint import FORMAT, CheckpointError, atomic_save, cloud_payload
@@ -102,7 +102,7 @@ def test_micro_batcher_gathers_up_to_max_batch_and_off_runs_each_alone() -> None
         jobs = [torch.full((3, 1, 1, 1), i, dtype=torch.uint8) for i in range(5)]
         outs = await asyncio.gather(*(batcher.submit(j) for j in jobs))
         await batcher.stop()
-        return calls, [labels for labels, _ in outs]
+        return calls, [answer.labels for answer in outs]
 
     calls, outs = asyncio.run(run(True))
     assert calls == [9, 6]  # 3 requests of 3; the 4th would pass 10 images and opens the next call
@@ -130,7 +130,7 @@ def test_micro_batcher_refuses_past_its_queue_bound_and_survives_a_model_failure
         assert ok[0].tolist() == [1, 1, 1]
         with pytest.raises(ServiceError, match="the model failed"):
             await batcher.submit(torch.full((1, 1, 1, 1), 13, dtype=torch.uint8))
-        labels, _ = await batcher.submit(torch.full((2, 1, 1, 1), 7, dtype=torch.uint8))  # the worker goes on
+        labels = (await batcher.submit(torch.full((2, 1, 1, 1), 7, dtype=torch.uint8))).labels  # the worker goes on
         assert labels.tolist() == [7, 7]
         await batcher.stop()
         with pytest.raises(ServiceError, match="not running"):

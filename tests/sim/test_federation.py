@@ -80,7 +80,10 @@ def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: 
         assert sum(ev["exits"][x]["fraction"] for x in ("main", "extension", "cloud")) == pytest.approx(1.0)
     assert (report_dir / "experiences.png").is_file() and (report_dir / "rounds.png").is_file()
     rows = [line for line in (report_dir / "report.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + experiences + experiences * rounds  # two headers, one row per experience and round
+    per_edge = sum(len(r.get("client_evaluation_per_node") or {}) for r in report["rounds"])
+    assert per_edge == num_clients * sum(bool(r.get("client_evaluation")) for r in report["rounds"])  # every edge
+    # two headers, one row per experience and round; then the per-edge table: a header, one row per edge evaluation
+    assert len(rows) == 2 + experiences + experiences * rounds + (1 + per_edge if per_edge else 0)
     return report
 
 

@@ -21,3 +21,20 @@ def test_an_installed_copy_without_the_pyproject_says_what_to_do(
     with pytest.raises(ValueError, match=r"pip install -e \.") as info:
         launch.app_dir()
     assert "site-packages" in str(info.value) and "flwr run PATH-TO-CLONE" in str(info.value)
+
+
+def test_node_config_arg_writes_toml_values_and_refuses_odd_keys() -> None:
+    arg = launch.node_config_arg({"partition-id": 1, "data-dir": "/data/edge 1", "cloud-timeout": 2.5, "x": True})
+    assert arg == 'partition-id=1 data-dir="/data/edge 1" cloud-timeout=2.5 x=true'
+    with pytest.raises(ValueError, match="plain name"):
+        launch.node_config_arg({"bad key": 1})
+
+
+def test_loopback_federation_wants_one_node_config_per_supernode(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ValueError, match="one each"),
+        launch.loopback_federation(
+            simulation=False, num_supernodes=2, home=tmp_path, node_configs=[{"data-dir": "/d"}]
+        ),
+    ):
+        pass

@@ -1,10 +1,11 @@
-"""Micro-batching and metrics of the cloud offload service (see :mod:`fl_server.service`).
+"""Micro-batching and metrics of the cloud offload service (see :mod:`fl_server.offload.service`).
 
 A :class:`MicroBatcher` owns an asyncio queue and one worker task. The worker takes the first queued request, gathers
 more until ``max_batch`` images or ``max_wait_s`` after that first request arrived, runs the model once in its own
 thread (the event loop keeps accepting and checking requests meanwhile), and hands each request its slice of the
-labels. With batching off it runs each request alone. Queued images are bounded (``max_pending_images``): past it a
-request is refused with 503 at once rather than queued without limit.
+labels, with the version of the model that made them (one call, one model: see :mod:`fl_server.offload.handoff`).
+With batching off it runs each request alone. Queued images are bounded (``max_pending_images``): past it a request
+is refused with 503 at once rather than queued without limit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,10 +34,22 @@ class ServiceError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ micro-batching
+class Answer(NamedTuple):
+    """A request's share of one model call."""
+
+    labels: torch.Tensor  # (n,) int64
+    batch_images: int  # images in the model call it rode in
+    model_version: int | None  # the version of the model that answered it (None: unversioned)
+
+
+ModelFn = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, int | None]]
+"""uint8 (N, C, H, W) -> labels (N,), or (labels, model version)."""
+
+
 @dataclass
 class _Job:
     images: torch.Tensor  # (n, C, H, W) uint8
-    future: asyncio.Future[tuple[torch.Tensor, int]]  # (labels (n,), images in the model call)
+    future: asyncio.Future[Answer]
     enqueued: float  # loop time
 
 
@@ -45,7 +58,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        fn: Callable[[torch.Tensor], torch.Tensor],
+        fn: ModelFn,
         *,
         max_batch: int,
         max_wait_s: float,
@@ -83,8 +96,9 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, images: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Queue ``images`` (n, C, H, W); returns their labels (n,) and the size of the model call they rode in."""
+    async def submit(self, images: torch.Tensor) -> Answer:
+        """Queue ``images`` (n, C, H, W); returns their labels (n,), the size of the model call they rode in and the
+        version of the model that answered."""
         if not self.running or self._queue is None:
             raise ServiceError(503, "the service is not running (starting or stopping); retry shortly")
         n = int(images.shape[0])
@@ -145,18 +159,19 @@ class MicroBatcher:
                 continue
             batch = jobs[0].images if len(jobs) == 1 else torch.cat([j.images for j in jobs])  # (sum n, C, H, W)
             try:
-                labels = await loop.run_in_executor(self._executor, self.fn, batch)  # (sum n,)
+                out = await loop.run_in_executor(self._executor, self.fn, batch)
             except Exception as e:  # the model failed: every request of the batch learns it, the worker goes on
                 log.exception("model call on %d images failed", batch.shape[0])
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(ServiceError(500, f"the model failed on this batch: {e!r}"))
                 continue
+            labels, version = out if isinstance(out, tuple) else (out, None)  # (sum n,)
             self.calls += 1
             self.call_images += int(batch.shape[0])
             for j, part in zip(jobs, labels.split([int(j.images.shape[0]) for j in jobs]), strict=True):
                 if not j.future.done():
-                    j.future.set_result((part, int(batch.shape[0])))
+                    j.future.set_result(Answer(part, int(batch.shape[0]), version))
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -168,6 +183,7 @@ class Metrics:
         self.requests = 0  # classify requests received
         self.answered = 0
         self.images = 0  # images answered
+        self.images_by_version: Counter[int | None] = Counter()  # images answered by each model version
         self.status: Counter[int] = Counter()
         self.latency_s: deque[float] = deque(maxlen=window)  # answered classify requests, arrival -> reply
 
@@ -179,6 +195,7 @@ class Metrics:
             "requests": self.requests,
             "answered": self.answered,
             "images": self.images,
+            "images_by_model_version": {str(k): v for k, v in self.images_by_version.items()},
             "batches": batcher.calls,
             "mean_batch_size": batcher.call_images / batcher.calls if batcher.calls else 0.0,
             "mean_requests_per_batch": self.answered / batcher.calls if batcher.calls else 0.0,

@@ -5,12 +5,22 @@ Endpoints (``meanet cloud serve`` starts it; :func:`create_app` builds the app):
 * ``POST /v1/classify``: body = a :mod:`meanet_core.payload` images frame (uint8 ``(n, C, H, W)``, content type
   ``application/vnd.meanet.images``); reply = a labels frame. Concurrent requests are micro-batched: a worker gathers
   queued requests until ``max_batch`` images or ``max_wait_ms`` after the first one arrived, runs the model once (in
-  a thread, ``torch.inference_mode``) and splits the labels (:mod:`fl_server.batching`). With micro-batching off
+  a thread, ``torch.inference_mode``) and splits the labels (:mod:`fl_server.offload.batching`). With micro-batching off
   every request runs alone.
 * ``GET /health``: liveness, no authentication (for probes and load balancers); says nothing about the model.
-* ``GET /info``: the model's input contract and MACs per image (authenticated; the edge client reads it).
-* ``GET /metrics``: requests, images, model calls, mean batch size, errors by status, latency percentiles
-  (authenticated).
+* ``GET /info``: the model's input contract, MACs per image, version and class names (authenticated; the edge
+  client reads it).
+* ``GET /metrics``: requests, images (and images per model version), model calls, mean batch size, errors by status,
+  latency percentiles, and the served model (version, swaps, refused files) (authenticated).
+
+Every reply to ``/v1/classify`` carries ``X-MEANet-Model-Version``: the version of the model that answered it.
+
+**The newest model** (``create_app(..., watch=FILE)``, ``meanet cloud serve --watch FILE``): the ServerApp writes
+each experience's cloud model atomically to a serving file; a watcher thread polls it (or reloads on SIGHUP), builds
+the new model and its optimised copy completely, and only then swaps one reference under a lock. Each model call
+takes that reference once, so a request is answered wholly by the old or wholly by the new model; a file that does
+not load or does not fit (other classes, class names or image size) is refused with a logged reason and the old
+model keeps serving. Details: :mod:`fl_server.offload.handoff`.
 
 Every bad request gets a precise 4xx and never reaches the model: 401 missing/malformed credentials, 403 wrong token,
 415 wrong content type, 413 body or batch over the limit, 408 a body that does not arrive in time, 400 a malformed
@@ -25,6 +35,7 @@ import asyncio
 import hmac
 import logging
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -41,9 +52,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from fl_server.batching import Metrics, MicroBatcher, ServiceError
+from fl_server.offload.batching import Metrics, MicroBatcher, ServiceError
+from fl_server.offload.handoff import ModelSlot, ServedModel, ServingFileWatcher, prepare
 from meanet_core.checkpoint import CheckpointError, load_cloud, safe_load
-from meanet_core.engine import LocalCloud
 from meanet_core.models import CloudModel, build_cloud
 from meanet_core.payload import (
     DTYPE_UINT8,
@@ -59,6 +70,7 @@ from meanet_core.payload import (
 log = logging.getLogger("meanet.cloud")
 TOKEN_ENV = "MEANET_CLOUD_TOKEN"
 CHANNELS = 3
+VERSION_HEADER = "X-MEANet-Model-Version"
 
 
 @dataclass(frozen=True)
@@ -72,10 +84,12 @@ class ServiceConfig:
     max_pending_images: int = 8192  # queued images beyond this get 503 (backpressure, not an unbounded queue)
     body_timeout_s: float = 10.0  # a body that has not fully arrived by then gets 408
     token: str | None = field(default=None, repr=False)  # bearer token; None = no token check (mTLS or --insecure)
+    watch_poll_s: float = 0.5  # with a serving file to watch: how often its inode/mtime/size is checked
 
     def __post_init__(self) -> None:
         positive: dict[str, float] = {"max_batch": self.max_batch, "max_request_images": self.max_request_images}
         positive |= {"max_pending_images": self.max_pending_images, "body_timeout_s": self.body_timeout_s}
+        positive |= {"watch_poll_s": self.watch_poll_s}
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0; got {value}")
@@ -95,17 +109,22 @@ class ServiceConfig:
 
 # ------------------------------------------------------------------------------------------------ the app
 class CloudService:
-    """The cloud model, its batcher, its metrics, and the checks every request passes."""
+    """The served model (one swappable reference), its batcher, its metrics, and the checks every request passes."""
 
-    def __init__(self, model: CloudModel, config: ServiceConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: CloudModel | ServedModel,
+        config: ServiceConfig,
+        device: str | torch.device = "cpu",
+        watch: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.cloud = LocalCloud(model.to(self.device), optimize=True)  # fused BatchNorm, channels-last
-        self.side = model.input_size
-        self.arch = model.arch
-        probe = torch.zeros(1, CHANNELS, self.side, self.side, device=self.device)
-        self.num_classes = int(self.cloud.logits(probe).shape[1])
+        served = model if isinstance(model, ServedModel) else prepare(model, self.device)
+        self.slot = ModelSlot(served)
+        self.side = served.input_size  # fixed for the service's life: a model of another size is refused
         self.body_limit = body_limit(config.max_request_images, CHANNELS, self.side)
+        self.watcher = ServingFileWatcher(watch, self.slot, self.device, config.watch_poll_s) if watch else None
         self.metrics = Metrics()
         self.batcher = MicroBatcher(
             self._predict,
@@ -115,9 +134,15 @@ class CloudService:
             max_pending_images=config.max_pending_images,
         )
 
-    def _predict(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, C, H, W) -> int64 labels (n,) on the CPU; runs in the model thread."""
-        return self.cloud.classify(images.to(self.device)).labels.cpu()
+    @property
+    def served(self) -> ServedModel:
+        return self.slot.current
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        """uint8 (n, C, H, W) -> int64 labels (n,) on the CPU and the answering model's version; runs in the model
+        thread. The served model is taken once: the whole call runs on it, whatever a swap does meanwhile."""
+        served = self.slot.current
+        return served.classify(images.to(self.device)), served.version
 
     # -------------------------------------------------------------------------------------------- checks
     def authorize(self, request: Request) -> None:
@@ -197,12 +222,15 @@ class CloudService:
         return images
 
     def info(self) -> dict[str, Any]:
+        served = self.served
         return {
-            "arch": self.arch,
-            "num_classes": self.num_classes,
+            "arch": served.arch,
+            "num_classes": served.num_classes,
+            "model_version": served.version,
+            "class_names": list(served.class_names) if served.class_names is not None else None,
             "input_shape": [CHANNELS, self.side, self.side],
             "dtype": "uint8",
-            "macs_per_image": int(self.cloud.macs_per_image),
+            "macs_per_image": served.macs_per_image,
             "max_request_images": self.config.max_request_images,
             "payload_version": VERSION,
             "content_type": IMAGES_CONTENT_TYPE,
@@ -216,16 +244,27 @@ class CloudService:
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
 
 
-def create_app(model: CloudModel, config: ServiceConfig | None = None, device: str | torch.device = "cpu") -> FastAPI:
-    """The FastAPI app serving ``model`` (see the module docstring for the endpoints)."""
-    service = CloudService(model, config or ServiceConfig(), device)
+def create_app(
+    model: CloudModel | ServedModel,
+    config: ServiceConfig | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    watch: str | os.PathLike[str] | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``model`` (see the module docstring for the endpoints); with ``watch``, the newest
+    model of that serving file from then on (:func:`fl_server.offload.handoff.load_served` builds the first one)."""
+    service = CloudService(model, config or ServiceConfig(), device, watch)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await service.batcher.start()
+        if service.watcher is not None:
+            service.watcher.start()
         try:
             yield
         finally:
+            if service.watcher is not None:
+                service.watcher.stop()
             await service.batcher.stop()
 
     app = FastAPI(title="MEANet cloud offload service", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -234,6 +273,7 @@ def create_app(model: CloudModel, config: ServiceConfig | None = None, device: s
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = service.batcher.running
+        # says nothing about the model to unauthenticated callers: the version is in /info and /metrics
         return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
     @app.get("/info")
@@ -250,7 +290,7 @@ def create_app(model: CloudModel, config: ServiceConfig | None = None, device: s
             service.authorize(request)
         except ServiceError as e:
             return service.error(e)
-        return JSONResponse(service.metrics.snapshot(service.batcher))
+        return JSONResponse({**service.metrics.snapshot(service.batcher), "model": service.slot.describe()})
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> Response:
@@ -266,19 +306,21 @@ def create_app(model: CloudModel, config: ServiceConfig | None = None, device: s
                     "send a frame from meanet_core.payload.encode_images with that content type",
                 )
             images = service.check_images(await service.read_body(request))
-            labels, batch_images = await service.batcher.submit(images)
+            answer = await service.batcher.submit(images)
         except ServiceError as e:
             return service.error(e)
         m = service.metrics
         m.answered += 1
-        m.images += int(labels.numel())
+        m.images += int(answer.labels.numel())
+        m.images_by_version[answer.model_version] += int(answer.labels.numel())
         m.status[200] += 1
         m.latency_s.append(time.perf_counter() - t0)
         headers = {
-            "X-MEANet-Batch-Images": str(batch_images),
-            "X-MEANet-Macs-Per-Image": str(service.cloud.macs_per_image),
+            "X-MEANet-Batch-Images": str(answer.batch_images),
+            "X-MEANet-Macs-Per-Image": str(service.served.macs_per_image),
+            VERSION_HEADER: str(answer.model_version),
         }
-        return Response(encode_labels(labels), media_type=LABELS_CONTENT_TYPE, headers=headers)
+        return Response(encode_labels(answer.labels), media_type=LABELS_CONTENT_TYPE, headers=headers)
 
     return app
 
@@ -368,7 +410,7 @@ def check_security(*, certfile: object, token: str | None, ca_certfile: object, 
 
 
 def serve(
-    model: CloudModel,
+    model: CloudModel | ServedModel,
     *,
     host: str = "127.0.0.1",
     port: int = 8443,
@@ -379,13 +421,19 @@ def serve(
     insecure: bool = False,
     device: str = "cpu",
     log_level: str = "info",
+    watch: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Serve ``model`` until interrupted (Ctrl-C / SIGTERM shut it down gracefully)."""
+    """Serve ``model`` until interrupted (Ctrl-C / SIGTERM shut it down gracefully); with ``watch``, the newest model
+    of that serving file (polled, or reloaded at once on SIGHUP)."""
     config = config or ServiceConfig()
     check_security(certfile=certfile, token=config.token, ca_certfile=ca_certfile, insecure=insecure)
     if config.token is not None and certfile is None:
         log.warning("the bearer token travels in clear text over plain HTTP; use TLS beyond loopback")
-    uv = _uvicorn_config(create_app(model, config, device), host, port, certfile, keyfile, ca_certfile, log_level)
+    app = create_app(model, config, device, watch=watch)
+    watcher: ServingFileWatcher | None = app.state.service.watcher
+    if watcher is not None and hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda *_: watcher.reload())  # uvicorn handles SIGINT/SIGTERM, not SIGHUP
+    uv = _uvicorn_config(app, host, port, certfile, keyfile, ca_certfile, log_level)
     uvicorn.Server(uv).run()
 
 
