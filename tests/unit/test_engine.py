@@ -18,7 +18,7 @@ from meanet_core.engine import (
 from meanet_core.models import build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, normalized_entropy
 
-HARD = [0, 1, 2, 3]
+HARD = [7, 2, 9, 4]  # hard-class ids that differ from their positions 0..3: a position/id mix-up shows
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,20 @@ def test_paper_policy_routes_by_entropy_and_hard_top1(setup: tuple) -> None:
     main_exit = pred.exit == EXIT_MAIN
     assert torch.equal(pred.labels[main_exit], probs.argmax(1)[main_exit])
     assert all(int(c) in HARD for c in pred.labels[pred.exit == EXIT_EXTENSION])
+
+
+def test_extension_answers_are_class_ids_not_positions(setup: tuple) -> None:
+    model, cloud, images = setup
+    ext_rows = tuple(range(len(images)))  # every sample to the extension, none to the cloud
+    pred = AdaptiveEngine(model, FixedPolicy(cloud=(), ext=ext_rows), cloud).predict(images)
+    with torch.no_grad():
+        x = images.float() / 255
+        positions = model.forward_extension(x, model.forward_main(x).features).argmax(1)
+    ids = model.hard_classes.tolist()  # the model keeps its hard classes sorted: [2, 4, 7, 9]
+    assert sorted(HARD) == ids and all(c != i for i, c in enumerate(ids))  # no id equals its position
+    assert torch.equal(pred.exit, torch.full_like(pred.exit, EXIT_EXTENSION))
+    assert pred.labels.tolist() == [ids[p] for p in positions.tolist()]  # position -> class id, never the position
+    assert set(pred.labels.tolist()) <= set(HARD)
 
 
 def test_cost_fields(setup: tuple) -> None:
