@@ -43,7 +43,7 @@ from meanet_core.data.images import (
     IMAGE_EXTENSIONS,
     SkippedImage,
     class_folders,
-    decode_into,
+    decode_labelled,
     image_files,
     list_bad,
     resize_crop,
@@ -289,16 +289,10 @@ def _read_folder(root: Path, layout: Mapping[int | None, tuple[Path, tuple[str, 
     for e, (folder, classes) in layout.items():
         files = [(p, index[c]) for c in classes for p in image_files(folder / c)]
         total += len(files)
-        x = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)  # (N, 3, S, S), filled in place
-        labels: list[int] = []
-        for path, label in files:
-            reason = decode_into(x[len(labels)], path, transform)
-            if reason:
-                bad.append(SkippedImage(path, reason))
-            else:
-                labels.append(label)
+        x, labels, skipped = decode_labelled(files, image_size, transform)
+        bad += skipped
         if labels:
-            xs[e], ys[e] = x[: len(labels)].clone(), torch.tensor(labels, dtype=torch.int64)
+            xs[e], ys[e] = x, torch.tensor(labels, dtype=torch.int64)
     if bad:
         log.warning(
             "skipped %d of %d files in %s that are not readable images: %s. Fix or remove them",

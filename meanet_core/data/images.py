@@ -90,15 +90,7 @@ def read_image_tree(root: Path, image_size: int, *, bad_images: str = "skip") ->
             f"{root} must hold one sub-folder per class with images inside (e.g. {root}/cat/001.jpg); found none"
         )
     files = [(path, label) for label, name in enumerate(classes) for path in image_files(root / name)]
-    x = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)  # (N, 3, S, S), filled in place
-    labels: list[int] = []
-    bad: list[SkippedImage] = []
-    for path, label in files:
-        reason = decode_into(x[len(labels)], path, transform)
-        if reason:
-            bad.append(SkippedImage(path, reason))
-        else:
-            labels.append(label)
+    x, labels, bad = decode_labelled(files, image_size, transform)
     if bad and bad_images == "error":
         raise BadImageError(
             f"{len(bad)} of {len(files)} files in {root} are not readable images: {list_bad(bad)}. Fix or remove "
@@ -123,9 +115,26 @@ def read_image_tree(root: Path, image_size: int, *, bad_images: str = "skip") ->
             + (f"; {len(bad)} file(s) skipped: {list_bad(bad)}" if bad else "")
             + "): put images in every class folder, or remove the empty ones from every split"
         )
+    return ImageTree(x, torch.tensor(labels, dtype=torch.int64), classes, tuple(bad))
+
+
+def decode_labelled(
+    files: list[tuple[Path, int]], image_size: int, transform: Callable[[object], torch.Tensor]
+) -> tuple[torch.Tensor, list[int], list[SkippedImage]]:
+    """Decode ``(path, label)`` pairs into one uint8 tensor (N_good, 3, S, S): the readable images packed in order,
+    their labels, and the files skipped with the reason."""
+    x = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)  # (N, 3, S, S), filled in place
+    labels: list[int] = []
+    bad: list[SkippedImage] = []
+    for path, label in files:
+        reason = decode_into(x[len(labels)], path, transform)
+        if reason:
+            bad.append(SkippedImage(path, reason))
+        else:
+            labels.append(label)
     if len(labels) < len(files):
         x = x[: len(labels)].clone()  # the good images were packed at the front
-    return ImageTree(x, torch.tensor(labels, dtype=torch.int64), classes, tuple(bad))
+    return x, labels, bad
 
 
 def class_folders(root: Path) -> tuple[str, ...]:

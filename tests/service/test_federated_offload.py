@@ -102,17 +102,6 @@ def _evaluation(edge: dict[str, Any], cloud_arrays: bool = False) -> Message:
     return Message(content=content, dst_node_id=1, message_type="evaluate")
 
 
-@pytest.fixture
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Flower stamps instructions with the running task's identity: a ServerApp runtime sets it, a test fakes it."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    yield
-
-
 def _served_images(server: BackgroundServer, certs: DevCertificates) -> int:
     verify = ssl.create_default_context(cafile=str(certs.ca_cert))
     r = httpx.get(f"{server.url}/metrics", verify=verify, headers={"Authorization": f"Bearer {TOKEN}"})

@@ -112,13 +112,15 @@ def test_a_corrupt_image_is_skipped_and_counted(tmp_path: Path) -> None:
 def test_decoded_images_are_cached_until_the_folder_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tree(tmp_path, {"apple": 5})
     calls: list[Path] = []
-    decode = local_data.decode_into
+    from meanet_core.data import images
+
+    decode = images.decode_into
 
     def counting(out: torch.Tensor, path: Path, transform: Any) -> str:
         calls.append(path)
         return decode(out, path, transform)
 
-    monkeypatch.setattr(local_data, "decode_into", counting)
+    monkeypatch.setattr(images, "decode_into", counting)  # what decode_labelled calls for every file
     read_edge_data(tmp_path, NAMES, image_size=8)
     read_edge_data(tmp_path, NAMES, image_size=8)
     assert len(calls) == 5  # read once per process

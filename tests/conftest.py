@@ -1,3 +1,5 @@
+"""Fixtures shared by every test tier."""
+
 from collections.abc import Iterator
 
 import pytest
