@@ -2,9 +2,11 @@
 
 ``train``: load the broadcast MEANet with its main block frozen, fine-tune only the adaptive and extension blocks on
 this client's images of the current experience (hard-class samples), reply with just those arrays, the number of
-examples, and a digest of the main block as it was loaded (so the server can check nobody changed it). The images are
-the SuperNode's own ``data-dir`` when its node config names one (:mod:`fl_client.local_data`), else its partition of
-the shared stream (:func:`fl_client.data.edge_data`).
+examples, and a digest of the main block as it was loaded (so the server can check nobody changed it). In a *main
+round* (instruction config ``scope = "main"``) it trains the main block instead, on all its images of the experience,
+distilling the logits of the classes seen before from the block it received (LwF), and replies with ``main.*`` only.
+The images are the SuperNode's own ``data-dir`` when its node config names one (:mod:`fl_client.local_data`), else
+its partition of the shared stream (:func:`fl_client.data.edge_data`).
 
 ``evaluate``: run the adaptive inference engine on this client's test images (held out from its own ``data-dir``, or
 its shard of the shared test set); complex samples go to the cloud: the real offload service over HTTPS when the run
@@ -35,14 +37,14 @@ from fl_client.offload import RemoteCloud
 from fl_client.predict import EdgeOnly
 from fl_client.transport import broadcast_state, encode_reply
 from meanet_core import keys
-from meanet_core.broadcast import digest, edge_state, model_from_broadcast
+from meanet_core.broadcast import digest, model_from_broadcast, scoped_state
 from meanet_core.config import FederationConfig
 from meanet_core.engine import AdaptiveEngine, CloudBackend, LocalCloud, Predictions
 from meanet_core.evaluation import summarize
 from meanet_core.models import build_cloud
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.signing import VERIFY_KEY_FILE, BroadcastPosition, BroadcastRejected, load_verify_key, verify_broadcast
-from meanet_core.training import train_extension
+from meanet_core.training import train_extension, train_main
 
 app = ClientApp()
 
@@ -128,37 +130,56 @@ def train(msg: Message, context: Context) -> Message:
     cfg, client, e, hard = _setup(msg, context)
     verify(msg, context, cfg, client, "train")  # before anything of the broadcast is loaded
     state = broadcast_state(msg, context)  # a delta broadcast: the main block from this edge's cache
+    config = msg.content[keys.CONFIG]
+    scope = str(config.get(keys.SCOPE, "edge"))  # verified with the rest of the config
+    if scope not in keys.SCOPES:
+        raise ValueError(f"the instruction's scope is {scope!r}; this edge trains one of {', '.join(keys.SCOPES)}")
     # the node's own data-dir when its node config names one, else its partition of the shared stream
-    view = edge_data("train", msg.content[keys.CONFIG], context.node_config, cfg, client, e, state)
+    view = edge_data("train", config, context.node_config, cfg, client, e, state)
     model = model_from_broadcast(cfg.model, view.num_classes, hard, state, view.mean, view.std)
     loaded_digest = digest(model.state_dict())
-    sent = {k: v.numpy().copy() for k, v in edge_state(model.state_dict()).items()}
+    sent = {k: v.numpy().copy() for k, v in scoped_state(model.state_dict(), scope).items()}
     data = view.data
-    n_hard = int(model.is_hard(data.y).sum())
+    # channels-last: 1.15x faster training on CPU (benchmarks/perf_training.py), same maths
+    stage, seed = cfg.stage(cfg.local_epochs), cfg.seed + client
     started, t0 = time.time(), time.perf_counter()
     history = []
-    if n_hard:
-        # channels-last: 1.15x faster training on CPU (benchmarks/perf_training.py), same maths
-        history = train_extension(
-            model, data, cfg.stage(cfg.local_epochs), seed=cfg.seed + client, progress=False, channels_last=True
-        )
+    if scope == "main":  # a main round: every local image, the classes seen before kept by distillation (LwF)
+        n_trained = len(data)
+        old = [int(c) for c in config.get(keys.OLD_CLASSES, [])]  # type: ignore[union-attr]
+        if n_trained:
+            history = train_main(
+                model,
+                data,
+                stage,
+                distill_classes=old,
+                distill_weight=cfg.main_distill,
+                seed=seed,
+                progress=False,
+                channels_last=True,
+            )
+    else:
+        n_trained = int(model.is_hard(data.y).sum())
+        if n_trained:
+            history = train_extension(model, data, stage, seed=seed, progress=False, channels_last=True)
+        if digest(model.state_dict()) != loaded_digest:  # an internal invariant: training never touches the main block
+            raise RuntimeError("the main block changed during edge fine-tuning")
     seconds = time.perf_counter() - t0
     ended = started + seconds
-    if digest(model.state_dict()) != loaded_digest:  # an internal invariant: training never touches the main block
-        raise RuntimeError("the main block changed during edge fine-tuning")
     metrics = MetricRecord(
         {
-            keys.NUM_EXAMPLES: claimed(n_hard, cfg.faults, client),  # n_hard, unless a test makes this edge lie
+            keys.NUM_EXAMPLES: claimed(n_trained, cfg.faults, client),  # unless a test makes this edge lie
             "train-loss": history[-1]["loss"] if history else 0.0,
             "train-accuracy": history[-1]["train_accuracy"] if history else 0.0,
             keys.TRAIN_SECONDS: seconds,
         }
     )
     trained = {
-        k: v.numpy() for k, v in inject(ArrayRecord(edge_state(model.state_dict())), cfg.faults, client, sent).items()
+        k: v.numpy()
+        for k, v in inject(ArrayRecord(scoped_state(model.state_dict(), scope)), cfg.faults, client, sent).items()
     }
     t1 = time.perf_counter()
-    record, encoding = encode_reply(trained, sent, cfg.upload_encoding, context, e)
+    record, encoding = encode_reply(trained, sent, cfg.upload_encoding, context, e, scope)
     info = ConfigRecord(
         {
             keys.MAIN_DIGEST: loaded_digest,

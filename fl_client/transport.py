@@ -59,18 +59,23 @@ def broadcast_state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
 
 
 def encode_reply(
-    arrays: Arrays, sent: Arrays, encoding: str, context: Context, experience: int
+    arrays: Arrays, sent: Arrays, encoding: str, context: Context, experience: int, scope: str = "edge"
 ) -> tuple[ArrayRecord, str]:
-    """The reply's ArrayRecord for the trained edge ``arrays`` and the encoding it carries.
+    """The reply's ArrayRecord for the trained ``arrays`` (of a round of ``scope``) and the encoding it carries.
 
-    The residual of earlier rounds of this experience is added (error feedback) and the new one kept in
+    The residual of earlier rounds of this experience and scope is added (error feedback) and the new one kept in
     ``context.state``. Arrays that do not match ``sent`` (only a fault-injecting test makes them) go as they are,
     labelled ``float32``, so the server's checks see exactly what is wrong with them.
     """
     info = context.state.config_records.get(keys.RESIDUAL_INFO)
     saved = context.state.array_records.get(keys.UPLOAD_RESIDUAL)
     residual = None
-    if saved is not None and info is not None and info.get(keys.EXPERIENCE) == experience:
+    if (
+        saved is not None
+        and info is not None
+        and info.get(keys.EXPERIENCE) == experience
+        and info.get(keys.SCOPE, "edge") == scope
+    ):
         residual = {k: v.numpy() for k, v in saved.items()}
     try:
         payload, left = encode_update(arrays, sent, encoding, residual)
@@ -78,5 +83,5 @@ def encode_reply(
         log(WARNING, "upload: the arrays do not match what was sent (%s); sending them as float32", e)
         payload, left, encoding = arrays, {}, "float32"
     context.state[keys.UPLOAD_RESIDUAL] = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in left.items()})
-    context.state[keys.RESIDUAL_INFO] = ConfigRecord({keys.EXPERIENCE: experience})
+    context.state[keys.RESIDUAL_INFO] = ConfigRecord({keys.EXPERIENCE: experience, keys.SCOPE: scope})
     return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in payload.items()}), encoding  # 0-d stays 0-d

@@ -1,11 +1,15 @@
 """The cloud side of MEANet-FL: for each experience of the stream, train, split, broadcast, federate, evaluate.
 
 For experience ``e``:
-1. the cloud trains the main block, the edge blocks (a starting point for the edges) and the cloud model on all the
-   data it has received so far;
+0. with ``main-rounds`` > 0, *main rounds*: the edges train the main block on their own images of the experience
+   (distilling the classes seen before from the block they received), and the strategy checks and aggregates the
+   ``main.*`` updates with the main rounds' rule, so the edges' data reaches the main block;
+1. the cloud trains the main block (after the main rounds: goes on from their result), the edge blocks (a starting
+   point for the edges) and the cloud model on all the data it has received so far;
 2. it re-estimates the hard classes on its validation data of the classes seen so far;
 3. it broadcasts the MEANet (main block + edge blocks) and the hard-class set, and runs the strategy's rounds of edge
-   fine-tuning (only adaptive + extension come back, and are aggregated);
+   fine-tuning (only adaptive + extension come back, and are aggregated); the signed round count of the experience
+   goes on after its main rounds;
 4. it evaluates the adaptive engine (edge + cloud) on the test images of the seen classes, and writes the report.
 Server state is written atomically after every round (``state.pt``); a restarted server resumes at the experience and
 round it reached.
@@ -32,15 +36,15 @@ from flwr.serverapp import Grid
 
 from fl_server.offload.handoff import SERVING_FILE, serving_version, write_serving_model
 from meanet_core import keys
-from meanet_core.broadcast import digest, edge_state
+from meanet_core.broadcast import digest, edge_state, main_state
 from meanet_core.checkpoint import FORMAT, atomic_save, load_server_state, load_state
 from meanet_core.config import FederationConfig
 from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routing
 from meanet_core.keys import is_edge_key
-from meanet_core.models import build_cloud, build_meanet
+from meanet_core.models import MEANet, build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.signing import ensure_signing_key
-from meanet_core.streams import concat, stream_for
+from meanet_core.streams import Experience, concat, stream_for
 from meanet_core.training import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
 from strategies.signed import SignedMEANetStrategy
 
@@ -95,7 +99,7 @@ class CloudServer:
         self.report: dict[str, Any] = {"config": cfg.as_run_config(), "experiences": [], "rounds": []}
         self.state_path = self.out / "state.pt"
         self.serving_path = self.out / SERVING_FILE
-        self.position: dict[str, Any] = {"experience": 0, "phase": "cloud-training", "round": 0}
+        self.position: dict[str, Any] = {"experience": 0, "phase": "main-federation", "round": 0}
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
@@ -148,6 +152,8 @@ class CloudServer:
         exp = self.stream[self.position["experience"]]
         model = copy.deepcopy(self.model)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sent.items()})
+        if self.strategy.scope == "main":
+            return self._main_reference(model, exp)
         root = exp.val.subset(np.flatnonzero(model.is_hard(exp.val.y).numpy()))
         if len(root) == 0:
             self.say("FLTrust: no hard-class validation image to compute the reference update on; no edge is trusted")
@@ -157,6 +163,29 @@ class CloudServer:
             root = root.subset(np.sort(pick))
         train_extension(model, root, self.cfg.stage(self.cfg.local_epochs), seed=self.cfg.seed, progress=False)
         return {k: v.detach().numpy() for k, v in edge_state(model.state_dict()).items()}
+
+    def _main_reference(self, model: MEANet, exp: Experience) -> dict[str, np.ndarray]:
+        """FLTrust's reference in a main round: the main block trained as the edges train it, on up to
+        ``trust-samples`` of the cloud's validation images of the experience's new classes (the edges' classes)."""
+        root = exp.val.subset(np.flatnonzero(np.isin(exp.val.y.numpy(), np.array(exp.classes))))
+        if len(root) > self.cfg.trust_samples:
+            pick = np.random.default_rng(self.cfg.seed).choice(len(root), self.cfg.trust_samples, replace=False)
+            root = root.subset(np.sort(pick))
+        if len(root):
+            train_main(
+                model,
+                root,
+                self.cfg.stage(self.cfg.local_epochs),
+                distill_classes=self._old_classes(exp.index),
+                distill_weight=self.cfg.main_distill,
+                seed=self.cfg.seed,
+                progress=False,
+            )
+        return {k: v.detach().numpy() for k, v in main_state(model.state_dict()).items()}
+
+    def _old_classes(self, e: int) -> list[int]:
+        """The classes seen before experience ``e`` (none at the first)."""
+        return [int(c) for c in self.stream[e - 1].seen_classes] if e > 0 else []
 
     # ------------------------------------------------------------------------------------------ routing
     def _policy(self, e: int) -> Policy:
@@ -217,6 +246,80 @@ class CloudServer:
             }
         )
 
+    def _federate_main(self, e: int, start_round: int, grid: Grid) -> None:
+        """Main rounds: the edges train the main block on their own images; the strategy aggregates ``main.*``."""
+        cfg = self.cfg
+        hard = [int(c) for c in self.model.hard_classes.tolist()]  # as they were; the edges do not train on them
+        broadcast = ArrayRecord(self.model.state_dict())
+        full_bytes = broadcast.count_bytes()
+        sent_digest = digest(self.model.state_dict())
+        config = ConfigRecord(
+            {
+                keys.EXPERIENCE: e,
+                keys.HARD_CLASSES: hard,
+                keys.CLASS_NAMES: [*self.splits.class_names],
+                keys.SCOPE: "main",
+                keys.OLD_CLASSES: self._old_classes(e),
+            }
+        )
+        self.strategy.aggregation = cfg.rule("main")
+        self.strategy.cloud_arrays = None
+        self.strategy.round_offset = start_round
+        self.strategy.evaluate_rounds = lambda r: False  # the edges evaluate after the edge rounds
+        rounds_left = cfg.main_rounds - start_round
+        self.say(
+            f"experience {e}: {rounds_left} main round(s): the edges train the main block on their own images "
+            f"({cfg.rule('main')}, distillation weight {cfg.main_distill:g} on {len(self._old_classes(e))} old classes)"
+        )
+        round_start = time.perf_counter()
+
+        def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            nonlocal round_start
+            if server_round == 0:
+                return None
+            self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
+            record = self._round_record(e, "main", start_round + server_round, round_start, full_bytes)
+            record["main_block_changed"] = digest(self.model.state_dict()) != sent_digest
+            self.report["rounds"].append(record)
+            self.position = {"experience": e, "phase": "main-federation", "round": start_round + server_round}
+            self._save()
+            round_start = time.perf_counter()
+            return None
+
+        self.strategy.start(
+            grid=grid,
+            initial_arrays=broadcast,
+            num_rounds=rounds_left,
+            train_config=config,
+            evaluate_config=config,
+            evaluate_fn=after_round,
+        )
+        self.strategy.aggregation = cfg.rule("edge")
+
+    def _round_record(self, e: int, phase: str, rnd: int, round_start: float, full_bytes: int) -> dict[str, Any]:
+        """What one training round cost and did (the strategy's round report, timings, bytes each way)."""
+        info: dict[str, Any] = dict(self.strategy.last_round or {})
+        info.pop("main_digests", {})
+        slowest = max(info.get("client_train_seconds") or [0.0])
+        intervals = info.get("client_train_intervals") or []
+        local = busy_seconds(intervals) if intervals else slowest
+        record = {
+            "experience": e,
+            "phase": phase,  # "main": the edges trained the main block; "edge": adaptive + extension
+            "round": rnd,
+            "wall_seconds": time.perf_counter() - round_start,
+            "local_training_seconds": local,  # time during which at least one edge was training
+            "slowest_edge_training_seconds": slowest,
+            "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
+            **info,
+            "bytes_broadcast_per_client": self.strategy.bytes_sent.get("train", 0.0),
+            "full_state_bytes": full_bytes,
+        }
+        # Full-model FedAvg would upload (and download) the whole MEANet state every round.
+        record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(1, full_bytes)
+        record["download_ratio_vs_full_state"] = record["bytes_broadcast_per_client"] / max(1, full_bytes)
+        return record
+
     def _federate(self, e: int, start_round: int, grid: Grid) -> None:
         cfg = self.cfg
         hard = [int(c) for c in self.model.hard_classes.tolist()]
@@ -233,7 +336,8 @@ class CloudServer:
         # The edges evaluate with thresholds fitted to the blocks as broadcast (the server's final evaluation refits).
         routing = self._policy_config(self._policy(e))
         rounds_left = cfg.rounds_per_experience - start_round
-        self.strategy.round_offset = start_round  # the signed round counts from the experience's first round
+        # the signed round counts from the experience's first round, main rounds included
+        self.strategy.round_offset = cfg.main_rounds + start_round
         every, last = cfg.evaluate_every, cfg.rounds_per_experience
         self.strategy.evaluate_rounds = lambda r: (
             start_round + r == last or (every > 0 and (start_round + r) % every == 0)
@@ -245,35 +349,17 @@ class CloudServer:
             if server_round == 0:
                 return None
             self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
-            info: dict[str, Any] = dict(self.strategy.last_round or {})
-            digests = info.pop("main_digests", {})
-            slowest = max(info.get("client_train_seconds") or [0.0])
-            intervals = info.get("client_train_intervals") or []
-            local = busy_seconds(intervals) if intervals else slowest
-            wall = time.perf_counter() - round_start
-            evaluation_seconds = self.strategy.last_evaluation_seconds.pop(server_round, 0.0)
+            last: dict[str, Any] = dict(self.strategy.last_round or {})
+            digests: dict[int, str] = last.get("main_digests", {})
             evaluated = self.strategy.evaluates(server_round)
-            record = {
-                "experience": e,
-                "round": start_round + server_round,
-                "wall_seconds": wall,  # signing + training phase + aggregation + client evaluation + checkpoint
-                "local_training_seconds": local,  # time during which at least one edge was fine-tuning
-                "slowest_edge_training_seconds": slowest,
-                "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
-                # Flower runs the edges' evaluation before this callback; 0 on rounds without one
-                "client_evaluation_seconds": evaluation_seconds,
-                "main_digest_matches": len(digests) > 0 and all(d == main_digest for d in digests.values()),
-                "main_block_unchanged": digest(self.model.state_dict()) == main_digest,
-                **info,
-                # what each edge received: the training instruction (full state, or a delta without the main block)
-                # and, on rounds with a client evaluation, the evaluation instruction (with the cloud model if sent)
-                "bytes_broadcast_per_client": self.strategy.bytes_sent.get("train", 0.0),
-                "bytes_evaluate_per_client": self.strategy.bytes_sent.pop("evaluate", 0.0) if evaluated else 0.0,
-                "full_state_bytes": full_bytes,
-            }
-            # Full-model FedAvg would upload (and download) the whole MEANet state every round.
-            record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(1, full_bytes)
-            record["download_ratio_vs_full_state"] = record["bytes_broadcast_per_client"] / max(1, full_bytes)
+            record = self._round_record(e, "edge", start_round + server_round, round_start, full_bytes)
+            # Flower runs the edges' evaluation before this callback; 0 on rounds without one
+            record["client_evaluation_seconds"] = self.strategy.last_evaluation_seconds.pop(server_round, 0.0)
+            record["main_digest_matches"] = len(digests) > 0 and all(d == main_digest for d in digests.values())
+            record["main_block_unchanged"] = digest(self.model.state_dict()) == main_digest
+            # what each edge received: the training instruction (full state, or a delta without the main block)
+            # and, on rounds with a client evaluation, the evaluation instruction (with the cloud model if sent)
+            record["bytes_evaluate_per_client"] = self.strategy.bytes_sent.pop("evaluate", 0.0) if evaluated else 0.0
             self.report["rounds"].append(record)
             self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
             self._save()
@@ -290,7 +376,7 @@ class CloudServer:
         )
         for r, metrics in result.evaluate_metrics_clientapp.items():
             for rec in self.report["rounds"]:
-                if rec["experience"] == e and rec["round"] == start_round + r:
+                if rec["experience"] == e and rec.get("phase", "edge") == "edge" and rec["round"] == start_round + r:
                     rec["client_evaluation"] = dict(metrics)
         self.say(f"experience {e}: {rounds_left} rounds of edge fine-tuning done")
 
@@ -317,7 +403,11 @@ class CloudServer:
         self._resume()
         t0 = time.perf_counter()
         for e in range(self.position["experience"], self.cfg.experiences):
-            phase = self.position["phase"] if e == self.position["experience"] else "cloud-training"
+            phase = self.position["phase"] if e == self.position["experience"] else "main-federation"
+            if phase == "main-federation":
+                if self.position["round"] < self.cfg.main_rounds:
+                    self._federate_main(e, self.position["round"], grid)
+                phase = "cloud-training"
             if phase == "cloud-training":
                 self._cloud_training(e)
                 self._publish_cloud(e)
@@ -326,7 +416,7 @@ class CloudServer:
             if self.position["round"] < self.cfg.rounds_per_experience:
                 self._federate(e, self.position["round"], grid)
             self._evaluate(e)
-            self.position = {"experience": e + 1, "phase": "cloud-training", "round": 0}
+            self.position = {"experience": e + 1, "phase": "main-federation", "round": 0}
             self._save()
             write_report(self.report, self.out)
         self.report["wall_seconds"] = self.report.get("wall_seconds", 0.0) + time.perf_counter() - t0

@@ -55,7 +55,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     if rounds:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
         idx = list(range(1, len(rounds) + 1))
-        labels = [f"e{r['experience']}r{r['round']}" for r in rounds]
+        labels = [f"e{r['experience']}{'m' if r.get('phase') == 'main' else 'r'}{r['round']}" for r in rounds]
         evals = [r.get("client_evaluation", {}) for r in rounds]
         for key, label in [("accuracy", "accuracy"), ("exit-cloud", "cloud fraction"), ("exit-extension", "extension")]:
             ax1.plot(idx, [ev.get(key, float("nan")) for ev in evals], marker="o", label=label)
@@ -75,11 +75,14 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
-    """Markdown tables: accuracy and exits per experience; time and bytes per round; each edge's evaluation."""
+    """Markdown tables: accuracy and exits per experience (with chance and the data behind each column); time and
+    bytes per round; bytes per kind of round; each edge's evaluation."""
+    config = report.get("config", {})
+    main_rounds = int(config.get("main-rounds", 0))
     lines = [
-        "| experience | seen classes | cloud images | cloud training s | MEANet + cloud | edge (main + ext) "
-        "| main only | cloud only | exit main | exit extension | exit cloud |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| experience | seen classes | chance | cloud images | edge images | cloud training s | MEANet + cloud "
+        "| edge (main + ext) | main only | cloud only | exit main | exit extension | exit cloud |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for x in report["experiences"]:
         ev = x.get("evaluation")
@@ -87,17 +90,33 @@ def markdown_summary(report: dict[str, Any]) -> str:
             continue
         ref, ex = ev["reference_accuracy"], ev["exits"]
         lines.append(
-            f"| {x['experience']} | {x['seen_classes']} | {x['cloud_images']} | {x['cloud_training_seconds']:.0f} "
+            f"| {x['experience']} | {x['seen_classes']} | {1 / x['seen_classes']:.4f} | {x['cloud_images']} "
+            f"| {sum(x.get('edge_images', []))} | {x['cloud_training_seconds']:.0f} "
             f"| {ev['accuracy']:.4f} | {ref['edge_main_plus_extension']:.4f} | {ref['main_only']:.4f} "
             f"| {ref['cloud_only']:.4f} | {ex['main']['fraction']:.3f} | {ex['extension']['fraction']:.3f} "
             f"| {ex['cloud']['fraction']:.3f} |"
         )
+    edge_seen = (
+        f"the edges' images of each experience in {main_rounds} main round(s) (their own data, "
+        f"{config.get('local-epochs', 1)} local epoch(s) each), then "
+        if main_rounds
+        else ""
+    )
     lines += [
         "",
-        "| experience | round | wall s | local training s | overhead s | aggregation s | client evaluation s "
+        "Accuracy on the test images of the classes seen so far (chance = 1 / seen classes). *main only*: the main "
+        f"block, trained on {edge_seen}the cloud images ({config.get('cloud-epochs', 1)} epoch(s) over everything the "
+        "cloud holds). *edge (main + ext)*: the main block, and the extension for the hard classes, never offloading "
+        "(the extension trained on the hard-class images of the cloud, then of the edges). *cloud only*: the cloud "
+        f"model ({config.get('cloud-model', '?')}) on every input, trained on the cloud images only. *MEANet + cloud*: "
+        "the adaptive engine, offloading the inputs the edge is not confident on (exit cloud).",
+    ]
+    lines += [
+        "",
+        "| experience | phase | round | wall s | local training s | overhead s | aggregation s | client evaluation s "
         "| uploaded B/client | upload / full model | training broadcast B/client | download / full state "
         "| evaluation broadcast B/client | edge accuracy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rounds"]:
         acc = r.get("client_evaluation", {}).get("accuracy")
@@ -106,16 +125,41 @@ def markdown_summary(report: dict[str, Any]) -> str:
             "client_evaluation_seconds", r["wall_seconds"] - r.get("train_phase_seconds", 0.0) - aggregation
         )
         lines.append(
-            f"| {r['experience']} | {r['round']} | {r['wall_seconds']:.1f} | {r['local_training_seconds']:.1f} "
-            f"| {r['overhead_seconds']:.1f} | {aggregation:.2f} | {evaluation:.1f} "
+            f"| {r['experience']} | {r.get('phase', 'edge')} | {r['round']} | {r['wall_seconds']:.1f} "
+            f"| {r['local_training_seconds']:.1f} | {r['overhead_seconds']:.1f} | {aggregation:.2f} | {evaluation:.1f} "
             f"| {r.get('bytes_received_per_client', 0):,.0f} | {r['upload_ratio_vs_full_model']:.3f} "
             f"| {r['bytes_broadcast_per_client']:,.0f} | {r.get('download_ratio_vs_full_state', 1.0):.3f} "
             f"| {r.get('bytes_evaluate_per_client', 0):,.0f} | {'-' if acc is None else f'{acc:.4f}'} |"
         )
+    lines += bytes_by_phase_table(report["rounds"])
     lines += per_edge_table(report["rounds"])
     if "wall_seconds" in report:
         lines += ["", f"Whole run: {report['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def bytes_by_phase(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per kind of round (``main``: the edges trained the main block; ``edge``: adaptive + extension): the rounds
+    run and the bytes each client received (training + evaluation instructions) and sent, summed over the run."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rounds:
+        row = out.setdefault(r.get("phase", "edge"), {"rounds": 0, "down_per_client": 0.0, "up_per_client": 0.0})
+        row["rounds"] += 1
+        row["down_per_client"] += r.get("bytes_broadcast_per_client", 0.0) + r.get("bytes_evaluate_per_client", 0.0)
+        row["up_per_client"] += r.get("bytes_received_per_client", 0.0)
+    return out
+
+
+def bytes_by_phase_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of :func:`bytes_by_phase`."""
+    phases = bytes_by_phase(rounds)
+    if not phases:
+        return []
+    lines = ["", "| kind of round | rounds | down B/client | up B/client |", "|---|---:|---:|---:|"]
+    for phase, row in sorted(phases.items()):
+        name = "main (edges train the main block)" if phase == "main" else "edge (adaptive + extension)"
+        lines.append(f"| {name} | {row['rounds']:.0f} | {row['down_per_client']:,.0f} | {row['up_per_client']:,.0f} |")
+    return lines
 
 
 def per_edge_table(rounds: list[dict[str, Any]]) -> list[str]:

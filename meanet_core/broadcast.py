@@ -12,13 +12,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from meanet_core.keys import EDGE_PREFIXES, MAIN_PREFIX, is_edge_key
+from meanet_core.keys import EDGE_PREFIXES, MAIN_PREFIX, in_scope, is_edge_key
 from meanet_core.models import MEANet, build_meanet
 
 
 def edge_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adaptive and extension entries (parameters and BatchNorm buffers) of a MEANet state dict."""
     return {k: v for k, v in state.items() if is_edge_key(k)}
+
+
+def scoped_state(state: Mapping[str, torch.Tensor], scope: str) -> dict[str, torch.Tensor]:
+    """The entries an edge trains and uploads in a round of ``scope``: :func:`edge_state` or :func:`main_state`."""
+    return {k: v for k, v in state.items() if in_scope(k, scope)}
 
 
 def main_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,4 +64,4 @@ def model_from_broadcast(
     return model
 
 
-__all__ = ["EDGE_PREFIXES", "digest", "edge_state", "main_state", "model_from_broadcast"]
+__all__ = ["EDGE_PREFIXES", "digest", "edge_state", "main_state", "model_from_broadcast", "scoped_state"]

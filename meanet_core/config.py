@@ -159,6 +159,9 @@ def _https_url_problem(url: str) -> str | None:
     return None
 
 
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "multi-krum", "fltrust")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Every knob of the federated loop; Flower's ``run_config`` keys are the kebab-case forms of these names."""
@@ -170,6 +173,9 @@ class FederationConfig:
     experiences: int = 2
     stream: str = "class-incremental"
     rounds_per_experience: int = 2
+    main_rounds: int = 0  # per experience, before the cloud's training: rounds where the edges train the main block
+    main_distill: float = 1.0  # main rounds: LwF weight on the classes seen before (0 = plain fine-tuning)
+    main_aggregation: str = ""  # main rounds' rule; "" = aggregation's
     evaluate_every: int = 0  # edges evaluate every N rounds and after each experience's last round; 0 = last only
     local_epochs: int = 1
     cloud_epochs: int = 1
@@ -226,7 +232,8 @@ class FederationConfig:
             "partition": PARTITION_SCHEMES,
             "hard_method": HARD_METHODS,
             "policy": ("paper", "calibrated"),
-            "aggregation": ("mean", "median", "trimmed-mean", "multi-krum", "fltrust"),
+            "aggregation": AGGREGATIONS,
+            "main_aggregation": ("", *AGGREGATIONS),
             "upload_encoding": ENCODINGS,
         }
         for key, valid in choices.items():
@@ -259,6 +266,10 @@ class FederationConfig:
         for key in ("max_norm_ratio", "norm_bound_factor", "claim_factor", "max_claim"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0 (0 turns it off); got {getattr(self, key)}")
+        if self.main_rounds < 0:
+            raise bad("main_rounds", f"must be >= 0 (0 = only the cloud trains the main block); got {self.main_rounds}")
+        if self.main_distill < 0:
+            raise bad("main_distill", f"must be >= 0 (0 = no distillation); got {self.main_distill}")
         if self.krum_malicious < 0:
             raise bad("krum_malicious", f"must be >= 0; got {self.krum_malicious}")
         if self.trust_samples < 1:
@@ -295,3 +306,7 @@ class FederationConfig:
 
     def stage(self, epochs: int) -> StageConfig:
         return StageConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size)
+
+    def rule(self, scope: str) -> str:
+        """The aggregation rule of a round of ``scope`` (``"edge"`` or ``"main"``)."""
+        return (self.main_aggregation or self.aggregation) if scope == "main" else self.aggregation

@@ -6,10 +6,11 @@ torch imports: ``meanet_core`` is plain PyTorch/numpy and is imported by both si
 
 The model's state dict is split by prefix (see :class:`meanet_core.models.meanet.MEANet`):
 
-* ``main.*``: the main block, trained by the cloud only and never changed by an edge update;
+* ``main.*``: the main block, trained by the cloud, and by the edges only in *main rounds* (:data:`SCOPE` ``"main"``),
+  whose updates carry nothing else;
 * ``adaptive.*`` and ``extension.*``: the edge blocks, fine-tuned by the edges and aggregated by the strategy;
 * anything else (``normalize.mean``/``normalize.std``, ``hard_classes``, ``hard_index``) belongs to the cloud, like
-  the main block: an edge update may carry only edge keys.
+  the main block: an edge update may carry only the keys of its round's scope.
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ ENCODING = "encoding"
 ENCODE_SECONDS = "encode-seconds"
 """Edge-info entry: seconds the edge spent encoding its update (:mod:`meanet_core.compression`)."""
 
+SCOPE = "scope"
+"""Config entry of a training instruction: which blocks the edges train and send back, one of :data:`SCOPES`.
+``"edge"`` (the default when absent): adaptive + extension on hard-class samples, the main block frozen. ``"main"``:
+the main block on all the edge's images of the experience (a *main round*, when the data evolves), the edge blocks
+untouched."""
+
+SCOPES: tuple[str, ...] = ("edge", "main")
+
+OLD_CLASSES = "old-classes"
+"""Config entry of a main-round instruction: the classes seen before this experience (a list of int). The edge
+distils the main block's logits over them from the block it received (LwF), so the new data does not erase them."""
+
 HELD_MAIN = "held-main-digest"
 """Config entry of a *delta* broadcast, which leaves the main block out: the digest of the main block the edge must
 already hold (from an earlier full broadcast, kept in its state under :data:`MAIN_CACHE`). The signature covers it."""
@@ -105,7 +118,7 @@ UPLOAD_RESIDUAL = "meanet-upload-residual"
 (error feedback), with :data:`RESIDUAL_INFO`."""
 
 RESIDUAL_INFO = "meanet-upload-residual-info"
-"""Key of the ``ConfigRecord`` in an edge's ``context.state``: the experience the residual belongs to."""
+"""Key of the ``ConfigRecord`` in an edge's ``context.state``: the experience and scope the residual belongs to."""
 
 # ----------------------------------------------------------------------------------------- exit metrics
 ACCURACY = "accuracy"
@@ -177,3 +190,16 @@ def is_edge_key(name: str) -> bool:
 def is_main_key(name: str) -> bool:
     """Whether a state-dict entry belongs to the main block (``main.*``)."""
     return name.startswith(MAIN_PREFIX)
+
+
+def in_scope(name: str, scope: str) -> bool:
+    """Whether a state-dict entry is trained (and uploaded) by the edges in a round of ``scope`` (:data:`SCOPES`).
+
+    >>> in_scope("extension.fc.weight", "edge"), in_scope("main.fc.weight", "edge"), in_scope("main.fc.weight", "main")
+    (True, False, True)
+    """
+    if scope == "edge":
+        return is_edge_key(name)
+    if scope == "main":
+        return is_main_key(name)
+    raise ValueError(f"unknown round scope {scope!r}; expected one of {', '.join(SCOPES)}")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from meanet_core.keys import EDGE_PREFIXES, is_edge_key, is_main_key
+from meanet_core.keys import EDGE_PREFIXES, MAIN_PREFIX, in_scope
 
 Arrays = dict[str, npt.NDArray[Any]]
 """One update: state-dict key -> numpy array."""
@@ -45,8 +45,10 @@ def validate_update(
     *,
     max_norm_ratio: float | None,
     eps: float = 1e-12,
+    scope: str = "edge",
 ) -> str | None:
-    """Check one client's update against the edge arrays the server sent it.
+    """Check one client's update against the edge arrays the server sent it (``scope="edge"``), or against the main
+    block it sent in a main round (``scope="main"``: ``main.*`` keys only, then).
 
     Parameters
     ----------
@@ -75,25 +77,25 @@ def validate_update(
     """
     if max_norm_ratio is not None and not (math.isfinite(max_norm_ratio) and max_norm_ratio > 0):
         raise ValueError(f"max_norm_ratio must be a positive finite number or None; got {max_norm_ratio!r}")
-    expected = {k: v for k, v in reference.items() if is_edge_key(k)}
-    allowed = " or ".join(f"'{p}'" for p in EDGE_PREFIXES)
+    expected = {k: v for k, v in reference.items() if in_scope(k, scope)}
+    allowed = " or ".join(f"'{p}'" for p in (EDGE_PREFIXES if scope == "edge" else (MAIN_PREFIX,)))
     problems: list[str] = []
 
     for key in update:
-        if is_main_key(key):
+        if in_scope(key, "main") and scope == "edge":
             problems.append(
                 f"key '{key}' belongs to the main block, which an edge update may never touch "
                 f"(expected only keys starting with {allowed})"
             )
-        elif not is_edge_key(key):
-            problems.append(f"unexpected key '{key}' (expected only keys starting with {allowed})")
+        elif not in_scope(key, scope):
+            problems.append(f"unexpected key '{key}' (expected only keys starting with {allowed} in a {scope} round)")
         elif key not in expected:
-            problems.append(f"unexpected key '{key}': not among the {len(expected)} edge arrays the server sent")
+            problems.append(f"unexpected key '{key}': not among the {len(expected)} {scope} arrays the server sent")
 
     missing = [k for k in expected if k not in update]
     if missing:
         problems.append(
-            f"missing key(s) {_preview(missing)}: the update must carry all {len(expected)} edge arrays sent"
+            f"missing key(s) {_preview(missing)}: the update must carry all {len(expected)} {scope} arrays sent"
         )
 
     for key, ref in expected.items():
@@ -112,19 +114,20 @@ def validate_update(
     if problems:
         return _join(problems)
     if max_norm_ratio is not None:
-        return _check_norm(update, expected, max_norm_ratio, eps)
+        return _check_norm(update, expected, max_norm_ratio, eps, scope)
     return None
 
 
 def _norms(
-    update: Mapping[str, npt.NDArray[Any]], expected: Mapping[str, npt.NDArray[Any]]
+    update: Mapping[str, npt.NDArray[Any]], expected: Mapping[str, npt.NDArray[Any]], scope: str = "edge"
 ) -> tuple[float, float, str, float]:
-    """``(||update - sent||, ||sent||, key of the largest change, that change)`` over the floating edge arrays."""
+    """``(||update - sent||, ||sent||, key of the largest change, that change)`` over the floating arrays of
+    ``scope``."""
     diff_sq = 0.0
     ref_sq = 0.0
     largest_key, largest = "", -1.0
     for key, ref in expected.items():
-        if not is_edge_key(key) or not np.issubdtype(ref.dtype, np.floating):
+        if not in_scope(key, scope) or not np.issubdtype(ref.dtype, np.floating):
             continue
         ref64 = ref.astype(np.float64)
         key_sq = float(np.sum(np.square(np.asarray(update[key], dtype=np.float64) - ref64)))
@@ -136,22 +139,30 @@ def _norms(
 
 
 def update_norm_ratio(
-    update: Mapping[str, npt.NDArray[Any]], reference: Mapping[str, npt.NDArray[Any]], eps: float = 1e-12
+    update: Mapping[str, npt.NDArray[Any]],
+    reference: Mapping[str, npt.NDArray[Any]],
+    eps: float = 1e-12,
+    scope: str = "edge",
 ) -> float:
-    """``||update - sent|| / (||sent|| + eps)`` over the floating edge arrays: how far an update moved, relatively.
+    """``||update - sent|| / (||sent|| + eps)`` over the floating arrays of ``scope`` (the edge arrays by default):
+    how far an update moved, relatively.
 
     The update must already have passed :func:`validate_update`'s structural checks (every edge key of
     ``reference``, same shapes); this is the number the norm bound ``max_norm_ratio`` is compared with.
     """
-    diff_norm, ref_norm, _, _ = _norms(update, reference)
+    diff_norm, ref_norm, _, _ = _norms(update, reference, scope)
     return diff_norm / (ref_norm + eps)
 
 
 def _check_norm(
-    update: Mapping[str, npt.NDArray[Any]], expected: Mapping[str, npt.NDArray[Any]], max_norm_ratio: float, eps: float
+    update: Mapping[str, npt.NDArray[Any]],
+    expected: Mapping[str, npt.NDArray[Any]],
+    max_norm_ratio: float,
+    eps: float,
+    scope: str,
 ) -> str | None:
     """The norm-bound part of :func:`validate_update` (keys, shapes and dtypes already checked)."""
-    diff_norm, ref_norm, largest_key, largest = _norms(update, expected)
+    diff_norm, ref_norm, largest_key, largest = _norms(update, expected, scope)
     bound = max_norm_ratio * (ref_norm + eps)
     if diff_norm > bound:
         return (

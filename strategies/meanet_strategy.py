@@ -9,6 +9,10 @@ reason, bounds each example count it cannot verify, aggregates the good ones wit
 mean, coordinate median, trimmed mean, Multi-Krum, or FLTrust against a reference update computed on the server's own
 data; maths in :mod:`strategies.aggregation` and :mod:`strategies.robust`), and returns the aggregate merged with the
 **unchanged** cloud-owned entries, byte for byte as sent.
+
+*Main rounds* (instruction config ``scope = "main"``, see :data:`meanet_core.keys.SCOPE`) are the same exchange over
+the main block: the edges train it on their own images when the data evolves and send back only ``main.*``; the same
+checks apply to those keys, and the edge blocks are kept as sent.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from meanet_core.keys import (
     CONFIG,
     EDGE_PREFIXES,
     EXPERIENCE,
+    MAIN_PREFIX,
     NUM_EXAMPLES,
+    SCOPE,
+    SCOPES,
     TRAIN_SECONDS,
-    is_edge_key,
+    in_scope,
     is_main_key,
 )
 from strategies.aggregation import (
@@ -91,7 +98,9 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         from each end when there are three updates or more, see :func:`strategies.aggregation.trimmed_count`).
     max_norm_ratio : float, optional
         The absolute ceiling of the norm bound: drop an update whose change ``||update - sent||`` exceeds
-        ``max_norm_ratio * ||sent||`` (over the floating edge arrays). ``None`` (default): no ceiling.
+        ``max_norm_ratio * ||sent||`` (over the floating edge arrays). ``None`` (default): no ceiling. Edge rounds
+        only: in a main round the relative bound (``norm_bound_factor``) alone applies, since a main block trained
+        from scratch moves further than its own norm in its first round.
     norm_bound_factor : float, optional
         The bound that follows the round: drop an update whose norm ratio exceeds this multiple of the lower median
         ratio of the round's valid updates (never above ``max_norm_ratio``). ``None`` (default): off.
@@ -114,6 +123,11 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
 
     Attributes
     ----------
+    scope : str
+        The blocks of the current training round, from the instruction config's ``"scope"`` (default ``"edge"``):
+        ``"edge"`` rounds aggregate ``adaptive.*``/``extension.*`` and keep the main block as sent; ``"main"`` rounds
+        (the edges' data refreshing the main block) aggregate ``main.*`` and keep the rest as sent. Every check
+        (keys, shapes, finite values, digest, norm bound, claims, robust rule) applies to the round's scope.
     current_arrays : ArrayRecord | None
         A snapshot of the arrays last sent by :meth:`configure_train` (updates are checked against them, and their
         non-edge entries are returned unchanged).
@@ -200,6 +214,7 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         self.reference_fn = reference_fn
         self.require_main_digest = require_main_digest
         self.delta_broadcast = delta_broadcast
+        self.scope = "edge"  # the blocks of the current training round (the instruction config's "scope")
         self.holds: dict[int, str] = {}  # node -> the main-block digest its last training reply reported
         self.bytes_sent: dict[str, float] = {}  # message type -> mean array bytes per instruction, last sent
         self.sent_main_digest: str | None = None
@@ -248,9 +263,14 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         ValueError
             If ``arrays`` holds no ``adaptive.*``/``extension.*`` entry: the edges would have nothing to train.
         """
-        if not any(is_edge_key(k) for k in arrays):
+        scope = str(config.get(SCOPE, "edge"))
+        if scope not in SCOPES:
+            raise ValueError(f"configure_train: config '{SCOPE}' is {scope!r}; expected one of {', '.join(SCOPES)}")
+        self.scope = scope
+        if not any(in_scope(k, scope) for k in arrays):
             raise ValueError(
-                f"configure_train: the arrays to send hold no entry starting with {' or '.join(EDGE_PREFIXES)}; "
+                f"configure_train: the arrays to send hold no entry of the {scope} round's blocks "
+                f"({' or '.join(EDGE_PREFIXES) if scope == 'edge' else MAIN_PREFIX}); "
                 f"expected a full MEANet state dict (found {len(arrays)} entries, e.g. {list(arrays)[:3]})"
             )
         # A snapshot sharing the (immutable) bytes: later changes to `arrays` cannot alter what we compare against.
@@ -258,8 +278,8 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         self.current_round = server_round
         self.sent_main_digest = digest({k: v.numpy() for k, v in self.current_arrays.items()})
         experience = config.get(EXPERIENCE)
-        if experience != self._claims_experience:  # new data on the edges: their counts may change
-            self._claims, self._claims_experience = {}, experience
+        if (experience, scope) != self._claims_experience:  # new data on the edges, or other samples: new counts
+            self._claims, self._claims_experience = {}, (experience, scope)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.bytes_sent[MessageType.TRAIN] = mean_array_bytes(messages)
         self._sent_at = time.perf_counter()  # the grid sends right after this returns
@@ -308,7 +328,7 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
             self.holds.pop(node_id, None)  # it may have lost its state (or lacks the main block): send it in full
         for node_id, error in dropped:
             log(WARNING, "aggregate_train: round %d: no update from node %d: %s", server_round, node_id, error)
-        reference = {k: v.numpy() for k, v in self.current_arrays.items() if is_edge_key(k)}
+        reference = {k: v.numpy() for k, v in self.current_arrays.items() if in_scope(k, self.scope)}
         candidates: list[tuple[Message, Reply]] = []
         skipped: list[tuple[int, str]] = []
         main_digests: dict[int, str] = {}
@@ -332,7 +352,7 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
                 skipped.append((node_id, f"'{self.weighted_by_key}' is 0: trained on nothing, nothing to aggregate"))
                 log(INFO, "aggregate_train: round %d: node %d trained on 0 examples; skipped", server_round, node_id)
             else:
-                norm_ratios[node_id] = update_norm_ratio(verdict["arrays"], reference)
+                norm_ratios[node_id] = update_norm_ratio(verdict["arrays"], reference, scope=self.scope)
                 candidates.append((msg, verdict))
 
         accepted, bound, relative = self._norm_bound(candidates, reference, norm_ratios, clients, dropped, server_round)
@@ -418,7 +438,8 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         under the ceiling ``max_norm_ratio``); the others are dropped with the reason. Returns the kept ones, the
         bound in force and the relative bound (``None`` when off)."""
         ratios = [norm_ratios[msg.metadata.src_node_id] for msg, _ in candidates]
-        bound = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=self.max_norm_ratio)
+        ceiling = self.max_norm_ratio if self.scope == "edge" else None  # a main block may move past its norm
+        bound = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=ceiling)
         relative = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=None) if ratios else None
         if ratios:
             log(
@@ -433,7 +454,11 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         kept: list[tuple[Message, Reply]] = []
         for msg, r in candidates:
             node_id = msg.metadata.src_node_id
-            too_far = None if bound is None else validate_update(r["arrays"], reference, max_norm_ratio=bound)
+            too_far = (
+                None
+                if bound is None
+                else validate_update(r["arrays"], reference, max_norm_ratio=bound, scope=self.scope)
+            )
             if too_far is None:
                 kept.append((msg, r))
                 continue
@@ -564,7 +589,7 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         reply = read_reply(content, self.weighted_by_key, reference)
         if isinstance(reply, str):
             return reply
-        reason = validate_update(reply["arrays"], reference, max_norm_ratio=None)
+        reason = validate_update(reply["arrays"], reference, max_norm_ratio=None, scope=self.scope)
         return reply if reason is None else reason
 
     def _merge_with_sent(self, aggregated: Arrays) -> ArrayRecord:

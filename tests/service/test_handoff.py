@@ -214,7 +214,7 @@ def _server(tmp_path: Path, cloud_url: str = "") -> Any:
     cfg = FederationConfig.from_run_config(
         {
             "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": 2,
-            "experiences": 2, "rounds-per-experience": 1, "batch-size": 64, "limit-train": 160,
+            "experiences": 2, "rounds-per-experience": 1, "main-rounds": 0, "batch-size": 64, "limit-train": 160,
             "report-dir": str(tmp_path / "report"), "cloud-url": cloud_url, "policy": "paper",
         }
     )  # fmt: skip

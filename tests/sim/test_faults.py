@@ -29,8 +29,8 @@ def tiny_config(report: Path, **kw: object) -> dict[str, object]:
     """The smallest config that still learns: digits (10 classes, no data file), 600 images, one experience."""
     base: dict[str, object] = {
         "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": NUM_CLIENTS,
-        "experiences": 1, "rounds-per-experience": 1, "cloud-epochs": 3, "local-epochs": 1, "batch-size": 32,
-        "limit-train": 600, "cloud-share": 0.5, "report-dir": str(report),
+        "experiences": 1, "rounds-per-experience": 1, "main-rounds": 0, "cloud-epochs": 3, "local-epochs": 1,
+        "batch-size": 32, "limit-train": 600, "cloud-share": 0.5, "report-dir": str(report),
     }  # fmt: skip
     return {**base, **kw}
 

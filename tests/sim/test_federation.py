@@ -34,17 +34,39 @@ CLOCK_SKEW_S = 0.05
 def _config(report: Path, **kw: object) -> dict[str, object]:
     base: dict[str, object] = {
         "dataset": "cifar100-mini", "data-dir": str(DATA), "model": "resnet20_cifar", "cloud-model": "resnet20_cifar",
-        "experiences": 2, "rounds-per-experience": 2, "cloud-epochs": 5, "local-epochs": 1, "batch-size": 32,
-        "cloud-share": 0.5, "report-dir": str(report),
+        "experiences": 2, "rounds-per-experience": 2, "main-rounds": 0, "cloud-epochs": 5, "local-epochs": 1,
+        "batch-size": 32, "cloud-share": 0.5, "report-dir": str(report),
     }  # fmt: skip
     return {**base, **kw}
 
 
+def _check_main_rounds(report: dict, num_clients: int, experiences: int, main_rounds: int) -> None:
+    """Main rounds: every edge trained the main block on all its images; only main.* came back (int8), and the
+    aggregate changed the main block; no evaluation; the experience's first one is a delta when the block is held."""
+    rounds = [r for r in report["rounds"] if r["phase"] == "main"]
+    assert len(rounds) == experiences * main_rounds
+    for r in rounds:
+        assert r["accepted"] == num_clients and r["dropped"] == [], r
+        assert r["main_block_changed"], r
+        assert not r.get("client_evaluation"), r
+        assert 0 < r["bytes_received_per_client"] < 0.3 * r["full_state_bytes"], r  # int8 main block only
+        assert len(r["trust_scores"]) == num_clients and min(r["trust_scores"].values()) > 0, r
+    for e in report["experiences"]:  # each edge claimed all its images of the experience, not its hard ones
+        claims = [r["claims"] for r in rounds if r["experience"] == e["experience"]]
+        assert all(sorted(c.values()) == sorted(e["edge_images"]) for c in claims), (claims, e["edge_images"])
+    later = [r for r in rounds if r["experience"] > 0 and r["round"] == 1]
+    assert all(r["bytes_broadcast_per_client"] < r["full_state_bytes"] for r in later), later  # the held main block
+
+
 def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: int, learned: bool = True) -> dict:
     report = json.loads((report_dir / "report.json").read_text())
-    assert len(report["rounds"]) == experiences * rounds
+    main_rounds = int(report["config"]["main-rounds"])
+    _check_main_rounds(report, num_clients, experiences, main_rounds)
+    assert len(report["rounds"]) == experiences * (rounds + main_rounds)
     every = int(report["config"]["evaluate-every"])
     for r in report["rounds"]:
+        if r["phase"] == "main":
+            continue
         assert r["accepted"] == num_clients and r["dropped"] == [], r  # every client trained, none dropped
         # The edges evaluate after an experience's last round, and every `evaluate-every` rounds when it is > 0.
         evaluated = r["round"] == rounds or (every > 0 and r["round"] % every == 0)
@@ -82,8 +104,12 @@ def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: 
     rows = [line for line in (report_dir / "report.md").read_text().splitlines() if line.startswith("| ")]
     per_edge = sum(len(r.get("client_evaluation_per_node") or {}) for r in report["rounds"])
     assert per_edge == num_clients * sum(bool(r.get("client_evaluation")) for r in report["rounds"])  # every edge
-    # two headers, one row per experience and round; then the per-edge table: a header, one row per edge evaluation
-    assert len(rows) == 2 + experiences + experiences * rounds + (1 + per_edge if per_edge else 0)
+    # two headers, one row per experience and round; a header and one row per kind of round; then the per-edge table:
+    # a header, one row per edge evaluation
+    kinds = 2 if main_rounds else 1
+    assert len(rows) == 2 + experiences + experiences * (rounds + main_rounds) + 1 + kinds + (
+        1 + per_edge if per_edge else 0
+    )
     return report
 
 
@@ -91,7 +117,9 @@ def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: 
 @pytest.mark.timeout(1200)  # about 3 minutes on 2 idle cores; generous for a loaded CI machine
 @needs_mini
 def test_simulation_engine_runs_the_experience_loop(tmp_path: Path) -> None:
-    run = run_simulation(_config(tmp_path / "report", **{"num-clients": 3}), 3, timeout=900, home=tmp_path / "flwr")
+    # with one main round per experience: the edges' images reach the main block
+    cfg = _config(tmp_path / "report", **{"num-clients": 3, "main-rounds": 1})
+    run = run_simulation(cfg, 3, timeout=900, home=tmp_path / "flwr")
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
     _check_report(tmp_path / "report", num_clients=3, experiences=2, rounds=2)
     assert left_behind(tmp_path / "flwr") == []  # Ray and flwr-simulation were ended with the SuperLink

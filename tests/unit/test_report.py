@@ -11,7 +11,10 @@ from fl_server.report import markdown_summary, write_report
 def _report() -> dict:
     exits = {k: {"fraction": f, "accuracy": 0.5} for k, f in (("main", 0.6), ("extension", 0.25), ("cloud", 0.15))}
     ref = {"main_only": 0.4, "edge_main_plus_extension": 0.42, "cloud_only": 0.5, "meanet_with_cloud": 0.45}
-    experience = {"experience": 0, "seen_classes": 50, "cloud_images": 7000, "cloud_training_seconds": 91.0}
+    experience = {
+        "experience": 0, "seen_classes": 50, "cloud_images": 7000, "edge_images": [6000, 5000, 4000],
+        "cloud_training_seconds": 91.0,
+    }  # fmt: skip
     round_ = {
         "experience": 0, "round": 1, "wall_seconds": 30.0, "local_training_seconds": 6.0, "aggregation_seconds": 0.04,
         "overhead_seconds": 12.0, "train_phase_seconds": 18.0,
@@ -23,7 +26,12 @@ def _report() -> dict:
             {**experience, "evaluation": {"accuracy": 0.45, "reference_accuracy": ref, "exits": exits}},
             {**experience, "experience": 1},  # trained but not evaluated yet (a run in progress): no row
         ],
-        "rounds": [round_, {**round_, "round": 2, "client_evaluation": {}}],
+        "rounds": [
+            {**round_, "phase": "main", "bytes_received_per_client": 300000.0, "client_evaluation": {}},
+            round_,  # no phase: a report of a run from before main rounds existed (an edge round)
+            {**round_, "round": 2, "phase": "edge", "client_evaluation": {}},
+        ],
+        "config": {"main-rounds": 1, "local-epochs": 2, "cloud-epochs": 3, "cloud-model": "resnet56_cifar"},
         "wall_seconds": 600.0,
     }
 
@@ -31,11 +39,20 @@ def _report() -> dict:
 def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> None:
     text = markdown_summary(_report())
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + 1 + 2  # two headers, one evaluated experience, two rounds
-    assert "| 0 | 50 | 7000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
+    # three headers, one evaluated experience, three rounds, two kinds of round
+    assert len(rows) == 3 + 1 + 3 + 2
+    # chance 1/50; the edges' images beside the cloud's
+    assert "| 0 | 50 | 0.0200 | 7000 | 15000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
     # wall 30 = training phase 18 (local 6 + overhead 12) + aggregation 0.04 + client evaluation 11.96
-    assert "| 0 | 1 | 30.0 | 6.0 | 12.0 | 0.04 | 12.0 | 733,984 | 0.391 | 1,875,405 | 1.000 | 0 | 0.4100 |" in rows
-    assert rows[-1].endswith("| 1.000 | 0 | - |")  # a round without client evaluation says so
+    row = "| 0 | edge | 1 | 30.0 | 6.0 | 12.0 | 0.04 | 12.0 | 733,984 | 0.391 | 1,875,405 | 1.000 | 0 | 0.4100 |"
+    assert row in rows
+    [second] = [r for r in rows if r.startswith("| 0 | edge | 2 |")]
+    assert second.endswith("| 1.000 | 0 | - |")  # a round without client evaluation says so
+    # bytes per kind of round, summed per client
+    assert "| main (edges train the main block) | 1 | 1,875,405 | 300,000 |" in rows
+    assert "| edge (adaptive + extension) | 2 | 3,750,810 | 1,467,968 |" in rows
+    # what each column saw
+    assert "the edges' images of each experience in 1 main round(s)" in text and "resnet56_cifar" in text
     assert "Whole run: 600 s." in text
 
 

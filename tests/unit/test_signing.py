@@ -176,7 +176,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     report = tmp_path_factory.mktemp("report")
     run_config: dict[str, Any] = {
         "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": 2,
-        "experiences": 1, "rounds-per-experience": 2, "batch-size": 32, "limit-train": 400,
+        "experiences": 1, "rounds-per-experience": 2, "main-rounds": 0, "batch-size": 32, "limit-train": 400,
         "report-dir": str(report),
     }  # fmt: skip
     cfg = FederationConfig.from_run_config(run_config)

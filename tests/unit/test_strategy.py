@@ -20,7 +20,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 
 from meanet_core.broadcast import digest
-from meanet_core.keys import ARRAYS, CLOUD_ARRAYS, EDGE_INFO, MAIN_DIGEST, METRICS, NUM_EXAMPLES, is_edge_key
+from meanet_core.keys import (
+    ARRAYS,
+    CLOUD_ARRAYS,
+    EDGE_INFO,
+    MAIN_DIGEST,
+    METRICS,
+    NUM_EXAMPLES,
+    SCOPE,
+    is_edge_key,
+    is_main_key,
+)
 from strategies import (
     MEANetStrategy,
     aggregate_metrics,
@@ -436,3 +446,72 @@ def test_constructor_and_configure_train_reject_bad_input(task_identity: None) -
         MEANetStrategy(max_norm_ratio=-1.0)
     with pytest.raises(ValueError, match="adaptive"):
         send(MEANetStrategy(), {"main.fc.weight": np.zeros(2, np.float32)})
+
+
+# ----------------------------------------------------------------------------------------- main rounds (scope "main")
+def send_main(strategy: MEANetStrategy, state: Arrays) -> dict[int, Message]:
+    """``configure_train`` of a main round (config ``scope = "main"``) against a mocked Grid with three nodes."""
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = list(NODES)
+    record = ArrayRecord({k: Array(v) for k, v in state.items()})
+    messages = strategy.configure_train(1, record, ConfigRecord({SCOPE: "main", "experience": 0}), grid)
+    return {msg.metadata.dst_node_id: msg for msg in messages}
+
+
+def main_of(state: Arrays) -> Arrays:
+    return {k: v.copy() for k, v in state.items() if is_main_key(k)}
+
+
+def test_a_main_round_aggregates_the_main_block_and_keeps_the_edge_blocks_as_sent(task_identity: None) -> None:
+    state = sent_state()
+    strategy = MEANetStrategy(norm_bound_factor=3.0, max_norm_ratio=1.0)
+    instructions = send_main(strategy, state)
+    assert strategy.scope == "main"
+    # a first main round moves a block trained from scratch far beyond its own norm: the edge-round ceiling (1.0)
+    # must not drop every honest edge; the round's relative bound still holds
+    ups = {n: shifted(main_of(state), d) for n, d in ((11, 4.0), (12, 5.0), (13, 6.0))}
+    arrays, _ = strategy.aggregate_train(1, [reply(instructions[n], ups[n], 10) for n in NODES])
+    assert arrays is not None
+    got = as_numpy(arrays)
+    np.testing.assert_allclose(got["main.fc.weight"], state["main.fc.weight"] + 5.0, rtol=1e-5)
+    for key in ("extension.fc.weight", "adaptive.layers.0.0.weight", "hard_classes"):  # as sent, bit for bit
+        assert got[key].tobytes() == state[key].tobytes(), key
+    report = strategy.last_round
+    assert report is not None and report["accepted"] == 3 and report["norm_bound"] is not None
+
+
+def test_a_main_round_drops_an_update_carrying_edge_blocks_or_far_away(task_identity: None) -> None:
+    state = sent_state()
+    strategy = MEANetStrategy(norm_bound_factor=3.0)
+    instructions = send_main(strategy, state)
+    honest = shifted(main_of(state), 0.1)
+    sneaky = {**shifted(main_of(state), 0.1), **shifted(edge_of(state), 9.0)}  # also rewrites the edge blocks
+    far = shifted(main_of(state), 50.0)  # 500x the honest step
+    replies = [reply(instructions[n], up, 10) for n, up in ((11, honest), (12, sneaky), (13, far))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    report = strategy.last_round
+    assert report is not None and report["accepted_nodes"] == [11]
+    reasons = dict(report["dropped"])
+    assert "unexpected key 'adaptive." in reasons[12] and "main round" in reasons[12]
+    assert "norm" in reasons[13]
+    np.testing.assert_allclose(as_numpy(arrays)["main.fc.weight"], honest["main.fc.weight"], rtol=1e-6)
+
+
+def test_an_edge_round_after_a_main_round_is_checked_against_the_edge_blocks_again(task_identity: None) -> None:
+    state = sent_state()
+    strategy = MEANetStrategy()
+    send_main(strategy, state)
+    instructions = send(strategy, state)  # no scope in the config: an edge round
+    assert strategy.scope == "edge"
+    arrays, _ = strategy.aggregate_train(1, [reply(instructions[n], main_of(state), 10) for n in NODES])
+    assert arrays is None  # a main-block update in an edge round never enters the model
+    assert all("main block" in reason for _, reason in (strategy.last_round or {})["dropped"])
+
+
+def test_configure_train_rejects_an_unknown_scope(task_identity: None) -> None:
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = list(NODES)
+    record = ArrayRecord({k: Array(v) for k, v in sent_state().items()})
+    with pytest.raises(ValueError, match=r"scope.*'cloud'.*edge, main"):
+        MEANetStrategy().configure_train(1, record, ConfigRecord({SCOPE: "cloud"}), grid)

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from meanet_core.training import (
     predict_logits,
     select_hard_classes,
     train_extension,
+    train_main,
 )
 
 
@@ -162,3 +164,45 @@ def test_split_restricted_to_candidate_classes() -> None:
     assert select_hard_classes(pred, target, 10, fraction=0.5, candidates=[0, 1, 2, 3]) == [0, 1]
     with pytest.raises(ValueError, match="candidates"):
         select_hard_classes(pred, target, 10, count=1, candidates=[12])
+
+
+def _classes(data: ImageTensors, classes: list[int]) -> ImageTensors:
+    return data.subset(torch.isin(data.y, torch.tensor(classes)).nonzero().flatten())
+
+
+def test_main_training_with_distillation_keeps_the_old_classes_by_class_id() -> None:
+    # 6 classes; the old ones are ids 1 and 4 (not positions 0, 1): a position/id mix-up would distil the wrong logits
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(96) % 6
+    x = torch.randint(0, 256, (96, 3, 8, 8), generator=g, dtype=torch.uint8)  # 8 x 8: the backbone pools globally
+    x[:, 0] = (y * 40).view(-1, 1, 1).to(torch.uint8)  # the red channel encodes the class
+    data = ImageTensors(x, y)
+    old, new = [1, 4], [0, 5]
+    torch.manual_seed(0)
+    model = build_meanet("resnet20_cifar", 6, [])
+    train_main(model, _classes(data, old), StageConfig(epochs=1, batch_size=16, lr=0.05, augment=False), progress=False)
+    model.eval()
+    probe = _classes(data, old).x
+    with torch.no_grad():
+        before = model.forward_main(probe).logits[:, old].log_softmax(1)
+
+    def drift(weight: float) -> float:
+        """How far the answers among the old classes move (KL) while training on the new classes only."""
+        student = copy.deepcopy(model)
+        stage = StageConfig(epochs=3, batch_size=16, lr=0.05, augment=False)
+        train_main(student, _classes(data, new), stage, distill_classes=old, distill_weight=weight, progress=False)
+        student.eval()
+        with torch.no_grad():
+            after = student.forward_main(probe).logits[:, old].log_softmax(1)
+        return float(torch.nn.functional.kl_div(after, before, log_target=True, reduction="batchmean"))
+
+    plain, distilled = drift(0.0), drift(1.0)
+    assert distilled < 0.5 * plain, (distilled, plain)  # the answers among the old classes move less
+
+
+def test_main_training_rejects_bad_distillation_input() -> None:
+    model = build_meanet("resnet20_cifar", 4, [])
+    with pytest.raises(ValueError, match=r"distill_classes must lie in 0\.\.3"):
+        train_main(model, _tiny(), StageConfig(epochs=1), distill_classes=[7], distill_weight=1.0, progress=False)
+    with pytest.raises(ValueError, match="distill_weight must be >= 0"):
+        train_main(model, _tiny(), StageConfig(epochs=1), distill_classes=[1], distill_weight=-1.0, progress=False)
