@@ -7,15 +7,14 @@ Two sources (:func:`edge_data`):
   normalisation come from the broadcast model state (``hard_index``, ``normalize.mean``/``normalize.std``), the class
   names from the broadcast's ``class-names`` (else the run config's dataset), the image side from the run config's
   dataset;
-* otherwise (simulation) this client's ``partition-id`` slice of the shared stream
-  (:func:`meanet_core.streams.stream_for`, built the same way by the cloud and every edge) and its share of the test
-  images.
+* otherwise (simulation) this client's ``partition-id`` slice of the shared stream and its share of the test
+  images (:func:`meanet_core.streams.edge_slice`: exactly what the cloud's :func:`~meanet_core.streams.stream_for`
+  deals this client, read without building the stream: only this client's rows of the source).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,8 +22,7 @@ import torch
 from fl_client.local_data import class_names_for, federation_image_size, node_data_dir, read_edge_data
 from meanet_core import streams
 from meanet_core.config import FederationConfig
-from meanet_core.data import ImageTensors, partition
-from meanet_core.streams import Experience
+from meanet_core.streams import EdgeView
 
 
 def client_index(node_config: dict[str, object], cfg: FederationConfig) -> int:
@@ -44,22 +42,6 @@ def client_index(node_config: dict[str, object], cfg: FederationConfig) -> int:
     return index
 
 
-def local_test(experience: Experience, client: int, num_clients: int, seed: int) -> ImageTensors:
-    """The client's shard of the experience's test images (IID over clients)."""
-    parts = partition(experience.test.y, num_clients, "iid", seed=seed + 7919 * experience.index)
-    return experience.test.subset(parts[client])
-
-
-@dataclass(frozen=True)
-class EdgeView:
-    """What an edge needs to build its model and run a round: the class count, normalisation, and the images."""
-
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    data: ImageTensors
-
-
 def edge_data(
     purpose: str,
     config: Mapping[str, Any],
@@ -77,10 +59,7 @@ def edge_data(
         raise ValueError(f"purpose must be 'train' or 'evaluate'; got {purpose!r}")
     root = node_data_dir(node_config)
     if root is None:
-        splits, stream = streams.stream_for(cfg)
-        exp = stream[experience]
-        data = exp.client_data(client) if purpose == "train" else local_test(exp, client, cfg.num_clients, cfg.seed)
-        return EdgeView(splits.num_classes, tuple(splits.mean), tuple(splits.std), data)
+        return streams.edge_slice(cfg, experience, client, purpose)
     try:
         num_classes = int(state["hard_index"].numel())
         mean = tuple(float(v) for v in state["normalize.mean"].flatten().tolist())

@@ -16,8 +16,9 @@ With ``data-dir`` set, the edge ClientApp reads only that path and never loads t
 Each experience's images are split, seeded and stratified by class, into a training part and a held-out
 :data:`TEST_FRACTION` the edge evaluates on. Training at experience ``e`` uses ``e``'s training part (the new images,
 as a partition of the shared stream would be); evaluation uses the held-out images of every experience up to ``e``
-(the classes seen so far). The decoded images are cached per process, keyed by the path and the newest modification
-time of anything under it.
+(the classes seen so far). The decoded images are cached on disk (:mod:`meanet_core.data.cache`; Flower starts a
+ClientApp process per message, and each would decode the folder again) and per process, keyed by the path, the number
+of entries under it and their newest modification time: a changed folder is read again.
 
 Normalisation is not read here: it travels in the broadcast (the MEANet's ``normalize.mean``/``normalize.std``
 buffers). The image side comes from the run config's dataset (:func:`federation_image_size`).
@@ -39,6 +40,7 @@ import torch
 
 from meanet_core.config import FederationConfig
 from meanet_core.data import ImageTensors, data_dir_from_env, load_dataset, train_val_split
+from meanet_core.data.cache import entry_for, read_entry, tree_stamp, write_entry
 from meanet_core.data.images import (
     IMAGE_EXTENSIONS,
     SkippedImage,
@@ -206,30 +208,64 @@ class _Raw:
     skipped: tuple[SkippedImage, ...] = ()
 
 
-_CACHE: dict[tuple[str, int, int], _Raw] = {}
+_CACHE: dict[tuple[object, ...], _Raw] = {}
 _CACHE_SIZE = 2
 
 
-def _stamp(root: Path) -> int:
-    """The newest modification time (ns) of ``root`` and anything under it."""
-    newest = root.stat().st_mtime_ns
-    if root.is_dir():
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            for name in (*dirnames, *filenames):
-                try:
-                    newest = max(newest, (Path(dirpath) / name).stat().st_mtime_ns)
-                except OSError:
-                    continue  # a dangling link: image_files lists it, decode_into reports it
-    return newest
-
-
 def _cached(root: Path, image_size: int, read: Callable[[], _Raw]) -> _Raw:
-    key = (str(root.resolve()), _stamp(root), image_size)
+    """The decoded images of ``root``: from this process's memory, else the disk cache, else ``read()`` (cached)."""
+    key = (*tree_stamp(root), image_size)
     if key not in _CACHE:
         while len(_CACHE) >= _CACHE_SIZE:
             del _CACHE[next(iter(_CACHE))]
-        _CACHE[key] = read()
+        entry = entry_for("edge", root.name, *key)
+        arrays = read_entry(entry)
+        if arrays is None:
+            raw = read()
+            write_entry(entry, _to_arrays(raw), root)
+        else:
+            raw = _from_arrays(arrays)
+            if raw.skipped:  # said by every process that reads the folder, as when it decoded it
+                _warn_skipped(root, raw.skipped, None)
+        _CACHE[key] = raw
     return _CACHE[key]
+
+
+def _name(e: int | None) -> str:
+    return "all" if e is None else str(e)
+
+
+def _to_arrays(raw: _Raw) -> dict[str, np.ndarray]:
+    arrays = {f"x-{_name(e)}": x.numpy() for e, x in raw.x.items()}
+    arrays.update({f"y-{_name(e)}": y.numpy() for e, y in raw.y.items()})
+    arrays["names"] = np.array(raw.names, dtype=str)
+    arrays["skipped-paths"] = np.array([str(b.path) for b in raw.skipped], dtype=str)
+    arrays["skipped-reasons"] = np.array([b.reason for b in raw.skipped], dtype=str)
+    return arrays
+
+
+def _from_arrays(arrays: Mapping[str, np.ndarray]) -> _Raw:
+    exps = [k[2:] for k in arrays if k.startswith("x-")]
+    key = {name: (None if name == "all" else int(name)) for name in exps}
+    return _Raw(
+        {key[n]: torch.from_numpy(arrays[f"x-{n}"]) for n in exps},
+        {key[n]: torch.from_numpy(arrays[f"y-{n}"]) for n in exps},
+        tuple(str(n) for n in arrays["names"]),
+        tuple(
+            SkippedImage(Path(str(p)), str(r))
+            for p, r in zip(arrays["skipped-paths"], arrays["skipped-reasons"], strict=True)
+        ),
+    )
+
+
+def _warn_skipped(root: Path, bad: Sequence[SkippedImage], total: int | None) -> None:
+    log.warning(
+        "skipped %d%s files in %s that are not readable images: %s. Fix or remove them",
+        len(bad),
+        f" of {total}" if total is not None else "",
+        root,
+        list_bad(list(bad)),
+    )
 
 
 def _layout(root: Path) -> dict[int | None, tuple[Path, tuple[str, ...]]]:
@@ -271,11 +307,18 @@ def _check_class_names(
 
 
 def _to_size(side: int) -> Callable[[Any], torch.Tensor]:
-    """PIL image -> uint8 (3, S, S): as it is when it is S x S already, else resized and centre-cropped."""
-    from torchvision.transforms import PILToTensor
+    """PIL image -> uint8 (3, S, S): as it is when it is S x S already, else resized and centre-cropped (torchvision,
+    a second of imports, is only loaded for the first image that needs resizing)."""
+    resize: list[Callable[[Any], torch.Tensor]] = []
 
-    resize, as_tensor = resize_crop(side), PILToTensor()
-    return lambda image: as_tensor(image) if image.size == (side, side) else resize(image)
+    def convert(image: Any) -> torch.Tensor:
+        if image.size == (side, side):
+            return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (S, S, 3) -> (3, S, S)
+        if not resize:
+            resize.append(resize_crop(side))
+        return resize[0](image)
+
+    return convert
 
 
 def _read_folder(root: Path, layout: Mapping[int | None, tuple[Path, tuple[str, ...]]], image_size: int) -> _Raw:
@@ -294,13 +337,7 @@ def _read_folder(root: Path, layout: Mapping[int | None, tuple[Path, tuple[str, 
         if labels:
             xs[e], ys[e] = x, torch.tensor(labels, dtype=torch.int64)
     if bad:
-        log.warning(
-            "skipped %d of %d files in %s that are not readable images: %s. Fix or remove them",
-            len(bad),
-            total,
-            root,
-            list_bad(bad),
-        )
+        _warn_skipped(root, bad, total)
     if not xs:
         raise EdgeDataError(
             f"{root} holds no readable image (formats read: {', '.join(IMAGE_EXTENSIONS)}"

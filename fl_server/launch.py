@@ -2,7 +2,9 @@
 
 Used by ``meanet federate`` (meanet_cli), the tests and the benchmarks: it sits below them all. Every process started
 here runs in its own session and is ended (SIGTERM, then SIGKILL) whatever happens. Flower's ``flwr run --stream``
-exits 0 even when the run failed, so the status is read back with ``flwr ls`` (polled until the run has finished).
+exits 0 even when the run failed, so the status is read back with ``flwr ls`` (polled until the run has finished);
+``python -m fl_server.launch status CONNECTION`` does the same for a run started by hand (the README's deployment),
+with an exit status that says whether it completed.
 
 ``secure=DIR`` (a folder written by ``meanet certs``) runs the secure path instead of ``--insecure``: the SuperLink
 serves TLS (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) and, for deployment, authenticates SuperNodes
@@ -53,6 +55,10 @@ def app_dir() -> Path:
 
 
 VENV_BIN = Path(sys.executable).parent
+FIRST_POLL_SECONDS = 2.0
+"""How long :func:`wait_for_run` waits before its second ``flwr ls``. Each ``flwr ls`` is a fresh Python process (about
+a second of CPU): polled every 2 s it took a quarter of a core from the run on 2-core machines. The interval grows to
+15 s; the end of a followed log stream triggers a poll at once."""
 
 
 def free_port() -> int:
@@ -89,7 +95,8 @@ class FlowerRun:
         return self.status == "finished:completed"
 
 
-def _env(home: Path) -> dict[str, str]:
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment of a Flower process (SuperLink, SuperNode, ``flwr``) with Flower home ``home``."""
     return dict(
         os.environ,
         FLWR_HOME=str(home),
@@ -122,9 +129,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def _wait_healthy(
+def wait_healthy(
     port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90, ca_certfile: Path | None = None
 ) -> None:
+    """Wait until the SuperLink ``proc`` answers on ``127.0.0.1:port`` (HTTPS against ``ca_certfile`` when given)."""
     deadline = time.monotonic() + timeout
     scheme = "https" if ca_certfile else "http"
     context = ssl.create_default_context(cafile=str(ca_certfile)) if ca_certfile else None
@@ -136,6 +144,29 @@ def _wait_healthy(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the SuperLink did not start ({e}); its log:\n{log.read_text()[-3000:]}") from e
             time.sleep(0.25)
+
+
+def start_process(
+    cmd: Sequence[str], home: Path, log: Path, cwd: Path | None = None, extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` (a SuperLink, a SuperNode) with Flower home ``home`` (and ``extra_env``), in a session of its
+    own, output to ``log``; end it with :func:`ended_with`."""
+    env = {**flower_env(home), **(extra_env or {})}
+    out = log.open("wb")
+    return subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
+
+
+@contextmanager
+def ended_with(home: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list to put started processes in: each is ended (with all it started) when the block exits, whatever
+    happens, and so is any process still running with Flower home ``home``."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        _sweep(home)
 
 
 def _check_certs(certs: Path, num_supernodes: int) -> None:
@@ -153,7 +184,7 @@ def register_supernode(fed: Loopback, public_key: Path) -> str:
     """``flwr supernode register PUBLIC_KEY``: allow the SuperNode holding its private key in; returns the node id."""
     out = subprocess.run(
         [str(VENV_BIN / "flwr"), "supernode", "register", str(public_key), fed.connection, "--format", "json"],
-        env=_env(fed.home), capture_output=True, text=True, timeout=120,
+        env=flower_env(fed.home), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     try:
         return str(json.loads(out.stdout)["node-id"])
@@ -167,7 +198,7 @@ def list_supernodes(fed: Loopback) -> list[dict[str, object]]:
     """``flwr supernode ls``: every SuperNode the SuperLink knows, with its ``node-id`` and ``status``."""
     out = subprocess.run(
         [str(VENV_BIN / "flwr"), "supernode", "ls", fed.connection, "--format", "json"],
-        env=_env(fed.home), capture_output=True, text=True, timeout=120,
+        env=flower_env(fed.home), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     try:
         return list(json.loads(out.stdout)["nodes"])
@@ -210,9 +241,7 @@ def start_supernode(
     values.update(node_config or {})
     cmd += ["--node-config", node_config_arg(values), "--host", "127.0.0.1", "--port", str(free_port())]
     log = fed.home / (log_name or f"supernode-{partition}.log")
-    proc = subprocess.Popen(
-        cmd, env=_env(fed.home), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
+    proc = start_process(cmd, fed.home, log)
     fed.procs.append(proc)
     return proc, log
 
@@ -245,9 +274,8 @@ def loopback_federation(
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "127.0.0.1:{port}"\n{tls}'
     )
-    env = _env(home)
-    fed = Loopback(name, home, f"127.0.0.1:{port}", [], secure)
-    try:
+    with ended_with(home) as procs:
+        fed = Loopback(name, home, f"127.0.0.1:{port}", procs, secure)
         link_log = home / "superlink.log"
         cmd = [str(VENV_BIN / "flower-superlink"), "--disable-runtime-dependency-installation"]
         if secure is None:
@@ -258,19 +286,13 @@ def loopback_federation(
             cmd += [] if simulation else ["--enable-supernode-auth"]  # no SuperNodes connect to a simulation
         cmd += ["--simulation"] if simulation else []
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--database", str(home / "state.db")]
-        fed.procs.append(
-            subprocess.Popen(cmd, env=env, stdout=link_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        )
-        _wait_healthy(port, fed.procs[0], link_log, ca_certfile=secure / "ca.pem" if secure else None)
+        procs.append(start_process(cmd, home, link_log))
+        wait_healthy(port, procs[0], link_log, ca_certfile=secure / "ca.pem" if secure else None)
         for i in range(0 if simulation else num_supernodes):
             if secure is not None:
                 register_supernode(fed, secure / f"supernode-{i}.pub")
             start_supernode(fed, i, num_supernodes, node_config=node_configs[i] if node_configs else None)
         yield fed
-    finally:
-        for proc in reversed(fed.procs):
-            _stop(proc)
-        _sweep(home)
 
 
 def _sweep(home: Path) -> None:
@@ -304,7 +326,7 @@ def flwr_run(
     With ``stream_to_stdout`` the run's log (the server's progress lines) is printed as it happens. A run still going
     after ``timeout`` seconds is stopped (``flwr stop``) and reported with its status at that point.
     """
-    env = _env(home)
+    env = flower_env(home)
     flwr = str(VENV_BIN / "flwr")
     overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
     cmd = [flwr, "run", str(app or app_dir()), connection, "--format", "json"]
@@ -318,23 +340,8 @@ def flwr_run(
     streamer = None
     if stream_to_stdout:  # `flwr log --stream` follows the run's log until the run ends
         streamer = subprocess.Popen([flwr, "log", run_id, connection, "--stream"], env=env, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    # Each `flwr ls` is a fresh Python process (about a second of CPU): polled every 2 s it took a quarter of a core
-    # from the run on 2-core machines. The interval grows to 15 s; the end of the log stream triggers a poll at once.
-    interval = 2.0
     try:
-        while True:
-            run = _run_info(flwr, connection, run_id, env)
-            if str(run["status"]).startswith("finished") or time.monotonic() > deadline:
-                break
-            wake = time.monotonic() + interval
-            streaming = streamer is not None and streamer.poll() is None
-            while time.monotonic() < wake and not (streaming and _ended(streamer)):
-                time.sleep(0.25)
-            interval = min(15.0, interval * 1.5)
-        if not str(run["status"]).startswith("finished"):
-            subprocess.run([flwr, "stop", run_id, connection], env=env, capture_output=True, text=True, timeout=60)
-            run = {**run, "status-details": f"stopped after {timeout:.0f}s (timeout); was {run['status']}"}
+        run = wait_for_run(connection, run_id, env, timeout=timeout, streamer=streamer)
     finally:
         if streamer is not None:
             with suppress(subprocess.TimeoutExpired):
@@ -342,6 +349,81 @@ def flwr_run(
             _stop(streamer)
     logs = subprocess.run([flwr, "log", run_id, connection, "--show"], env=env, capture_output=True, text=True).stdout
     return FlowerRun(run_id, str(run["status"]), str(run.get("status-details", "")), logs, home)
+
+
+def wait_for_run(
+    connection: str,
+    run_id: str,
+    env: Mapping[str, str],
+    *,
+    timeout: float = 3600,
+    streamer: subprocess.Popen[bytes] | None = None,
+    stop_on_timeout: bool = True,
+) -> dict[str, object]:
+    """Poll ``flwr ls`` until run ``run_id`` has finished; returns its ``flwr ls`` record. A run still going after
+    ``timeout`` seconds is stopped (``flwr stop``; unless ``stop_on_timeout`` is False), and its record says so in
+    ``status-details``.
+
+    Flower's ``flwr run`` (with or without ``--stream``) exits 0 whatever became of the run: its status is what says
+    whether it succeeded (``finished:completed``) or not (``finished:failed``, ``finished:stopped``).
+    """
+    flwr = str(VENV_BIN / "flwr")
+    deadline = time.monotonic() + timeout
+    interval = FIRST_POLL_SECONDS
+    while True:
+        run = _run_info(flwr, connection, run_id, dict(env))
+        if str(run["status"]).startswith("finished") or time.monotonic() > deadline:
+            break
+        wake = time.monotonic() + interval
+        streaming = streamer is not None and streamer.poll() is None
+        while time.monotonic() < wake and not (streaming and _ended(streamer)):
+            time.sleep(0.25)
+        interval = min(15.0, interval * 1.5)
+    if not str(run["status"]).startswith("finished"):
+        if not stop_on_timeout:
+            return {**run, "status-details": f"still {run['status']} after {timeout:.0f}s"}
+        subprocess.run([flwr, "stop", run_id, connection], env=dict(env), capture_output=True, text=True, timeout=60)
+        run = {**run, "status-details": f"stopped after {timeout:.0f}s (timeout); was {run['status']}"}
+    return run
+
+
+def newest_run(connection: str, env: Mapping[str, str]) -> str:
+    """The id of the run submitted last to ``connection`` (``flwr ls``)."""
+    out = subprocess.run(
+        [str(VENV_BIN / "flwr"), "ls", connection, "--format", "json"], env=dict(env), capture_output=True, text=True
+    )
+    try:
+        runs = list(json.loads(out.stdout)["runs"])
+    except (ValueError, KeyError) as e:
+        raise RuntimeError(f"flwr ls {connection} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}") from e
+    if not runs:
+        raise RuntimeError(f"no run on {connection} yet: submit one with `flwr run . {connection}`")
+    return str(max(runs, key=lambda r: str(r.get("pending-at", "")))["run-id"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fl_server.launch status CONNECTION [--run-id ID]``: wait until the run (default: the newest) has
+    finished, print its status, and exit 0 only when it completed (1 when it failed or was stopped, 2 when there is
+    no such run): the exit status ``flwr run`` does not give."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fl_server.launch", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="wait for a run to finish; exit 0 only when it completed")
+    status.add_argument("connection", help="the connection's name in $FLWR_HOME/config.toml")
+    status.add_argument("--run-id", default=None, help="the run (default: the newest one on the connection)")
+    status.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for it to finish")
+    args = parser.parse_args(argv)
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    try:
+        run_id = args.run_id or newest_run(args.connection, env)
+        run = wait_for_run(args.connection, run_id, env, timeout=args.timeout, stop_on_timeout=False)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    details = run.get("status-details")
+    print(f"run {run_id}: {run['status']}" + (f" ({details})" if details else ""))
+    return 0 if run["status"] == "finished:completed" else 1
 
 
 def _ended(proc: subprocess.Popen[bytes] | None) -> bool:
@@ -414,11 +496,22 @@ def run_deployment(
 __all__: Sequence[str] = [
     "FlowerRun",
     "Loopback",
+    "ended_with",
+    "flower_env",
     "list_supernodes",
     "loopback_federation",
+    "main",
+    "newest_run",
     "node_config_arg",
     "register_supernode",
     "run_deployment",
     "run_simulation",
+    "start_process",
     "start_supernode",
+    "wait_for_run",
+    "wait_healthy",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

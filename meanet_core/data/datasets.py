@@ -141,11 +141,24 @@ def stratified_pick(labels: np.ndarray, k: int, rng: np.random.Generator) -> tup
 
 def train_val_split(data: ImageTensors, val_fraction: float, seed: int) -> tuple[ImageTensors, ImageTensors]:
     """Split ``data`` into shuffled ``(train, val)``, stratified by class; ``val_fraction=0``: empty val."""
+    train_idx, val_idx = split_indices(data.y.cpu().numpy(), val_fraction, seed)
+    return data.subset(train_idx), data.subset(val_idx)
+
+
+def split_indices(
+    labels: np.ndarray, val_fraction: float, seed: int, limit_train: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the training and validation images among ``labels`` (the official training split's):
+    :func:`train_val_split`'s carve-out, then, with ``limit_train``, a seeded, stratified subset of the training part
+    (a different random stream, so changing ``limit_train`` never changes val)."""
     if not 0.0 <= val_fraction < 1.0 or math.isnan(val_fraction):
         raise ValueError(f"val_fraction must lie in [0, 1) (0 means no validation split); got {val_fraction}")
-    k = round(len(data) * val_fraction)
-    val_idx, train_idx = stratified_pick(data.y.cpu().numpy(), k, np.random.default_rng(seed))
-    return data.subset(train_idx), data.subset(val_idx)
+    labels = np.asarray(labels, dtype=np.int64)
+    val_idx, train_idx = stratified_pick(labels, round(len(labels) * val_fraction), np.random.default_rng(seed))
+    if limit_train is not None and limit_train < len(train_idx):
+        keep, _ = stratified_pick(labels[train_idx], int(limit_train), np.random.default_rng([seed, 1]))
+        train_idx = train_idx[keep]
+    return train_idx, val_idx
 
 
 def load_dataset(
@@ -177,20 +190,16 @@ def load_dataset(
         raise ValueError(f"val_fraction must lie in [0, 1) (0 means no validation split); got {val_fraction}")
     check_bad_images(bad_images)
     folder = Path(data_dir).expanduser() if data_dir is not None else data_dir_from_env()
-    raw = sources.read_source(name, folder, download=download, image_size=image_size, bad_images=bad_images)
-    train, val = train_val_split(raw.train, val_fraction, seed)
-    if limit_train is not None and limit_train < len(train):
-        # A different stream from the val carve-out, so changing limit_train never changes val.
-        keep, _ = stratified_pick(train.y.numpy(), int(limit_train), np.random.default_rng([seed, 1]))
-        train = train.subset(keep)
+    raw = sources.read_arrays(name, folder, download=download, image_size=image_size, bad_images=bad_images)
+    train_idx, val_idx = split_indices(raw.y_train, val_fraction, seed, limit_train)
     return DatasetSplits(
         name=name,
-        train=train,
-        val=val,
-        test=raw.test,
+        train=raw.images("train", train_idx),  # only the rows kept are read (the source is often memory-mapped)
+        val=raw.images("train", val_idx),
+        test=raw.images("test"),
         num_classes=len(raw.class_names),
         class_names=raw.class_names,
-        image_size=int(raw.train.x.shape[-1]),
+        image_size=raw.image_size,
         mean=raw.mean,
         std=raw.std,
         skipped_images=raw.skipped,

@@ -1,21 +1,22 @@
-"""The secure deployment on loopback: a TLS SuperLink with SuperNode authentication, keys from ``meanet certs``.
+"""The secure deployment on loopback as ``meanet federate --deployment --secure`` runs it (the launcher's wiring): a TLS
+SuperLink with SuperNode authentication, keys from ``meanet certs``.
 
 Real components throughout: Flower's SuperLink, SuperNodes and CLI as subprocesses, TLS with the certificates
-``meanet certs`` writes, node authentication with its P-384 key pairs, and the app's signed broadcasts.
+``meanet certs`` writes, node authentication with its P-384 key pairs, and the app's signed broadcasts. The same
+deployment by hand, as the README gives it, with an unregistered SuperNode refused, is
+``tests/sim/test_readme_deploy.py``.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from fl_server.launch import list_supernodes, loopback_federation, run_deployment, start_supernode
+from fl_server.launch import run_deployment
 from meanet_cli.main import app
-from meanet_core.certs import supernode_key_pair
 from tests.sim.helpers import left_behind
 
 
@@ -23,37 +24,6 @@ def _certs(out: Path, supernodes: int) -> Path:
     result = CliRunner().invoke(app, ["certs", "--out", str(out), "--supernodes", str(supernodes)])
     assert result.exit_code == 0, result.output
     return out
-
-
-@pytest.mark.sim
-@pytest.mark.deploy
-@pytest.mark.timeout(300)
-def test_tls_superlink_admits_the_registered_supernode_and_refuses_an_unregistered_one(tmp_path: Path) -> None:
-    certs = _certs(tmp_path / "certs", 1)
-    rogue_private, _ = supernode_key_pair()  # a well-formed key pair that nobody registered
-    (tmp_path / "rogue.key").write_bytes(rogue_private)
-    (tmp_path / "rogue.key").chmod(0o600)
-    home = tmp_path / "flwr"
-    with loopback_federation(simulation=False, num_supernodes=1, home=home, secure=certs) as fed:
-        assert "root-certificates" in (home / "config.toml").read_text()  # flwr talks TLS to the SuperLink
-        assert "insecure" not in (home / "config.toml").read_text()
-        rogue, rogue_log = start_supernode(fed, 0, 1, auth_key=tmp_path / "rogue.key", log_name="rogue.log")
-        deadline = time.monotonic() + 120
-        nodes: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            nodes = list_supernodes(fed)
-            if rogue.poll() is not None and any(n["status"] == "online" for n in nodes):
-                break
-            time.sleep(2)
-        # the registered SuperNode authenticated and is online; it is the only node the SuperLink knows
-        assert [n["status"] for n in nodes] == ["online"], nodes
-        # the unregistered one was refused at activation and gave up
-        assert rogue.poll() is not None and rogue.returncode != 0, rogue_log.read_text()[-2000:]
-        assert "Failed to activate SuperNode" in rogue_log.read_text(), rogue_log.read_text()[-2000:]
-        link_log = (home / "superlink.log").read_text()
-        assert "No SuperNode found with the given public key" in link_log
-        assert "Uvicorn running on https://127.0.0.1" in link_log  # the SuperLink served TLS only
-    assert left_behind(home) == []
 
 
 @pytest.mark.sim

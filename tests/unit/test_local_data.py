@@ -213,6 +213,7 @@ def test_the_client_trains_and_evaluates_on_its_own_folder_only(
         raise AssertionError("an edge with its own data-dir loaded the shared dataset")
 
     monkeypatch.setattr(streams, "stream_for", no_shared_dataset)
+    monkeypatch.setattr(streams, "edge_slice", no_shared_dataset)
     names = [str(i) for i in range(10)] if sent_names else None
     reply = app(_instruction(edge, "train", names), _context(edge))
     assert not reply.has_error()
