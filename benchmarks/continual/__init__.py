@@ -5,8 +5,10 @@
 
 Modules: ``scenarios`` (Avalanche benchmarks from tensors and their federated split), ``metrics`` (accuracy matrix,
 average accuracy, forgetting and BWT with Avalanche's metric classes), ``shared`` (the cloud trajectory the methods
-share, and routed evaluation), ``edge`` (MEANet in Avalanche's training loop), ``methods``, ``runner`` (seeds,
-checkpoints, aggregation) and ``report`` (JSON, markdown table, plots).
+share, and routed evaluation), ``edge`` (MEANet in Avalanche's training loop, continual learning in class space),
+``budget`` (data seen, images trained on, bytes moved), ``common`` (what every method shares), ``methods`` (the
+cloud/edge/MEANet methods and the registry), ``baselines`` (naive, joint, FedAvg of the whole model), ``runner``
+(seeds, checkpoints, aggregation) and ``report`` (JSON, markdown tables, plots).
 
 Default schedule (``BenchConfig``): Split CIFAR-100 in 10 experiences, 1 epoch per experience for every method,
 3 clients (IID), cloud share 0.3 (as ``meanet federate``), ResNet-20 MEANet on the edge, ResNet-32 cloud model,

@@ -11,8 +11,11 @@ from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
 from meanet_core.training import HARD_METHODS
 
 MEANET_FL_METHODS = ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay")
-METHODS = ("cloud-only", "edge-only", "meanet-static", *MEANET_FL_METHODS, "naive", "joint")
-"""Every method, in the order the report lists them."""
+FEDAVG_METHODS = ("fedavg-naive", "fedavg-lwf", "fedavg-replay")
+"""FedAvg of the whole edge model over the same edges and cloud share, with an Avalanche strategy on each edge."""
+METHODS = ("cloud-only", "edge-only", "meanet-static", *MEANET_FL_METHODS, *FEDAVG_METHODS, "naive", "joint")
+"""Every method, in the order the report lists them (``joint``, which trains on everything seen, is the upper
+bound)."""
 
 
 class BenchConfigError(ValueError):

@@ -11,35 +11,59 @@ scenario and federated split, and ``cfg.epochs`` epochs per experience.
   on its data, re-chooses the hard classes, retrains adaptive + extension on its data and redistributes; then
   ``cfg.clients`` simulated edge clients fine-tune adaptive + extension with the Avalanche strategy on the hard-class
   samples of their partition of the new experience (one federated round; each client keeps its own strategy state:
-  EWC importances, LwF's previous model, the replay buffer), and the cloud aggregates the edge blocks with
-  ``strategies.aggregation.weighted_average`` (weights = examples trained). The clients run in this process, one
-  after the other; the Flower simulation of the same exchange is tested in ``tests/sim/test_federation.py``.
-  Inference: the adaptive engine with the calibrated policy fitted on the cloud's validation images so that at most
-  ``cfg.target_cloud_fraction`` of the inputs are offloaded.
+  EWC importances, LwF's previous model, the replay memory, all in class space: see ``edge.py``), and the cloud
+  aggregates the edge blocks with ``strategies.aggregation.weighted_average`` (weights = examples trained). The
+  clients run in this process, one after the other; the Flower simulation of the same exchange is tested in
+  ``tests/sim/test_federation.py``. Inference: the adaptive engine with the calibrated policy fitted on the cloud's
+  validation images so that at most ``cfg.target_cloud_fraction`` of the inputs are offloaded.
+* ``fedavg-{naive,lwf,replay}``: the baseline a user would otherwise pick, FedAvg of the *whole* edge model (the
+  backbone classifier) over the same edges and the same cloud share: per experience the cloud trains the global
+  model on what it has stored, then each edge trains it on its whole partition of the experience with the Avalanche
+  strategy (``Naive``, ``LwF``, ``Replay``; state kept per edge), and one round of ``weighted_average`` gives the
+  next global model, which answers every input on the device.
 * ``naive``: Avalanche's ``Naive`` fine-tuning of the backbone classifier on each experience's data, centralised.
-* ``joint``: Avalanche's ``Cumulative``: the backbone classifier retrained on all data seen so far (upper bound).
+* ``joint`` (upper bound, not a competitor): Avalanche's ``Cumulative``: the backbone classifier retrained
+  centrally on *all* the data seen so far, every experience.
+
+Each method also reports its budget (``budget.Budget``: labelled data seen and kept, images trained on by the
+edges and by the cloud, bytes up and down), counted from what it ran.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.continual.config import MEANET_FL_METHODS, BenchConfig
-from benchmarks.continual.edge import EdgeClassSpace, MainClassifier, experience_of, make_strategy
+from benchmarks.continual.baselines import AvalancheBaseline, FedAvgWhole
+from benchmarks.continual.budget import count_training_images
+from benchmarks.continual.common import (
+    Context,
+    ExperienceOutcome,
+    Method,
+    NullPolicy,
+    budget_of,
+    cloud_share_budget,
+    edge_costs,
+    image_bytes,
+    per_experience,
+    quiet,
+    state_bytes,
+    trained_by_cloud,
+)
+from benchmarks.continual.config import FEDAVG_METHODS, MEANET_FL_METHODS
+from benchmarks.continual.edge import (
+    EdgeClassSpace,
+    experience_of,
+    make_strategy,
+    replay_memory,
+    trained_images,
+)
 from benchmarks.continual.metrics import accuracy
-from benchmarks.continual.scenarios import Scenario
 from benchmarks.continual.shared import (
     EVAL_BATCH,
-    CloudTrajectory,
     Macs,
     calibrate,
     cost_summary,
@@ -47,64 +71,13 @@ from benchmarks.continual.shared import (
     stage,
 )
 from meanet_core.broadcast import edge_state
-from meanet_core.engine import EXIT_CLOUD, EXIT_MAIN, route_outputs
+from meanet_core.engine import EXIT_CLOUD, route_outputs
 from meanet_core.models import MEANet
 from meanet_core.policies import Policy
 from meanet_core.training import hard_subset, predict_logits, train_extension
 from strategies.aggregation import weighted_average
 
-
-def state_bytes(state: dict[str, torch.Tensor]) -> int:
-    return int(sum(v.numel() * v.element_size() for v in state.values()))
-
-
-@dataclass
-class ExperienceOutcome:
-    """What a method reports after experience ``t``."""
-
-    accuracies: list[float]  # accuracy on the test images of experiences 0..t
-    costs: dict[str, Any]  # cost_summary over the test images of experiences 0..t
-    bytes_sent: dict[str, int]  # training-time traffic of this experience
-    seconds: dict[str, float]  # wall time of the stages this method ran or relied on
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Context:
-    cfg: BenchConfig
-    scenario: Scenario
-    seed: int
-    trajectory: CloudTrajectory
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Swallow the warnings Avalanche 0.6 raises about its own internals during training (its ``deprecated``
-    decorator forces them on; EWC's ``ParamData.expand`` indexes with a list), so progress bars stay readable."""
-    with warnings.catch_warnings(record=True):
-        yield
-
-
-def _per_experience(labels: torch.Tensor, ctx: Context, t: int) -> list[float]:
-    test, offsets = ctx.scenario.test_data(t), ctx.scenario.test_offsets(t)
-    return [accuracy(labels[a:b], test.y[a:b]) for a, b in itertools.pairwise(offsets)]
-
-
-def _image_bytes(ctx: Context, n: int) -> int:
-    x = ctx.scenario.experiences[0].train.x
-    return int(n * x[0].numel() * x.element_size())
-
-
-class Method:
-    """A continual-learning method; subclasses implement ``run_experience``."""
-
-    name = "method"
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    def run_experience(self, t: int) -> ExperienceOutcome:
-        raise NotImplementedError
+__all__ = ["Context", "ExperienceOutcome", "Method", "build_method"]
 
 
 class CloudOnly(Method):
@@ -113,44 +86,21 @@ class CloudOnly(Method):
     def run_experience(self, t: int) -> ExperienceOutcome:
         snap = self.ctx.trajectory.snapshot(t)
         n = len(snap.test_cloud)
-        macs = Macs(0.0, 0.0, self._cloud_macs(), _image_bytes(self.ctx, 1))
+        macs = Macs(0.0, 0.0, self._cloud_macs(), image_bytes(self.ctx, 1))
         costs = cost_summary(torch.full((n,), EXIT_CLOUD, dtype=torch.int8), torch.zeros(n, dtype=torch.bool), macs)
+        new = len(self.ctx.scenario.experiences[t].cloud)
+        sent = {"data_up": image_bytes(self.ctx, new)}
         return ExperienceOutcome(
-            accuracies=_per_experience(snap.test_cloud.argmax(1), self.ctx, t),
+            accuracies=per_experience(snap.test_cloud.argmax(1), self.ctx, t),
             costs=costs,
-            bytes_sent={"data_up": _image_bytes(self.ctx, len(self.ctx.scenario.experiences[t].cloud))},
+            bytes_sent=sent,
             seconds={"cloud_training": snap.seconds["cloud"], "evaluation": snap.seconds["cloud_outputs"]},
+            extra={"budget": cloud_share_budget(self.ctx, t, sent, trained_cloud=trained_by_cloud(snap, "cloud"))},
         )
 
     def _cloud_macs(self) -> float:
         cloud = self.ctx.trajectory.new_cloud()
-        return Macs.of(self.ctx.trajectory.new_meanet(), cloud, _NullPolicy()).cloud
-
-
-class _NullPolicy:
-    """A policy that keeps everything at the main exit (only used to count MACs)."""
-
-    name = "none"
-
-    def after_main(self, main_probs: torch.Tensor, top1_hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.zeros(main_probs.shape[0], dtype=torch.bool)
-        return z, z
-
-    def after_extension(self, ext_probs: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(ext_probs.shape[0], dtype=torch.bool)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"name": self.name}
-
-
-def _edge_costs(ctx: Context, n: int) -> dict[str, Any]:
-    meanet = ctx.trajectory.new_meanet()
-    macs = Macs.of(meanet, None, _NullPolicy())
-    return cost_summary(
-        torch.full((n,), EXIT_MAIN, dtype=torch.int8),
-        torch.zeros(n, dtype=torch.bool),
-        Macs(macs.main, 0.0, 0.0, macs.image_bytes),
-    )
+        return Macs.of(self.ctx.trajectory.new_meanet(), cloud, NullPolicy()).cloud
 
 
 class EdgeOnly(Method):
@@ -159,14 +109,14 @@ class EdgeOnly(Method):
     def run_experience(self, t: int) -> ExperienceOutcome:
         snap = self.ctx.trajectory.snapshot(t)
         main_bytes = state_bytes(snap.main_state)
+        new = len(self.ctx.scenario.experiences[t].cloud)
+        sent = {"data_up": image_bytes(self.ctx, new), "model_down": self.ctx.cfg.clients * main_bytes}
         return ExperienceOutcome(
-            accuracies=_per_experience(snap.test_main.argmax(1), self.ctx, t),
-            costs=_edge_costs(self.ctx, len(snap.test_main)),
-            bytes_sent={
-                "data_up": _image_bytes(self.ctx, len(self.ctx.scenario.experiences[t].cloud)),
-                "model_down": self.ctx.cfg.clients * main_bytes,
-            },
+            accuracies=per_experience(snap.test_main.argmax(1), self.ctx, t),
+            costs=edge_costs(self.ctx, len(snap.test_main)),
+            bytes_sent=sent,
             seconds={"main_training": snap.seconds["main"], "evaluation": snap.seconds["main_outputs"]},
+            extra={"budget": cloud_share_budget(self.ctx, t, sent, trained_cloud=trained_by_cloud(snap, "main"))},
         )
 
 
@@ -197,7 +147,7 @@ def _evaluate_meanet(
         "main_only": accuracy(test_out.main.argmax(1), test_out.labels),
         "cloud_only": accuracy(test_out.cloud.argmax(1), test_out.labels),
     }
-    return _per_experience(routed.labels, ctx, t), costs, policy, time.perf_counter() - t0
+    return per_experience(routed.labels, ctx, t), costs, policy, time.perf_counter() - t0
 
 
 class MEANetStatic(Method):
@@ -218,18 +168,23 @@ class MEANetStatic(Method):
         ctx = self.ctx
         seconds: dict[str, float] = {}
         sent: dict[str, int] = {}
+        counts: dict[str, int] = {}
         if t == 0:
             snap = ctx.trajectory.load_into(0, self.model, self.cloud)
             t0 = time.perf_counter()
-            train_extension(self.model, ctx.scenario.cloud_data(0), stage(ctx.cfg), seed=ctx.seed, progress=False)
+            with count_training_images(self.model.normalize) as ext:
+                train_extension(self.model, ctx.scenario.cloud_data(0), stage(ctx.cfg), seed=ctx.seed, progress=False)
+            new = len(ctx.scenario.experiences[0].cloud)
+            trained = trained_by_cloud(snap, "main", "cloud") + ext.images
+            counts = dict(cloud_new=new, cloud_stored=new, trained_cloud=trained)
             seconds = {
                 "main_training": snap.seconds["main"],
                 "cloud_training": snap.seconds["cloud"],
                 "extension_training": time.perf_counter() - t0,
             }
-            self.cloud_macs = Macs.of(self.model, self.cloud, _NullPolicy()).cloud
+            self.cloud_macs = Macs.of(self.model, self.cloud, NullPolicy()).cloud
             sent = {
-                "data_up": _image_bytes(ctx, len(ctx.scenario.experiences[0].cloud)),
+                "data_up": image_bytes(ctx, len(ctx.scenario.experiences[0].cloud)),
                 "model_down": ctx.cfg.clients * state_bytes(self.model.state_dict()),
             }
             seconds["outputs"] = snap.seconds["main_outputs"] + snap.seconds["cloud_outputs"]
@@ -246,7 +201,7 @@ class MEANetStatic(Method):
             ctx, self.model, self.cloud_macs, t, torch.cat(self.test_main), torch.cat(self.test_cloud), self.policy
         )
         seconds["evaluation"] = eval_s + seconds.pop("outputs", 0.0)
-        return ExperienceOutcome(accs, costs, sent, seconds)
+        return ExperienceOutcome(accs, costs, sent, seconds, {"budget": budget_of(ctx, t, sent, **counts)})
 
 
 class MEANetFL(Method):
@@ -260,10 +215,11 @@ class MEANetFL(Method):
         self.cloud = ctx.trajectory.new_cloud()
         cfg = ctx.cfg
         self.client_models = [ctx.trajectory.new_meanet() for _ in range(cfg.clients)]
+        self.client_edges = [EdgeClassSpace(m) for m in self.client_models]
         self.client_strategies = [
             make_strategy(
                 strategy,
-                EdgeClassSpace(m),
+                edge,
                 lr=cfg.edge_lr,
                 epochs=cfg.epochs,
                 batch_size=cfg.batch_size,
@@ -273,7 +229,7 @@ class MEANetFL(Method):
                 lwf_temperature=cfg.lwf_temperature,
                 mem_size=cfg.replay_mem_size,
             )
-            for i, m in enumerate(self.client_models)
+            for i, edge in enumerate(self.client_edges)
         ]
         self.cloud_macs = 0.0
 
@@ -281,26 +237,34 @@ class MEANetFL(Method):
         ctx, cfg = self.ctx, self.ctx.cfg
         snap = ctx.trajectory.load_into(t, self.model, self.cloud)
         if not self.cloud_macs:
-            self.cloud_macs = Macs.of(self.model, self.cloud, _NullPolicy()).cloud
+            self.cloud_macs = Macs.of(self.model, self.cloud, NullPolicy()).cloud
         seconds = {"main_training": snap.seconds["main"], "cloud_training": snap.seconds["cloud"]}
         t0 = time.perf_counter()
-        train_extension(self.model, ctx.scenario.cloud_data(t), stage(ctx.cfg), seed=ctx.seed + t, progress=False)
+        with count_training_images(self.model.normalize) as ext:
+            train_extension(self.model, ctx.scenario.cloud_data(t), stage(ctx.cfg), seed=ctx.seed + t, progress=False)
         seconds["extension_training"] = time.perf_counter() - t0
         broadcast = {k: v.clone() for k, v in self.model.state_dict().items()}
         updates: list[tuple[dict[str, np.ndarray], float]] = []
         client_seconds = []
-        for i, (model, strategy) in enumerate(zip(self.client_models, self.client_strategies, strict=True)):
+        edge_used = edge_trained = 0
+        clients = zip(self.client_models, self.client_edges, self.client_strategies, strict=True)
+        for i, (model, edge, strategy) in enumerate(clients):
             model.set_hard_classes(snap.hard_classes)
             model.load_state_dict(broadcast)
             model.freeze_main(True)
+            edge.load_extension_rows()  # the broadcast classifier's rows, by class id, into the class-space head
             data = hard_subset(model, ctx.scenario.experiences[t].clients[i])
             if len(data) == 0:
                 continue
             torch.manual_seed(ctx.seed * 1000 + 10 * t + i)
             t1 = time.perf_counter()
+            before = trained_images(strategy)
             with quiet():
                 strategy.train(experience_of(data, t, f"edge-{i}"))
             client_seconds.append(time.perf_counter() - t1)
+            edge_trained += trained_images(strategy) - before
+            edge_used += len(data)
+            edge.store_extension_rows()  # and back, for the upload
             updates.append(({k: v.detach().numpy() for k, v in edge_state(model.state_dict()).items()}, len(data)))
         if updates:
             merged = weighted_average(updates)
@@ -312,50 +276,28 @@ class MEANetFL(Method):
         seconds["evaluation"] = eval_s + snap.seconds["main_outputs"] + snap.seconds["cloud_outputs"]
         edge_bytes = state_bytes(edge_state(broadcast))
         sent = {
-            "data_up": _image_bytes(ctx, len(ctx.scenario.experiences[t].cloud)),
+            "data_up": image_bytes(ctx, len(ctx.scenario.experiences[t].cloud)),
             "model_down": cfg.clients * state_bytes(broadcast),
             "model_up": len(updates) * edge_bytes,
         }
-        extra = {"hard_classes": snap.hard_classes, "clients_trained": len(updates), "client_seconds": client_seconds}
+        exp = ctx.scenario.experiences[t]
+        budget = cloud_share_budget(
+            ctx,
+            t,
+            sent,
+            edge_new=sum(len(c) for c in exp.clients),
+            edge_used=edge_used,
+            edge_stored=sum(replay_memory(s) for s in self.client_strategies),
+            trained_cloud=trained_by_cloud(snap, "main", "cloud") + ext.images,
+            trained_edge=edge_trained,
+        )
+        extra = {
+            "hard_classes": snap.hard_classes,
+            "clients_trained": len(updates),
+            "client_seconds": client_seconds,
+            "budget": budget,
+        }
         return ExperienceOutcome(accs, costs, sent, seconds, extra)
-
-
-class AvalancheBaseline(Method):
-    """``naive`` (Avalanche ``Naive``) or ``joint`` (Avalanche ``Cumulative``) on the backbone classifier."""
-
-    def __init__(self, ctx: Context, kind: str) -> None:
-        super().__init__(ctx)
-        self.name = kind
-        cfg = ctx.cfg
-        self.meanet = ctx.trajectory.new_meanet()
-        self.classifier = MainClassifier(self.meanet)
-        self.strategy = make_strategy(
-            kind, self.classifier, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=ctx.seed
-        )
-
-    def run_experience(self, t: int) -> ExperienceOutcome:
-        ctx = self.ctx
-        exp = ctx.scenario.benchmark.train_stream[t]
-        torch.manual_seed(ctx.seed * 1000 + t)
-        t0 = time.perf_counter()
-        with quiet():
-            self.strategy.train(exp)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.classifier.eval()
-        test = ctx.scenario.test_data(t)
-        labels = predict_logits(self.classifier, test, EVAL_BATCH).argmax(1)
-        eval_s = time.perf_counter() - t0
-        main = {k: v for k, v in self.meanet.state_dict().items() if k.startswith(("main.", "normalize."))}
-        return ExperienceOutcome(
-            accuracies=_per_experience(labels, ctx, t),
-            costs=_edge_costs(ctx, len(test)),
-            bytes_sent={
-                "data_up": _image_bytes(ctx, len(ctx.scenario.experiences[t].train)),
-                "model_down": ctx.cfg.clients * state_bytes(main),
-            },
-            seconds={"training": train_s, "evaluation": eval_s},
-        )
 
 
 def build_method(name: str, ctx: Context) -> Method:
@@ -368,6 +310,8 @@ def build_method(name: str, ctx: Context) -> Method:
         return MEANetStatic(ctx)
     if name in MEANET_FL_METHODS:
         return MEANetFL(ctx, name.removeprefix("meanet-fl-"))
+    if name in FEDAVG_METHODS:
+        return FedAvgWhole(ctx, name.removeprefix("fedavg-"))
     if name in ("naive", "joint"):
         return AvalancheBaseline(ctx, name)
     raise ValueError(f"unknown method {name!r}")

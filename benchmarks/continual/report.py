@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from benchmarks.continual.budget import summarize as summarize_budget
+from benchmarks.continual.metrics import mean_std
 from benchmarks.continual.runner import write_json
 
 COLUMNS = (
@@ -23,6 +25,36 @@ COLUMNS = (
     ("bytes_sent_per_experience", "sent/experience", 1e-6, "{:.2f}", "MB"),
     ("wall_seconds", "wall time", 1.0, "{:.0f}", "s"),
 )
+BUDGET_COLUMNS = (
+    ("trained_edge_images", "edge training", 1.0, "{:,.0f}", "images"),
+    ("trained_cloud_images", "cloud training", 1.0, "{:,.0f}", "images"),
+    ("bytes_up_per_experience", "up/experience", 1e-6, "{:.2f}", "MB"),
+    ("bytes_down_per_experience", "down/experience", 1e-6, "{:.2f}", "MB"),
+)
+UPPER_BOUND = "joint"
+"""Trains centrally on everything seen so far: the upper bound, not a competitor."""
+
+
+def _label(name: str) -> str:
+    return f"{name} (upper bound)" if name == UPPER_BOUND else name
+
+
+def budget_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Each method's budget (``budget.summarize`` of its per-experience budgets), mean ± std over the seeds; the
+    description of the data seen from the first seed. Methods that report no budget are left out."""
+    out: dict[str, Any] = {}
+    for name in results["summary"]:
+        per_seed = []
+        for run in results["runs"].values():
+            experiences = run.get(name, {}).get("experiences", [])
+            budgets = [e["extra"]["budget"] for e in experiences if "budget" in e.get("extra", {})]
+            if budgets and len(budgets) == len(experiences):
+                per_seed.append(summarize_budget(budgets))
+        if per_seed:
+            out[name] = {"data_seen": per_seed[0]["data_seen"]} | {
+                key: mean_std([s[key] for s in per_seed]) for key in per_seed[0] if key != "data_seen"
+            }
+    return out
 
 
 def _cell(stat: dict[str, Any], scale: float, fmt: str, seeds: int) -> str:
@@ -54,7 +86,25 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, stats in summary.items():
         cells = [_cell(stats[key], scale, fmt, seeds) for key, _, scale, fmt, _ in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
+    budgets = results.get("budget") or budget_summary(results)
+    if budgets:
+        lines += [
+            "",
+            "Budget: the labelled data each method sees (share of each experience's training images, and what is "
+            "kept), the images its training processed over the stream (epochs x images, every stage, replayed "
+            "images included; edges summed over clients), and the bytes it moved per experience (up: images and "
+            "model updates sent to the cloud; down: models sent to the edges):",
+            "",
+            "| method | final avg acc (%) | labelled data seen | "
+            + " | ".join(f"{title} ({unit})" for _, title, _, _, unit in BUDGET_COLUMNS)
+            + " |",
+            "|---|---:|---|" + "---:|" * len(BUDGET_COLUMNS),
+        ]
+        for name, b in budgets.items():
+            acc = _cell(summary[name]["final_average_accuracy"], 100.0, "{:.1f}", seeds)
+            cells = [_cell(b[key], scale, fmt, seeds) for key, _, scale, fmt, _ in BUDGET_COLUMNS]
+            lines.append(f"| {_label(name)} | {acc} | {b['data_seen']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Average accuracy (%) over the experiences seen so far, after each experience:",
@@ -64,13 +114,15 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, stats in summary.items():
         curve = stats["average_accuracy_curve"]["mean"]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in curve) + " |")
+        lines.append(f"| {_label(name)} | " + " | ".join(f"{100 * v:.1f}" for v in curve) + " |")
     lines += [
         "",
         "Forgetting and BWT as Avalanche defines them (StreamForgetting / StreamBWT after the last experience); "
         "wall time: the stages each method runs or relies on (shared cloud training counted for every method "
         "that uses it; edge clients counted as running in parallel); sent/experience: training data uploaded to "
-        "the cloud plus models broadcast and uploaded; sent/inference: offloaded images.",
+        "the cloud plus models broadcast and uploaded; sent/inference: offloaded images. MEANet-FL, FedAvg and the "
+        "cloud-trained methods share the cloud's data and stores; naive and joint are centralised (every image "
+        "uploaded); joint retrains on everything seen so far and is the upper bound, not a competitor.",
         "",
     ]
     return "\n".join(lines)
@@ -131,6 +183,7 @@ def _save(fig: Any, path: Path) -> Path:
 def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> list[Path]:
     """Write ``results.json``, ``results.md`` and (``plots``) the two PNGs into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    results["budget"] = budget_summary(results)
     write_json(results, out / "results.json")
     (out / "results.md").write_text(markdown(results))
     paths = [out / "results.json", out / "results.md"]

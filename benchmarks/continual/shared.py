@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.continual.budget import count_training_images
 from benchmarks.continual.config import BenchConfig
 from benchmarks.continual.scenarios import Scenario
 from meanet_core.checkpoint import FORMAT, atomic_save, safe_load
@@ -92,7 +93,8 @@ class CloudTrajectory:
         path = self._path(t)
         if path is not None and path.is_file():
             saved = safe_load(path)
-            if saved.get("extra", {}).get("fingerprint") == self.cfg.fingerprint():
+            extra = saved.get("extra", {})
+            if extra.get("fingerprint") == self.cfg.fingerprint() and "trained_images" in extra:
                 saved.pop("format")
                 self._snapshots[t] = Snapshot(**saved)
                 return self._snapshots[t]
@@ -112,10 +114,12 @@ class CloudTrajectory:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         kw: dict[str, Any] = dict(seed=self.seed * 1000 + t, progress=self.progress, channels_last=True)
-        train_main(model, data, stage(cfg), **kw)
+        with count_training_images(model.normalize) as main_images:
+            train_main(model, data, stage(cfg), **kw)
         seconds["main"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        train_cloud(cloud, data, stage(cfg), **kw)
+        with count_training_images(cloud.normalize) as cloud_images:
+            train_cloud(cloud, data, stage(cfg), **kw)
         seconds["cloud"] = time.perf_counter() - t0
         model.eval()
         cloud.eval()
@@ -148,7 +152,11 @@ class CloudTrajectory:
             val_cloud=val_cloud,
             test_main=test_main,
             test_cloud=test_cloud,
-            extra={"fingerprint": self.cfg.fingerprint(), "seed": self.seed},
+            extra={
+                "fingerprint": self.cfg.fingerprint(),
+                "seed": self.seed,
+                "trained_images": {"main": main_images.images, "cloud": cloud_images.images},  # epochs x images
+            },
         )
 
     def load_into(self, t: int, model: MEANet | None = None, cloud: CloudModel | None = None) -> Snapshot:

@@ -1,0 +1,122 @@
+"""What every method of the continual benchmark shares: its context, what it reports per experience, and the
+helpers that count accuracy, bytes and budgets the same way for all of them."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from benchmarks.continual.budget import Budget
+from benchmarks.continual.config import BenchConfig
+from benchmarks.continual.metrics import accuracy
+from benchmarks.continual.scenarios import Scenario
+from benchmarks.continual.shared import CloudTrajectory, Macs, Snapshot, cost_summary
+from meanet_core.engine import EXIT_MAIN
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return int(sum(v.numel() * v.element_size() for v in state.values()))
+
+
+@dataclass
+class ExperienceOutcome:
+    """What a method reports after experience ``t``."""
+
+    accuracies: list[float]  # accuracy on the test images of experiences 0..t
+    costs: dict[str, Any]  # cost_summary over the test images of experiences 0..t
+    bytes_sent: dict[str, int]  # training-time traffic of this experience
+    seconds: dict[str, float]  # wall time of the stages this method ran or relied on
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    cfg: BenchConfig
+    scenario: Scenario
+    seed: int
+    trajectory: CloudTrajectory
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Swallow the warnings Avalanche 0.6 raises about its own internals during training (its ``deprecated``
+    decorator forces them on; EWC's ``ParamData.expand`` indexes with a list), so progress bars stay readable."""
+    with warnings.catch_warnings(record=True):
+        yield
+
+
+def per_experience(labels: torch.Tensor, ctx: Context, t: int) -> list[float]:
+    test, offsets = ctx.scenario.test_data(t), ctx.scenario.test_offsets(t)
+    return [accuracy(labels[a:b], test.y[a:b]) for a, b in itertools.pairwise(offsets)]
+
+
+def image_bytes(ctx: Context, n: int) -> int:
+    x = ctx.scenario.experiences[0].train.x
+    return int(n * x[0].numel() * x.element_size())
+
+
+def cloud_stored(ctx: Context, t: int) -> int:
+    """Labelled images the cloud holds after experience ``t`` (its share of every experience so far)."""
+    return sum(len(e.cloud) for e in ctx.scenario.experiences[: t + 1])
+
+
+def budget_of(ctx: Context, t: int, sent: dict[str, int], **counts: int) -> dict[str, int]:
+    """The ``Budget`` of experience ``t`` as a JSON-ready dict (traffic from ``sent``)."""
+    up, down = Budget.traffic(sent)
+    return Budget(len(ctx.scenario.experiences[t].train), bytes_up=up, bytes_down=down, **counts).as_dict()
+
+
+def cloud_share_budget(ctx: Context, t: int, sent: dict[str, int], **counts: int) -> dict[str, int]:
+    """``budget_of`` for a method whose cloud receives its ``cloud_share`` of experience ``t`` and keeps it with the
+    earlier ones (``cloud_new`` and ``cloud_stored`` filled in)."""
+    new = len(ctx.scenario.experiences[t].cloud)
+    return budget_of(ctx, t, sent, cloud_new=new, cloud_stored=cloud_stored(ctx, t), **counts)
+
+
+def trained_by_cloud(snap: Snapshot, *stages: str) -> int:
+    """Images the shared cloud trajectory's ``stages`` ("main", "cloud") trained on for snapshot ``snap``."""
+    return int(sum(snap.extra["trained_images"][s] for s in stages))
+
+
+class Method:
+    """A continual-learning method; subclasses implement ``run_experience``."""
+
+    name = "method"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def run_experience(self, t: int) -> ExperienceOutcome:
+        raise NotImplementedError
+
+
+class NullPolicy:
+    """A policy that keeps everything at the main exit (only used to count MACs)."""
+
+    name = "none"
+
+    def after_main(self, main_probs: torch.Tensor, top1_hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.zeros(main_probs.shape[0], dtype=torch.bool)
+        return z, z
+
+    def after_extension(self, ext_probs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(ext_probs.shape[0], dtype=torch.bool)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name}
+
+
+def edge_costs(ctx: Context, n: int) -> dict[str, Any]:
+    meanet = ctx.trajectory.new_meanet()
+    macs = Macs.of(meanet, None, NullPolicy())
+    return cost_summary(
+        torch.full((n,), EXIT_MAIN, dtype=torch.int8),
+        torch.zeros(n, dtype=torch.bool),
+        Macs(macs.main, 0.0, 0.0, macs.image_bytes),
+    )
