@@ -1,12 +1,12 @@
 """The cloud side of MEANet-FL: for each experience of the stream, train, split, broadcast, federate, evaluate.
 
 For experience ``e``:
-0. with ``main-rounds`` > 0, *main rounds*: the edges train the main block on their own images of the experience
+1. the cloud trains the main block on all the data it has received so far;
+2. with ``main-rounds`` > 0, *main rounds*: the edges train the main block on their own images of the experience
    (distilling the classes seen before from the block they received), and the strategy checks and aggregates the
-   ``main.*`` updates with the main rounds' rule, so the edges' data reaches the main block;
-1. the cloud trains the main block (after the main rounds: goes on from their result), the edge blocks (a starting
-   point for the edges) and the cloud model on all the data it has received so far;
-2. it re-estimates the hard classes on its validation data of the classes seen so far;
+   ``main.*`` updates with the main rounds' rule, so the edges' data reaches the main block; then the cloud
+   re-estimates the hard classes on its validation data of the classes seen so far (on the main block as it now is),
+   and trains the edge blocks (a starting point for the edges) and the cloud model on all it has received;
 3. it broadcasts the MEANet (main block + edge blocks) and the hard-class set, and runs the strategy's rounds of edge
    fine-tuning (only adaptive + extension come back, and are aggregated); the signed round count of the experience
    goes on after its main rounds;
@@ -99,7 +99,7 @@ class CloudServer:
         self.report: dict[str, Any] = {"config": cfg.as_run_config(), "experiences": [], "rounds": []}
         self.state_path = self.out / "state.pt"
         self.serving_path = self.out / SERVING_FILE
-        self.position: dict[str, Any] = {"experience": 0, "phase": "main-federation", "round": 0}
+        self.position: dict[str, Any] = {"experience": 0, "phase": "cloud-training", "round": 0}
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
@@ -206,14 +206,47 @@ class CloudServer:
         return {keys.POLICY: policy.name}
 
     # ------------------------------------------------------------------------------------------ stages
-    def _cloud_training(self, e: int) -> None:
+    def _main_val_accuracy(self, e: int) -> float:
+        """The main block's accuracy on the cloud's validation images of the classes seen so far."""
+        self.model.eval()
+        val = self.stream[e].val
+        pred = predict_logits(lambda x: self.model.forward_main(x).logits, val).argmax(1)
+        return float((pred == val.y).float().mean()) if len(val) else 0.0
+
+    def _cloud_main(self, e: int) -> None:
+        """The cloud trains the main block on everything it holds (a start for the main rounds, and the old classes'
+        images back in play in a class-incremental stream)."""
         cfg, exp = self.cfg, self.stream[e]
         data = concat([self.stream[i].cloud for i in range(e + 1)])  # the cloud keeps everything it has seen
-        stage = cfg.stage(cfg.cloud_epochs)
         t0 = time.perf_counter()
         self.say(f"experience {e}: training the main block on {len(data)} images ({cfg.cloud_epochs} epochs)")
-        train_main(self.model, data, stage, seed=cfg.seed + e, progress=False, channels_last=True)
+        train_main(self.model, data, cfg.stage(cfg.cloud_epochs), seed=cfg.seed + e, progress=False, channels_last=True)
         seconds = {"main": time.perf_counter() - t0}
+        self.report["experiences"].append(
+            {
+                "experience": e,
+                "new_classes": list(exp.classes),
+                "seen_classes": len(exp.seen_classes),
+                "cloud_images": len(data),
+                "edge_images": [len(p) for p in exp.edge],
+                "cloud_training_seconds": seconds["main"],
+                "cloud_training_stage_seconds": seconds,
+                # the main block on the cloud's validation images of the seen classes, after each stage
+                "main_val_accuracy": {"after_cloud": self._main_val_accuracy(e)},
+            }
+        )
+
+    def _cloud_split(self, e: int) -> None:
+        """After the main rounds: the hard classes of the main block as it now is, a start for the edge blocks, and
+        the cloud model, on everything the cloud holds."""
+        cfg, exp = self.cfg, self.stream[e]
+        entry = self.report["experiences"][e]
+        if cfg.main_rounds:
+            entry["main_val_accuracy"]["after_main_rounds"] = self._main_val_accuracy(e)
+        data = concat([self.stream[i].cloud for i in range(e + 1)])
+        stage = cfg.stage(cfg.cloud_epochs)
+        t0 = time.perf_counter()
+        seconds: dict[str, float] = {}
         self.model.eval()
         val_pred = predict_logits(lambda x: self.model.forward_main(x).logits, exp.val).argmax(1).numpy()
         hard = select_hard_classes(
@@ -233,18 +266,9 @@ class CloudServer:
         train_cloud(self.cloud, data, stage, seed=cfg.seed + e, progress=False, channels_last=True)
         seconds["cloud_model"] = time.perf_counter() - t0 - sum(seconds.values())
         self.say(f"experience {e}: cloud trained on {len(data)} images in {time.perf_counter() - t0:.0f}s; hard {hard}")
-        self.report["experiences"].append(
-            {
-                "experience": e,
-                "new_classes": list(exp.classes),
-                "seen_classes": len(exp.seen_classes),
-                "cloud_images": len(data),
-                "edge_images": [len(p) for p in exp.edge],
-                "hard_classes": hard,
-                "cloud_training_seconds": time.perf_counter() - t0,
-                "cloud_training_stage_seconds": seconds,
-            }
-        )
+        entry["hard_classes"] = hard
+        entry["cloud_training_seconds"] += time.perf_counter() - t0
+        entry["cloud_training_stage_seconds"].update(seconds)
 
     def _federate_main(self, e: int, start_round: int, grid: Grid) -> None:
         """Main rounds: the edges train the main block on their own images; the strategy aggregates ``main.*``."""
@@ -403,20 +427,23 @@ class CloudServer:
         self._resume()
         t0 = time.perf_counter()
         for e in range(self.position["experience"], self.cfg.experiences):
-            phase = self.position["phase"] if e == self.position["experience"] else "main-federation"
+            phase = self.position["phase"] if e == self.position["experience"] else "cloud-training"
+            if phase == "cloud-training":
+                self._cloud_main(e)
+                self.position = {"experience": e, "phase": "main-federation", "round": 0}
+                self._save()
+                phase = "main-federation"
             if phase == "main-federation":
                 if self.position["round"] < self.cfg.main_rounds:
                     self._federate_main(e, self.position["round"], grid)
-                phase = "cloud-training"
-            if phase == "cloud-training":
-                self._cloud_training(e)
+                self._cloud_split(e)
                 self._publish_cloud(e)
                 self.position = {"experience": e, "phase": "federation", "round": 0}
                 self._save()
             if self.position["round"] < self.cfg.rounds_per_experience:
                 self._federate(e, self.position["round"], grid)
             self._evaluate(e)
-            self.position = {"experience": e + 1, "phase": "main-federation", "round": 0}
+            self.position = {"experience": e + 1, "phase": "cloud-training", "round": 0}
             self._save()
             write_report(self.report, self.out)
         self.report["wall_seconds"] = self.report.get("wall_seconds", 0.0) + time.perf_counter() - t0

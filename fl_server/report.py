@@ -97,20 +97,33 @@ def markdown_summary(report: dict[str, Any]) -> str:
             f"| {ex['cloud']['fraction']:.3f} |"
         )
     edge_seen = (
-        f"the edges' images of each experience in {main_rounds} main round(s) (their own data, "
-        f"{config.get('local-epochs', 1)} local epoch(s) each), then "
+        f", then on the edges' images of the experience in {main_rounds} main round(s) (their own data, "
+        f"{config.get('local-epochs', 1)} local epoch(s) each)"
         if main_rounds
         else ""
     )
     lines += [
         "",
         "Accuracy on the test images of the classes seen so far (chance = 1 / seen classes). *main only*: the main "
-        f"block, trained on {edge_seen}the cloud images ({config.get('cloud-epochs', 1)} epoch(s) over everything the "
-        "cloud holds). *edge (main + ext)*: the main block, and the extension for the hard classes, never offloading "
-        "(the extension trained on the hard-class images of the cloud, then of the edges). *cloud only*: the cloud "
-        f"model ({config.get('cloud-model', '?')}) on every input, trained on the cloud images only. *MEANet + cloud*: "
-        "the adaptive engine, offloading the inputs the edge is not confident on (exit cloud).",
+        f"block, trained on the cloud images ({config.get('cloud-epochs', 1)} epoch(s) over everything the cloud "
+        f"holds){edge_seen}. *edge (main + ext)*: the main block, and the extension for the hard classes, never "
+        "offloading (the extension trained on the hard-class images of the cloud, then of the edges). *cloud only*: "
+        f"the cloud model ({config.get('cloud-model', '?')}) on every input, trained on the cloud images only. "
+        "*MEANet + cloud*: the adaptive engine, offloading the inputs the edge is not confident on (exit cloud).",
     ]
+    staged = [x for x in report["experiences"] if "after_main_rounds" in x.get("main_val_accuracy", {})]
+    if staged:
+        lines += [
+            "",
+            "| experience | main block on validation: after the cloud's training | after the main rounds | gain |",
+            "|---:|---:|---:|---:|",
+        ]
+        for x in staged:
+            acc = x["main_val_accuracy"]
+            lines.append(
+                f"| {x['experience']} | {acc['after_cloud']:.4f} | {acc['after_main_rounds']:.4f} "
+                f"| {acc['after_main_rounds'] - acc['after_cloud']:+.4f} |"
+            )
     lines += [
         "",
         "| experience | phase | round | wall s | local training s | overhead s | aggregation s | client evaluation s "

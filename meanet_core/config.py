@@ -175,7 +175,7 @@ class FederationConfig:
     rounds_per_experience: int = 2
     main_rounds: int = 0  # per experience, before the cloud's training: rounds where the edges train the main block
     main_distill: float = 1.0  # main rounds: LwF weight on the classes seen before (0 = plain fine-tuning)
-    main_aggregation: str = ""  # main rounds' rule; "" = aggregation's
+    main_aggregation: str = "median"  # main rounds' rule; "" = aggregation's (docs/results.md: main rounds)
     evaluate_every: int = 0  # edges evaluate every N rounds and after each experience's last round; 0 = last only
     local_epochs: int = 1
     cloud_epochs: int = 1

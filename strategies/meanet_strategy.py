@@ -448,7 +448,7 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
                 server_round,
                 "off" if bound is None else f"{bound:.4g}",
                 "off" if relative is None else f"{self.norm_bound_factor:g} x the median ratio",
-                "none" if self.max_norm_ratio is None else f"{self.max_norm_ratio:g}",
+                "none" if ceiling is None else f"{ceiling:g}",
                 ", ".join(f"{x:.3g}" for x in ratios),
             )
         kept: list[tuple[Message, Reply]] = []

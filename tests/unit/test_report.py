@@ -13,7 +13,7 @@ def _report() -> dict:
     ref = {"main_only": 0.4, "edge_main_plus_extension": 0.42, "cloud_only": 0.5, "meanet_with_cloud": 0.45}
     experience = {
         "experience": 0, "seen_classes": 50, "cloud_images": 7000, "edge_images": [6000, 5000, 4000],
-        "cloud_training_seconds": 91.0,
+        "cloud_training_seconds": 91.0, "main_val_accuracy": {"after_cloud": 0.125, "after_main_rounds": 0.25},
     }  # fmt: skip
     round_ = {
         "experience": 0, "round": 1, "wall_seconds": 30.0, "local_training_seconds": 6.0, "aggregation_seconds": 0.04,
@@ -39,8 +39,9 @@ def _report() -> dict:
 def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> None:
     text = markdown_summary(_report())
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    # three headers, one evaluated experience, three rounds, two kinds of round
-    assert len(rows) == 3 + 1 + 3 + 2
+    # four headers, one evaluated experience, two experiences past their main rounds, three rounds, two kinds of round
+    assert len(rows) == 4 + 1 + 2 + 3 + 2
+    assert "| 0 | 0.1250 | 0.2500 | +0.1250 |" in rows  # what the edges' images added to the main block
     # chance 1/50; the edges' images beside the cloud's
     assert "| 0 | 50 | 0.0200 | 7000 | 15000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
     # wall 30 = training phase 18 (local 6 + overhead 12) + aggregation 0.04 + client evaluation 11.96
@@ -52,7 +53,7 @@ def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> No
     assert "| main (edges train the main block) | 1 | 1,875,405 | 300,000 |" in rows
     assert "| edge (adaptive + extension) | 2 | 3,750,810 | 1,467,968 |" in rows
     # what each column saw
-    assert "the edges' images of each experience in 1 main round(s)" in text and "resnet56_cifar" in text
+    assert "the edges' images of the experience in 1 main round(s)" in text and "resnet56_cifar" in text
     assert "Whole run: 600 s." in text
 
 
