@@ -539,15 +539,26 @@ def bench_continual(
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
     progress: bool = typer.Option(True, help="progress bars"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
+    quick: bool = typer.Option(
+        False, "--quick", help="a tenth of the images (--limit-train 5000 --limit-test 100 unless given): ~10 min"
+    ),
 ) -> None:
     """Run continual-learning methods on one scenario, side by side; write a JSON, a markdown table and plots."""
     import torch
 
-    from benchmarks.continual.config import METHODS, BenchConfig, BenchConfigError
+    from benchmarks.continual.config import METHODS, QUICK, BenchConfig, BenchConfigError
     from benchmarks.continual.runner import run_benchmark
 
     if threads:
         torch.set_num_threads(threads)
+    if quick:
+        limit_train = QUICK["limit_train"] if limit_train is None else limit_train
+        limit_test = QUICK["limit_test"] if limit_test is None else limit_test
+        typer.echo(
+            f"quick mode: --limit-train {limit_train} --limit-test {limit_test} (a seeded subset of the images, the "
+            "same stream, methods and schedule): a check that every method runs and a first look in about 10 "
+            "minutes on 2 cores, not the numbers of the full benchmark (drop --quick for those)"
+        )
     names = list(METHODS) if methods.strip() == "all" else _csv(methods, "methods")
     try:
         seed_list = tuple(int(s) for s in _csv(seeds, "seeds"))

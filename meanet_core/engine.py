@@ -5,6 +5,11 @@ samples the policy routes there, and sends only the complex samples (as uint8 im
 prediction carries its exit, the MACs it executed on the edge and in the cloud, the bytes it sent, its edge energy,
 an estimated latency and the confidence (max softmax) of the last edge exit it ran.
 
+Costs are computed in one place, ``priced``: from each sample's route (exit, whether it ran the extension, whether
+the cloud computed it and the image was sent) and the ``BlockCosts`` of the blocks. ``predict``,
+``predict_all_branches`` and ``predictions_from_outputs`` (the same routes from outputs already computed, for
+evaluations, sweeps and benchmarks) all go through it, and ``meanet_core.evaluation.summarize`` summarises them.
+
 ``optimize=True`` (on ``AdaptiveEngine`` and ``LocalCloud``) runs an inference copy of the model from
 :func:`meanet_core.fastpath.optimize_for_inference`: BatchNorm folded into the convolutions and channels-last weights;
 inputs are converted to channels-last whenever the model's weights are (whether optimised here or not).
@@ -12,7 +17,7 @@ inputs are converted to channels-last whenever the model's weights are (whether 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -176,6 +181,12 @@ class AdaptiveEngine:
     def _extension(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.model.forward_extension(x, features)
 
+    @property
+    def blocks(self) -> BlockCosts:
+        """What one image costs in each block of this engine (the cloud's MACs as its backend reports them)."""
+        cloud_macs = int(self.cloud.macs_per_image) if self.cloud is not None else 0
+        return BlockCosts(int(self.main_macs), int(self.extension_macs), cloud_macs, int(self.image_bytes))
+
     def predict(self, images: torch.Tensor) -> Predictions:
         """Route a batch: uint8 (B, 3, H, W) or float in [0, 1]."""
         check_images(images, self.model.input_size)
@@ -188,7 +199,6 @@ class AdaptiveEngine:
         to_cloud, to_ext = (m.cpu() for m in self.policy.after_main(probs, top1_hard))
         labels, confidence = labels.cpu(), confidence.float().cpu()
         exits = torch.full((n,), EXIT_MAIN, dtype=torch.int8)
-        edge_macs = torch.full((n,), self.main_macs, dtype=torch.int64)
 
         ext_idx = to_ext.nonzero().flatten()
         if ext_idx.numel():
@@ -198,14 +208,12 @@ class AdaptiveEngine:
             labels[ext_idx] = self.model.hard_classes[ext_pos].cpu()
             confidence[ext_idx] = ext_conf.float().cpu()
             exits[ext_idx] = EXIT_EXTENSION
-            edge_macs[ext_idx] += self.extension_macs
             to_cloud[ext_idx] |= self.policy.after_extension(ext_probs).cpu()
         if self.cloud is None:
             to_cloud[:] = False
 
         cloud_idx = to_cloud.nonzero().flatten()
-        cloud_macs = torch.zeros(n, dtype=torch.int64)
-        bytes_sent = torch.zeros(n, dtype=torch.int64)
+        sent = torch.zeros(n, dtype=torch.bool)
         fallback = torch.zeros(n, dtype=torch.bool)
         if cloud_idx.numel() and self.cloud is not None:
             reply = self.cloud.classify(to_uint8(images[cloud_idx.to(images.device)]))
@@ -213,32 +221,19 @@ class AdaptiveEngine:
             answered = cloud_idx[ok]
             labels[answered] = reply.labels.cpu()[ok]
             exits[answered] = EXIT_CLOUD
-            cloud_macs[answered] = self.cloud.macs_per_image
-            sent = reply.sent.to(torch.bool).cpu() if reply.sent is not None else torch.ones_like(ok)
-            bytes_sent[cloud_idx[sent]] = self.image_bytes
+            went = reply.sent.to(torch.bool).cpu() if reply.sent is not None else torch.ones_like(ok)
+            sent[cloud_idx[went]] = True
             fallback[cloud_idx[~ok]] = True
-        return self._finish(labels, exits, edge_macs, cloud_macs, bytes_sent, fallback, confidence)
-
-    def _finish(
-        self,
-        labels: torch.Tensor,
-        exits: torch.Tensor,
-        edge_macs: torch.Tensor,
-        cloud_macs: torch.Tensor,
-        bytes_sent: torch.Tensor,
-        fallback: torch.Tensor,
-        confidence: torch.Tensor,
-    ) -> Predictions:
-        bytes_f = bytes_sent.double()
-        energy = edge_macs.double() * self.cost.joules_per_mac + self.cost.transmission_energy(bytes_f)
-        latency = torch.zeros_like(energy)
-        if self.latency is not None:
-            lat = self.latency
-            latency += lat.main_s
-            latency += (edge_macs > self.main_macs).double() * lat.extension_s
-            latency += self.cost.uplink_seconds(bytes_f) + (cloud_macs > 0).double() * lat.cloud_s
-        return Predictions(
-            labels.cpu(), exits, edge_macs, cloud_macs, bytes_sent, energy, latency, fallback, confidence.cpu()
+        return priced(
+            labels,
+            exits,
+            to_ext,
+            self.blocks,
+            self.cost,
+            self.latency,
+            confidence=confidence,
+            sent=sent,
+            fallback=fallback,
         )
 
     def predictions_from_outputs(
@@ -247,14 +242,9 @@ class AdaptiveEngine:
         """What ``predict`` returns, from outputs of every branch already computed (an evaluation that needs those
         outputs anyway for reference accuracies need not run the engine a second time). Costs count each sample's
         route only, as ``predict`` does; the local cloud always answers (no fallbacks)."""
-        cloud_labels = cloud_logits.argmax(dim=1) if cloud_logits is not None and self.cloud is not None else None
-        routed = route_outputs(self.model, self.policy, main_logits, ext_logits, cloud_labels)
-        offloaded = routed.exit == EXIT_CLOUD
-        edge = self.main_macs + routed.ran_extension.to(torch.int64) * self.extension_macs
-        cloud_macs = offloaded.to(torch.int64) * (self.cloud.macs_per_image if self.cloud is not None else 0)
-        sent = offloaded.to(torch.int64) * self.image_bytes
-        return self._finish(
-            routed.labels, routed.exit, edge, cloud_macs, sent, torch.zeros_like(offloaded), routed.confidence
+        cloud = cloud_logits if self.cloud is not None else None
+        return predictions_from_outputs(
+            self.model, self.policy, self.blocks, main_logits, ext_logits, cloud, self.cost, self.latency
         )
 
     @torch.inference_mode()
@@ -269,11 +259,98 @@ class AdaptiveEngine:
         logits, ext_logits = self.model(x)
         cloud_labels = cloud.logits(images).argmax(dim=1) if cloud is not None else None
         routed = route_outputs(self.model, self.policy, logits, ext_logits, cloud_labels)
-        edge = torch.full((n,), self.main_macs + self.extension_macs, dtype=torch.int64)
-        cloud_m = torch.full((n,), cloud.macs_per_image if cloud is not None else 0, dtype=torch.int64)
-        sent = torch.full((n,), self.image_bytes if cloud is not None else 0, dtype=torch.int64)
-        fallback = torch.zeros(n, dtype=torch.bool)
-        return self._finish(routed.labels, routed.exit, edge, cloud_m, sent, fallback, routed.confidence)
+        blocks = replace(self.blocks, cloud_macs=int(cloud.macs_per_image) if cloud is not None else 0)
+        everywhere = torch.full((n,), cloud is not None, dtype=torch.bool)
+        return priced(
+            routed.labels,
+            routed.exit,
+            torch.ones(n, dtype=torch.bool),
+            blocks,
+            self.cost,
+            self.latency,
+            confidence=routed.confidence,
+            ran_cloud=everywhere,
+            sent=everywhere,
+        )
+
+
+@dataclass(frozen=True)
+class BlockCosts:
+    """What one image costs in each block: MACs of the main block, of adaptive + extension and of the cloud model,
+    and the bytes of one offloaded image. ``main_macs=0`` describes a device that runs nothing (cloud-only)."""
+
+    main_macs: int
+    extension_macs: int
+    cloud_macs: int
+    image_bytes: int
+
+
+def priced(
+    labels: torch.Tensor,
+    exits: torch.Tensor,
+    ran_extension: torch.Tensor,
+    blocks: BlockCosts,
+    cost: CostConfig | None = None,
+    latency: RouteLatency | None = None,
+    *,
+    confidence: torch.Tensor | None = None,
+    ran_cloud: torch.Tensor | None = None,
+    sent: torch.Tensor | None = None,
+    fallback: torch.Tensor | None = None,
+) -> Predictions:
+    """Predictions with the cost of each sample's route: the one place where routes become MACs, bytes, energy and
+    latency (the engine, its offline twin ``predictions_from_outputs``, the sweeps and the benchmarks all go here).
+
+    Every sample ran the main block (when ``blocks.main_macs`` > 0); ``ran_extension`` marks those that also ran
+    adaptive + extension. ``ran_cloud`` (default: the cloud exits) marks those the cloud model computed, ``sent``
+    (default: ``ran_cloud``) those whose image left the device, ``fallback`` those offloaded that the cloud did not
+    answer. ``confidence`` defaults to NaN (unknown).
+    """
+    n = int(labels.numel())
+    cost = cost or CostConfig()
+    ran_extension = ran_extension.to(torch.bool).cpu()
+    ran_cloud = (exits == EXIT_CLOUD) if ran_cloud is None else ran_cloud.to(torch.bool).cpu()
+    sent = ran_cloud if sent is None else sent.to(torch.bool).cpu()
+    edge_macs = blocks.main_macs + ran_extension.to(torch.int64) * blocks.extension_macs
+    cloud_macs = ran_cloud.to(torch.int64) * blocks.cloud_macs
+    bytes_sent = sent.to(torch.int64) * blocks.image_bytes
+    bytes_f = bytes_sent.double()
+    energy = edge_macs.double() * cost.joules_per_mac + cost.transmission_energy(bytes_f)
+    seconds = torch.zeros(n, dtype=torch.float64)
+    if latency is not None:
+        seconds += latency.main_s if blocks.main_macs else 0.0
+        seconds += ran_extension.double() * latency.extension_s
+        seconds += cost.uplink_seconds(bytes_f) + ran_cloud.double() * latency.cloud_s
+    return Predictions(
+        labels=labels.cpu(),
+        exit=exits.to(torch.int8).cpu(),
+        edge_macs=edge_macs,
+        cloud_macs=cloud_macs,
+        bytes_sent=bytes_sent,
+        energy_joule=energy,
+        latency_s=seconds,
+        fallback=torch.zeros(n, dtype=torch.bool) if fallback is None else fallback.to(torch.bool).cpu(),
+        edge_confidence=(torch.full((n,), float("nan")) if confidence is None else confidence.float().cpu()),
+    )
+
+
+def predictions_from_outputs(
+    model: MEANet,
+    policy: Policy,
+    blocks: BlockCosts,
+    main_logits: torch.Tensor,
+    ext_logits: torch.Tensor,
+    cloud_logits: torch.Tensor | None,
+    cost: CostConfig | None = None,
+    latency: RouteLatency | None = None,
+) -> Predictions:
+    """What ``AdaptiveEngine.predict`` returns, from outputs of every branch already computed: ``policy`` routes the
+    samples (``route_outputs``), ``priced`` counts each sample's route only. Without ``cloud_logits`` nothing is
+    offloaded; with them the cloud always answers (no fallbacks). ``ext_logits`` is read only where the policy
+    sends a sample to the extension."""
+    cloud_labels = cloud_logits.argmax(dim=1) if cloud_logits is not None else None
+    routed = route_outputs(model, policy, main_logits, ext_logits, cloud_labels)
+    return priced(routed.labels, routed.exit, routed.ran_extension, blocks, cost, latency, confidence=routed.confidence)
 
 
 @dataclass(frozen=True)

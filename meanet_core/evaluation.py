@@ -16,14 +16,13 @@ import torch
 from meanet_core.cost import CostConfig
 from meanet_core.data import ImageTensors, TensorBatches
 from meanet_core.engine import (
-    EXIT_CLOUD,
-    EXIT_EXTENSION,
     EXIT_NAMES,
     AdaptiveEngine,
     LocalCloud,
     Predictions,
     input_memory_format,
     measure_route_latency,
+    predictions_from_outputs,
     route_outputs,
 )
 from meanet_core.fastpath import optimize_for_inference
@@ -97,7 +96,11 @@ def fit_calibrated(
 
 
 def summarize(pred: Predictions, labels: torch.Tensor | None) -> dict[str, Any]:
-    """Accuracy, exits, MACs, bytes and energy of a set of predictions (accuracies None when ``labels`` is)."""
+    """Accuracy, exits, MACs, bytes and energy of a set of predictions (accuracies None when ``labels`` is).
+
+    The one summary of costs in the repository: the CLI's evaluation, the federation's edge and cloud evaluations
+    and the continual benchmark read their numbers here, from ``Predictions`` priced by ``engine.priced``.
+    """
     correct = pred.labels == labels if labels is not None else None
     n = len(pred)
     exits = {}
@@ -140,22 +143,21 @@ def sweep(
     engine: AdaptiveEngine,
     policies: list[Policy],
 ) -> list[dict[str, Any]]:
-    """Accuracy, cloud fraction and energy per image for each policy, from precomputed outputs."""
-    cost = engine.cost
-    cloud_labels = outputs.cloud.argmax(1)
+    """Accuracy, cloud fraction and energy per image for each policy, from precomputed outputs (each policy's
+    routes priced by ``predictions_from_outputs`` and summarised by ``summarize``, as the engine's own)."""
     points = []
     for policy in policies:
-        routed = route_outputs(model, policy, outputs.main, outputs.extension, cloud_labels)
-        offloaded = (routed.exit == EXIT_CLOUD).double()
-        macs = engine.main_macs + routed.ran_extension.double() * engine.extension_macs
-        energy = macs * cost.joules_per_mac + offloaded * float(cost.transmission_energy(float(engine.image_bytes)))
+        pred = predictions_from_outputs(
+            model, policy, engine.blocks, outputs.main, outputs.extension, outputs.cloud, engine.cost
+        )
+        summary = summarize(pred, outputs.labels)
         points.append(
             {
                 **{k: v for k, v in policy.as_dict().items() if k != "name"},
-                "accuracy": float((routed.labels == outputs.labels).float().mean()),
-                "cloud_fraction": float(offloaded.mean()),
-                "extension_fraction": float((routed.exit == EXIT_EXTENSION).double().mean()),
-                "energy_per_image_joule": float(energy.mean()),
+                "accuracy": summary["accuracy"],
+                "cloud_fraction": summary["exits"]["cloud"]["fraction"],
+                "extension_fraction": summary["exits"]["extension"]["fraction"],
+                "energy_per_image_joule": summary["energy_per_image_joule"],
             }
         )
     return points

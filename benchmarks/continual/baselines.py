@@ -22,9 +22,9 @@ from benchmarks.continual.common import (
     state_bytes,
 )
 from benchmarks.continual.edge import MainClassifier, experience_of, make_strategy, replay_memory, trained_images
-from benchmarks.continual.shared import EVAL_BATCH, stage
+from benchmarks.continual.shared import main_block_logits, stage
 from meanet_core.broadcast import main_state
-from meanet_core.training import predict_logits, train_main
+from meanet_core.training import train_main
 from strategies.aggregation import weighted_average
 
 
@@ -52,9 +52,8 @@ class AvalancheBaseline(Method):
         train_s = time.perf_counter() - t0
         trained = trained_images(self.strategy) - before
         t0 = time.perf_counter()
-        self.classifier.eval()
         test = ctx.scenario.test_data(t)
-        labels = predict_logits(self.classifier, test, EVAL_BATCH).argmax(1)
+        labels = main_block_logits(self.meanet, test)[0].argmax(1)
         eval_s = time.perf_counter() - t0
         main = {k: v for k, v in self.meanet.state_dict().items() if k.startswith(("main.", "normalize."))}
         new = len(ctx.scenario.experiences[t].train)
@@ -142,9 +141,8 @@ class FedAvgWhole(Method):
             self.model.load_state_dict({k: torch.from_numpy(v) for k, v in merged.items()}, strict=False)
         seconds["edge_training"] = max(client_seconds, default=0.0)  # edges run side by side on real devices
         t0 = time.perf_counter()
-        self.model.eval()
         test = ctx.scenario.test_data(t)
-        labels = predict_logits(lambda x: self.model.forward_main(x).logits, test, EVAL_BATCH).argmax(1)
+        labels = main_block_logits(self.model, test)[0].argmax(1)
         seconds["evaluation"] = time.perf_counter() - t0
         model_bytes = state_bytes(broadcast)
         sent = {

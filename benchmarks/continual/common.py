@@ -16,8 +16,8 @@ from benchmarks.continual.budget import Budget
 from benchmarks.continual.config import BenchConfig
 from benchmarks.continual.metrics import accuracy
 from benchmarks.continual.scenarios import Scenario
-from benchmarks.continual.shared import CloudTrajectory, Macs, Snapshot, cost_summary
-from meanet_core.engine import EXIT_MAIN
+from benchmarks.continual.shared import CloudTrajectory, Snapshot, block_costs, costs
+from meanet_core.engine import EXIT_MAIN, priced
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -29,7 +29,7 @@ class ExperienceOutcome:
     """What a method reports after experience ``t``."""
 
     accuracies: list[float]  # accuracy on the test images of experiences 0..t
-    costs: dict[str, Any]  # cost_summary over the test images of experiences 0..t
+    costs: dict[str, Any]  # shared.costs of the predictions on the test images of experiences 0..t
     bytes_sent: dict[str, int]  # training-time traffic of this experience
     seconds: dict[str, float]  # wall time of the stages this method ran or relied on
     extra: dict[str, Any] = field(default_factory=dict)
@@ -96,27 +96,8 @@ class Method:
         raise NotImplementedError
 
 
-class NullPolicy:
-    """A policy that keeps everything at the main exit (only used to count MACs)."""
-
-    name = "none"
-
-    def after_main(self, main_probs: torch.Tensor, top1_hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.zeros(main_probs.shape[0], dtype=torch.bool)
-        return z, z
-
-    def after_extension(self, ext_probs: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(ext_probs.shape[0], dtype=torch.bool)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"name": self.name}
-
-
 def edge_costs(ctx: Context, n: int) -> dict[str, Any]:
-    meanet = ctx.trajectory.new_meanet()
-    macs = Macs.of(meanet, None, NullPolicy())
-    return cost_summary(
-        torch.full((n,), EXIT_MAIN, dtype=torch.int8),
-        torch.zeros(n, dtype=torch.bool),
-        Macs(macs.main, 0.0, 0.0, macs.image_bytes),
-    )
+    """Costs of ``n`` inferences by the main block alone on the device (nothing offloaded; labels are not read)."""
+    blocks = block_costs(ctx.trajectory.new_meanet())
+    exits = torch.full((n,), EXIT_MAIN, dtype=torch.int8)
+    return costs(priced(torch.zeros(n, dtype=torch.int64), exits, torch.zeros(n, dtype=torch.bool), blocks))

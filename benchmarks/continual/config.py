@@ -124,3 +124,9 @@ class BenchConfig:
         """The settings a stored result depends on (everything but which methods and seeds run, and where the
         data folder is)."""
         return {k: v for k, v in self.as_dict().items() if k not in ("methods", "seeds", "data_dir")}
+
+
+QUICK: dict[str, Any] = {"limit_train": 5000, "limit_test": 100}
+"""``--quick``: the same stream, methods and schedule on a tenth of the images (a seeded, stratified 5,000 training
+images, 100 test images per experience), so training and evaluation keep the full run's proportions. About 10
+minutes on 2 cores for every method: a check that everything runs and a first look, not the published numbers."""

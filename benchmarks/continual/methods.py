@@ -32,6 +32,7 @@ edges and by the cloud, bytes up and down), counted from what it ran.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,6 @@ from benchmarks.continual.common import (
     Context,
     ExperienceOutcome,
     Method,
-    NullPolicy,
     budget_of,
     cloud_share_budget,
     edge_costs,
@@ -63,18 +63,19 @@ from benchmarks.continual.edge import (
 )
 from benchmarks.continual.metrics import accuracy
 from benchmarks.continual.shared import (
-    EVAL_BATCH,
-    Macs,
+    block_costs,
     calibrate,
-    cost_summary,
+    cloud_model_logits,
+    costs,
+    main_block_logits,
     meanet_outputs,
     stage,
 )
 from meanet_core.broadcast import edge_state
-from meanet_core.engine import EXIT_CLOUD, route_outputs
+from meanet_core.engine import EXIT_CLOUD, BlockCosts, predictions_from_outputs, priced
 from meanet_core.models import MEANet
 from meanet_core.policies import Policy
-from meanet_core.training import hard_subset, predict_logits, train_extension
+from meanet_core.training import hard_subset, train_extension
 from strategies.aggregation import weighted_average
 
 __all__ = ["Context", "ExperienceOutcome", "Method", "build_method"]
@@ -86,21 +87,21 @@ class CloudOnly(Method):
     def run_experience(self, t: int) -> ExperienceOutcome:
         snap = self.ctx.trajectory.snapshot(t)
         n = len(snap.test_cloud)
-        macs = Macs(0.0, 0.0, self._cloud_macs(), image_bytes(self.ctx, 1))
-        costs = cost_summary(torch.full((n,), EXIT_CLOUD, dtype=torch.int8), torch.zeros(n, dtype=torch.bool), macs)
+        blocks = BlockCosts(0, 0, self._cloud_macs(), image_bytes(self.ctx, 1))  # nothing runs on the device
+        exits = torch.full((n,), EXIT_CLOUD, dtype=torch.int8)
+        pred = priced(snap.test_cloud.argmax(1), exits, torch.zeros(n, dtype=torch.bool), blocks)
         new = len(self.ctx.scenario.experiences[t].cloud)
         sent = {"data_up": image_bytes(self.ctx, new)}
         return ExperienceOutcome(
-            accuracies=per_experience(snap.test_cloud.argmax(1), self.ctx, t),
-            costs=costs,
+            accuracies=per_experience(pred.labels, self.ctx, t),
+            costs=costs(pred),
             bytes_sent=sent,
             seconds={"cloud_training": snap.seconds["cloud"], "evaluation": snap.seconds["cloud_outputs"]},
             extra={"budget": cloud_share_budget(self.ctx, t, sent, trained_cloud=trained_by_cloud(snap, "cloud"))},
         )
 
-    def _cloud_macs(self) -> float:
-        cloud = self.ctx.trajectory.new_cloud()
-        return Macs.of(self.ctx.trajectory.new_meanet(), cloud, NullPolicy()).cloud
+    def _cloud_macs(self) -> int:
+        return block_costs(self.ctx.trajectory.new_meanet(), self.ctx.trajectory.new_cloud()).cloud_macs
 
 
 class EdgeOnly(Method):
@@ -123,7 +124,7 @@ class EdgeOnly(Method):
 def _evaluate_meanet(
     ctx: Context,
     model: MEANet,
-    cloud_macs: float,
+    cloud_macs: int,
     t: int,
     test_main: torch.Tensor,
     test_cloud: torch.Tensor,
@@ -137,17 +138,15 @@ def _evaluate_meanet(
         snap = ctx.trajectory.snapshot(t)
         val_out = meanet_outputs(model, ctx.scenario.val_data(t), snap.val_main, snap.val_cloud)
         policy = calibrate(model, val_out, ctx.cfg.target_cloud_fraction)
-    routed = route_outputs(model, policy, test_out.main, test_out.extension, test_out.cloud.argmax(1))
-    macs = Macs.of(model, None, policy)
-    costs = cost_summary(
-        routed.exit, routed.ran_extension, Macs(macs.main, macs.extension, cloud_macs, macs.image_bytes)
-    )
-    costs["policy"] = policy.as_dict()
-    costs["reference_accuracy"] = {
+    blocks = replace(block_costs(model), cloud_macs=cloud_macs)
+    pred = predictions_from_outputs(model, policy, blocks, test_out.main, test_out.extension, test_out.cloud)
+    record = costs(pred)
+    record["policy"] = policy.as_dict()
+    record["reference_accuracy"] = {
         "main_only": accuracy(test_out.main.argmax(1), test_out.labels),
         "cloud_only": accuracy(test_out.cloud.argmax(1), test_out.labels),
     }
-    return per_experience(routed.labels, ctx, t), costs, policy, time.perf_counter() - t0
+    return per_experience(pred.labels, ctx, t), record, policy, time.perf_counter() - t0
 
 
 class MEANetStatic(Method):
@@ -160,7 +159,7 @@ class MEANetStatic(Method):
         self.model = ctx.trajectory.new_meanet()
         self.cloud = ctx.trajectory.new_cloud()
         self.policy: Policy | None = None
-        self.cloud_macs = 0.0
+        self.cloud_macs = 0
         self.test_main: list[torch.Tensor] = []  # the frozen models' logits on each experience's test images
         self.test_cloud: list[torch.Tensor] = []
 
@@ -182,7 +181,7 @@ class MEANetStatic(Method):
                 "cloud_training": snap.seconds["cloud"],
                 "extension_training": time.perf_counter() - t0,
             }
-            self.cloud_macs = Macs.of(self.model, self.cloud, NullPolicy()).cloud
+            self.cloud_macs = block_costs(self.model, self.cloud).cloud_macs
             sent = {
                 "data_up": image_bytes(ctx, len(ctx.scenario.experiences[0].cloud)),
                 "model_down": ctx.cfg.clients * state_bytes(self.model.state_dict()),
@@ -194,8 +193,8 @@ class MEANetStatic(Method):
             t0 = time.perf_counter()
             self.model.eval()
             test = ctx.scenario.experiences[t].test
-            self.test_main.append(predict_logits(lambda x: self.model.forward_main(x).logits, test, EVAL_BATCH))
-            self.test_cloud.append(predict_logits(self.cloud.eval(), test, EVAL_BATCH))
+            self.test_main += main_block_logits(self.model, test)
+            self.test_cloud += cloud_model_logits(self.cloud, test)
             seconds["outputs"] = time.perf_counter() - t0
         accs, costs, self.policy, eval_s = _evaluate_meanet(
             ctx, self.model, self.cloud_macs, t, torch.cat(self.test_main), torch.cat(self.test_cloud), self.policy
@@ -231,13 +230,13 @@ class MEANetFL(Method):
             )
             for i, edge in enumerate(self.client_edges)
         ]
-        self.cloud_macs = 0.0
+        self.cloud_macs = 0
 
     def run_experience(self, t: int) -> ExperienceOutcome:
         ctx, cfg = self.ctx, self.ctx.cfg
         snap = ctx.trajectory.load_into(t, self.model, self.cloud)
         if not self.cloud_macs:
-            self.cloud_macs = Macs.of(self.model, self.cloud, NullPolicy()).cloud
+            self.cloud_macs = block_costs(self.model, self.cloud).cloud_macs
         seconds = {"main_training": snap.seconds["main"], "cloud_training": snap.seconds["cloud"]}
         t0 = time.perf_counter()
         with count_training_images(self.model.normalize) as ext:

@@ -9,11 +9,14 @@ MEANet-FL variants; each method's wall time counts the shared stages it uses. Sn
 main block's and the cloud model's logits on the validation and test images seen so far, stage seconds) are cached
 in ``DIR/seed-S/cloud/`` so a rerun does not retrain.
 
-**Evaluation.** ``route`` applies a routing policy with ``meanet_core.engine.route_outputs``, the routing code of
-``AdaptiveEngine`` (the repository checks that both give the same labels and exits), to the cached main and cloud
-logits and to extension logits computed only for the samples whose main top-1 is a hard class: the only ones any
-policy sends to the extension. Costs follow ``AdaptiveEngine``'s accounting (MACs measured with
-``torch.utils.flop_counter``, energy and bytes from ``meanet_core.cost.CostConfig``).
+**Evaluation.** Every pass over images runs an inference copy of the model (``meanet_core.fastpath``: BatchNorm
+folded into the convolutions, channels-last weights and inputs; the same logits up to float rounding, about twice as
+fast on CPU). A routing policy is applied with ``meanet_core.engine.predictions_from_outputs``, the routing code of
+``AdaptiveEngine`` (the repository checks that both give the same labels, exits and costs), to the cached main and
+cloud logits and to extension logits computed only for the samples whose main top-1 is a hard class: the only ones
+any policy sends to the extension. Costs are the engine's own: each route priced by ``meanet_core.engine.priced``
+(MACs measured with ``torch.utils.flop_counter``, energy and bytes from ``meanet_core.cost.CostConfig``) and
+summarised by ``meanet_core.evaluation.summarize``; ``costs`` only renames its numbers for the benchmark's results.
 """
 
 from __future__ import annotations
@@ -31,10 +34,18 @@ from benchmarks.continual.scenarios import Scenario
 from meanet_core.checkpoint import FORMAT, atomic_save, safe_load
 from meanet_core.cost import CostConfig
 from meanet_core.data import ImageTensors
-from meanet_core.engine import EXIT_CLOUD, EXIT_NAMES, AdaptiveEngine, LocalCloud
-from meanet_core.evaluation import BranchOutputs, fit_calibrated
+from meanet_core.engine import (
+    AdaptiveEngine,
+    BlockCosts,
+    LocalCloud,
+    Predictions,
+    input_memory_format,
+    to_model_input,
+)
+from meanet_core.evaluation import BranchOutputs, fit_calibrated, summarize
+from meanet_core.fastpath import optimize_for_inference
 from meanet_core.models import CloudModel, MEANet, build_cloud, build_meanet
-from meanet_core.policies import Policy
+from meanet_core.policies import CalibratedPolicy, Policy
 from meanet_core.training import StageConfig, predict_logits, select_hard_classes, train_cloud, train_main
 
 EVAL_BATCH = 256
@@ -125,8 +136,7 @@ class CloudTrajectory:
         cloud.eval()
         val, test = scenario.val_data(t), scenario.test_data(t)
         t0 = time.perf_counter()
-        val_main = predict_logits(lambda x: model.forward_main(x).logits, val, EVAL_BATCH)
-        test_main = predict_logits(lambda x: model.forward_main(x).logits, test, EVAL_BATCH)
+        val_main, test_main = main_block_logits(model, val, test)
         seconds["main_outputs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         hard = select_hard_classes(
@@ -139,8 +149,7 @@ class CloudTrajectory:
         )
         seconds["hard"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        val_cloud = predict_logits(cloud, val, EVAL_BATCH)
-        test_cloud = predict_logits(cloud, test, EVAL_BATCH)
+        val_cloud, test_cloud = cloud_model_logits(cloud, val, test)
         seconds["cloud_outputs"] = time.perf_counter() - t0
         return Snapshot(
             t=t,
@@ -171,65 +180,59 @@ class CloudTrajectory:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+def main_block_logits(model: MEANet, *splits: ImageTensors) -> list[torch.Tensor]:
+    """(N, K) main-block logits of ``model`` on each split, from its inference copy (fused BatchNorm, channels-last)."""
+    fast = optimize_for_inference(model)
+    fmt = input_memory_format(fast)
+    return [predict_logits(lambda x: fast.forward_main(x).logits, d, EVAL_BATCH, memory_format=fmt) for d in splits]
+
+
+def cloud_model_logits(cloud: CloudModel, *splits: ImageTensors) -> list[torch.Tensor]:
+    """(N, K) logits of the cloud model on each split, from its inference copy (fused BatchNorm, channels-last)."""
+    fast = optimize_for_inference(cloud)
+    fmt = input_memory_format(fast)
+    return [predict_logits(fast, d, EVAL_BATCH, memory_format=fmt) for d in splits]
+
+
 @torch.inference_mode()
 def extension_logits(model: MEANet, data: ImageTensors, main_logits: torch.Tensor) -> torch.Tensor:
     """(N, H) extension logits for the samples whose main top-1 is a hard class; zeros elsewhere (never read)."""
-    model.eval()
+    fast = optimize_for_inference(model)
+    fmt = input_memory_format(fast)
     out = torch.zeros(len(data), max(model.num_hard, 1))
     idx = (model.hard_index[main_logits.argmax(1)] >= 0).nonzero().flatten()
     for start in range(0, len(idx), EVAL_BATCH):
         sel = idx[start : start + EVAL_BATCH]
-        x = data.x[sel].float().div_(255.0)
-        features = model.forward_main(x).features
-        out[sel] = model.forward_extension(x, features).float()
+        x = to_model_input(data.x[sel], fmt)
+        out[sel] = fast.forward_extension(x, fast.forward_main(x).features).float()
     return out
 
 
-@dataclass(frozen=True)
-class Macs:
-    """Per-image compute of each block, and the bytes of one offloaded image."""
-
-    main: float
-    extension: float
-    cloud: float
-    image_bytes: int
-
-    @staticmethod
-    def of(model: MEANet, cloud: CloudModel | None, policy: Policy) -> Macs:
-        key = (model.arch, model.num_classes, model.num_hard, None if cloud is None else cloud.arch)
-        if key not in _MACS:
-            engine = AdaptiveEngine(model, policy)  # counts MACs with torch.utils.flop_counter
-            cloud_macs = LocalCloud(cloud).macs_per_image if cloud is not None else 0
-            _MACS[key] = Macs(
-                float(engine.main_macs), float(engine.extension_macs), float(cloud_macs), engine.image_bytes
-            )
-        return _MACS[key]
+def block_costs(model: MEANet, cloud: CloudModel | None = None) -> BlockCosts:
+    """What one image costs in each block of ``model`` (and ``cloud``): ``AdaptiveEngine.blocks``, counted with
+    ``torch.utils.flop_counter`` once per architecture and number of hard classes (cloud MACs 0 without ``cloud``)."""
+    key = (model.arch, model.num_classes, model.num_hard, None if cloud is None else cloud.arch)
+    if key not in _BLOCKS:
+        backend = LocalCloud(cloud) if cloud is not None else None
+        _BLOCKS[key] = AdaptiveEngine(model, CalibratedPolicy(), backend).blocks
+    return _BLOCKS[key]
 
 
-_MACS: dict[tuple[object, ...], Macs] = {}  # MACs depend only on the architectures and the number of hard classes
+_BLOCKS: dict[tuple[object, ...], BlockCosts] = {}  # MACs depend only on the architectures and number of hard classes
 
 
-def cost_summary(
-    exits: torch.Tensor, ran_extension: torch.Tensor, macs: Macs, cost: CostConfig | None = None
-) -> dict[str, Any]:
-    """Exit fractions, cloud fraction, MACs, energy and bytes per inference, as ``AdaptiveEngine`` accounts them.
-
-    ``exits`` holds an exit code per sample (``main``, ``extension``, ``cloud``); a cloud exit with
-    ``ran_extension`` False and ``macs.main == 0`` is a cloud-only inference (nothing runs on the device).
-    """
-    cost = cost or CostConfig()
-    n = max(len(exits), 1)
-    offloaded = (exits == EXIT_CLOUD).double()
-    edge = torch.full((len(exits),), macs.main, dtype=torch.float64) + ran_extension.double() * macs.extension
-    sent = offloaded * macs.image_bytes
-    energy = edge * cost.joules_per_mac + cost.transmission_energy(sent)
+def costs(pred: Predictions) -> dict[str, Any]:
+    """The cost record of a method after an experience: ``meanet_core.evaluation.summarize`` of the engine's
+    predictions (exits, MACs, energy and bytes priced by ``meanet_core.engine.priced``), under the names the
+    benchmark's results use (fractions of the inferences, and per inference)."""
+    s = summarize(pred, None)
     return {
-        "exits": {name: float((exits == code).sum()) / n for code, name in enumerate(EXIT_NAMES)},
-        "cloud_fraction": float(offloaded.mean()),
-        "macs_per_inference": float((edge + offloaded * macs.cloud).mean()),
-        "edge_macs_per_inference": float(edge.mean()),
-        "energy_per_inference_joule": float(energy.mean()),
-        "bytes_sent_per_inference": float(sent.mean()),
+        "exits": {name: e["fraction"] for name, e in s["exits"].items()},
+        "cloud_fraction": s["exits"]["cloud"]["fraction"],
+        "macs_per_inference": s["macs_per_image"],
+        "edge_macs_per_inference": s["edge_macs_per_image"],
+        "energy_per_inference_joule": s["energy_per_image_joule"],
+        "bytes_sent_per_inference": s["bytes_offloaded_per_image"],
     }
 
 

@@ -1,4 +1,4 @@
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -11,10 +11,14 @@ from meanet_core.engine import (
     EXIT_EXTENSION,
     EXIT_MAIN,
     AdaptiveEngine,
+    BlockCosts,
     CloudReply,
     LocalCloud,
+    predictions_from_outputs,
+    priced,
     route_outputs,
 )
+from meanet_core.evaluation import BranchOutputs, summarize, sweep
 from meanet_core.models import build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, normalized_entropy
 
@@ -245,3 +249,38 @@ def test_cost_model_follows_the_lte_power_model() -> None:
         CostConfig(joules_per_mac=-1.0)
     with pytest.raises(ValueError, match="entropy_threshold"):
         PaperPolicy(1.5)
+
+
+def test_one_summary_for_the_engine_its_offline_routes_and_the_sweep(setup: tuple) -> None:
+    model, cloud, images = setup
+    labels = torch.arange(len(images)) % 10
+    with torch.inference_mode():
+        main, ext = model(images.float() / 255)
+        cloud_logits = cloud.logits(images)
+    policy = FixedPolicy(cloud=(0, 1, 2), ext=(2, 3, 4, 5))  # every kind of route, one through extension and cloud
+    engine = AdaptiveEngine(model, policy, cloud)
+    online = summarize(engine.predict(images), labels)
+    offline = predictions_from_outputs(model, policy, engine.blocks, main, ext, cloud_logits, engine.cost)
+    assert summarize(offline, labels) == online
+    [point] = sweep(model, BranchOutputs(main, ext, cloud_logits, labels), engine, [policy])
+    assert point["accuracy"] == online["accuracy"]
+    assert point["cloud_fraction"] == online["exits"]["cloud"]["fraction"]
+    assert point["extension_fraction"] == online["exits"]["extension"]["fraction"]
+    assert point["energy_per_image_joule"] == online["energy_per_image_joule"]
+
+
+def test_priced_counts_each_route_once() -> None:
+    blocks = BlockCosts(main_macs=100, extension_macs=30, cloud_macs=500, image_bytes=3072)
+    cost = CostConfig()
+    exits = torch.tensor([EXIT_MAIN, EXIT_EXTENSION, EXIT_CLOUD, EXIT_CLOUD], dtype=torch.int8)
+    ran_ext = torch.tensor([False, True, True, False])
+    pred = priced(torch.zeros(4, dtype=torch.int64), exits, ran_ext, blocks, cost)
+    assert pred.edge_macs.tolist() == [100, 130, 130, 100]
+    assert pred.cloud_macs.tolist() == [0, 0, 500, 500] and pred.bytes_sent.tolist() == [0, 0, 3072, 3072]
+    send = 3072 * 8 * cost.joules_per_bit
+    assert pred.energy_joule.tolist() == pytest.approx([1e-8, 1.3e-8, 1.3e-8 + send, 1e-8 + send])
+    # a device that runs nothing (cloud-only): no edge MACs, every image sent
+    cloud_only = priced(
+        torch.zeros(2, dtype=torch.int64), exits[2:], torch.zeros(2, dtype=torch.bool), replace(blocks, main_macs=0)
+    )
+    assert cloud_only.edge_macs.tolist() == [0, 0] and cloud_only.energy_joule.tolist() == pytest.approx([send] * 2)
