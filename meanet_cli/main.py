@@ -540,7 +540,7 @@ def bench_continual(
     progress: bool = typer.Option(True, help="progress bars"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
     quick: bool = typer.Option(
-        False, "--quick", help="a tenth of the images (--limit-train 5000 --limit-test 100 unless given): ~10 min"
+        False, "--quick", help="every method on a small seeded subset of the images (about 10 min on 2 cores)"
     ),
 ) -> None:
     """Run continual-learning methods on one scenario, side by side; write a JSON, a markdown table and plots."""
