@@ -206,12 +206,16 @@ class CloudServer:
         return {keys.POLICY: policy.name}
 
     # ------------------------------------------------------------------------------------------ stages
-    def _main_val_accuracy(self, e: int) -> float:
-        """The main block's accuracy on the cloud's validation images of the classes seen so far."""
+    def _main_val_predictions(self, e: int) -> np.ndarray:
+        """The main block's top-1 class on the cloud's validation images of the classes seen so far."""
         self.model.eval()
+        return predict_logits(lambda x: self.model.forward_main(x).logits, self.stream[e].val).argmax(1).numpy()
+
+    def _main_val_accuracy(self, e: int, pred: np.ndarray | None = None) -> float:
+        """The main block's accuracy on the cloud's validation images of the classes seen so far."""
         val = self.stream[e].val
-        pred = predict_logits(lambda x: self.model.forward_main(x).logits, val).argmax(1)
-        return float((pred == val.y).float().mean()) if len(val) else 0.0
+        pred = self._main_val_predictions(e) if pred is None else pred
+        return float((pred == val.y.numpy()).mean()) if len(val) else 0.0
 
     def _cloud_main(self, e: int) -> None:
         """The cloud trains the main block on everything it holds (a start for the main rounds, and the old classes'
@@ -241,14 +245,13 @@ class CloudServer:
         the cloud model, on everything the cloud holds."""
         cfg, exp = self.cfg, self.stream[e]
         entry = self.report["experiences"][e]
-        if cfg.main_rounds:
-            entry["main_val_accuracy"]["after_main_rounds"] = self._main_val_accuracy(e)
         data = concat([self.stream[i].cloud for i in range(e + 1)])
         stage = cfg.stage(cfg.cloud_epochs)
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
-        self.model.eval()
-        val_pred = predict_logits(lambda x: self.model.forward_main(x).logits, exp.val).argmax(1).numpy()
+        val_pred = self._main_val_predictions(e)  # one pass: the hard classes and the main rounds' gain
+        if cfg.main_rounds:
+            entry["main_val_accuracy"]["after_main_rounds"] = self._main_val_accuracy(e, val_pred)
         hard = select_hard_classes(
             val_pred,
             exp.val.y.numpy(),
@@ -373,8 +376,8 @@ class CloudServer:
             if server_round == 0:
                 return None
             self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
-            last: dict[str, Any] = dict(self.strategy.last_round or {})
-            digests: dict[int, str] = last.get("main_digests", {})
+            info: dict[str, Any] = dict(self.strategy.last_round or {})  # `last` is the experience's last round
+            digests: dict[int, str] = info.get("main_digests", {})
             evaluated = self.strategy.evaluates(server_round)
             record = self._round_record(e, "edge", start_round + server_round, round_start, full_bytes)
             # Flower runs the edges' evaluation before this callback; 0 on rounds without one
