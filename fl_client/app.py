@@ -128,7 +128,7 @@ def verify(msg: Message, context: Context, cfg: FederationConfig, client: int, p
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)  # many clients share the machine in simulation
     cfg, client, e, hard = _setup(msg, context)
-    verify(msg, context, cfg, client, "train")  # before anything of the broadcast is loaded
+    position = verify(msg, context, cfg, client, "train")  # before anything of the broadcast is loaded
     state = broadcast_state(msg, context)  # a delta broadcast: the main block from this edge's cache
     config = msg.content[keys.CONFIG]
     scope = str(config.get(keys.SCOPE, "edge"))  # verified with the rest of the config
@@ -141,7 +141,9 @@ def train(msg: Message, context: Context) -> Message:
     sent = {k: v.numpy().copy() for k, v in scoped_state(model.state_dict(), scope).items()}
     data = view.data
     # channels-last: 1.15x faster training on CPU (benchmarks/perf_training.py), same maths
-    stage, seed = cfg.stage(cfg.local_epochs), cfg.seed + client
+    # the experience's rounds of this scope run one learning-rate schedule (FederationConfig.round_cycle)
+    cycle = cfg.round_cycle(scope, position.round)
+    stage, seed = cfg.stage(cfg.local_epochs, cycle), cfg.seed + client
     started, t0 = time.time(), time.perf_counter()
     history = []
     if scope == "main":  # a main round: every local image, the classes seen before kept by distillation (LwF)
@@ -154,6 +156,10 @@ def train(msg: Message, context: Context) -> Message:
                 stage,
                 distill_classes=old,
                 distill_weight=cfg.main_distill,
+                # after the first experience, a softmax over the classes this edge holds: its new-class images must
+                # not push the old classes' logits down (they did, to 0.00 on the old classes); the cloud's epochs
+                # on every class seen, which follow, set old against new
+                label_classes=sorted({int(c) for c in data.y.tolist()}) if old else (),
                 seed=seed,
                 progress=False,
                 channels_last=True,

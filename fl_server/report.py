@@ -97,8 +97,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
             f"| {ex['cloud']['fraction']:.3f} |"
         )
     edge_seen = (
-        f", then on the edges' images of the experience in {main_rounds} main round(s) (their own data, "
-        f"{config.get('local-epochs', 1)} local epoch(s) each)"
+        f" and on the edges' images of the experience in {main_rounds} main round(s) (their own data, "
+        f"{config.get('local-epochs', 1)} local epoch(s) each; the cloud's epochs come first at the first experience, "
+        "last after it)"
         if main_rounds
         else ""
     )
@@ -108,21 +109,25 @@ def markdown_summary(report: dict[str, Any]) -> str:
         f"block, trained on the cloud images ({config.get('cloud-epochs', 1)} epoch(s) over everything the cloud "
         f"holds){edge_seen}. *edge (main + ext)*: the main block, and the extension for the hard classes, never "
         "offloading (the extension trained on the hard-class images of the cloud, then of the edges). *cloud only*: "
-        f"the cloud model ({config.get('cloud-model', '?')}) on every input, trained on the cloud images only. "
+        f"the cloud model ({config.get('cloud-model', '?')}) on every input, trained on the cloud images only "
+        f"({config.get('cloud-model-epochs') or config.get('cloud-epochs', 1)} epoch(s)). "
         "*MEANet + cloud*: the adaptive engine, offloading the inputs the edge is not confident on (exit cloud).",
     ]
     staged = [x for x in report["experiences"] if "after_main_rounds" in x.get("main_val_accuracy", {})]
     if staged:
         lines += [
             "",
-            "| experience | main block on validation: after the cloud's training | after the main rounds | gain |",
-            "|---:|---:|---:|---:|",
+            "| experience | main block on validation: after the cloud's epochs (everything it holds) "
+            "| after the main rounds (the edges' images) | last |",
+            "|---:|---:|---:|---|",
         ]
         for x in staged:
             acc = x["main_val_accuracy"]
+            after = acc.get("after_cloud")
+            last = "main rounds" if x["experience"] == 0 else "cloud"  # fl_server.cloud.CloudServer._cloud_first
             lines.append(
-                f"| {x['experience']} | {acc['after_cloud']:.4f} | {acc['after_main_rounds']:.4f} "
-                f"| {acc['after_main_rounds'] - acc['after_cloud']:+.4f} |"
+                f"| {x['experience']} | {'-' if after is None else f'{after:.4f}'} | {acc['after_main_rounds']:.4f} "
+                f"| {last} |"
             )
     lines += [
         "",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,6 +33,10 @@ class StageConfig:
     batch_size: int = 128
     label_smoothing: float = 0.0
     augment: bool = True
+    cycle: tuple[float, float] = (0.0, 1.0)
+    """The part of one one-cycle schedule this stage runs: ``(0, 1)`` the whole cycle; federated rounds pass
+    ``(r / R, (r + 1) / R)`` so that R rounds of local training follow one schedule, warm-up once and annealing once,
+    instead of R short cycles (each of which anneals to nearly zero)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -41,6 +47,9 @@ class StageConfig:
             raise ValueError(f"lr must be > 0; got {self.lr!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
+        a, b = self.cycle
+        if not 0 <= a < b <= 1:
+            raise ValueError(f"cycle must be (start, end) with 0 <= start < end <= 1; got {self.cycle!r}")
 
 
 EpochHook = Callable[[int, dict[str, Any]], None]
@@ -82,10 +91,16 @@ def fit(
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
     )
-    total_steps = max(cfg.epochs * len(batches), 1)
+    steps = max(cfg.epochs * len(batches), 1)
+    a, b = cfg.cycle  # this stage runs the part [a, b) of a cycle of ``total_steps``
+    total_steps = max(math.ceil(steps / (b - a)), steps)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
     )
+    with warnings.catch_warnings():  # stepping the schedule before the optimiser: the part before ``a``
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(min(round(a * total_steps), total_steps - steps)):
+            scheduler.step()
     history: list[dict[str, float]] = []
     start = 0
     if resume is not None:
@@ -142,6 +157,7 @@ def train_main(
     distill_classes: Sequence[int] = (),
     distill_weight: float = 0.0,
     temperature: float = 2.0,
+    label_classes: Sequence[int] = (),
     **kw: Any,
 ) -> list[dict[str, float]]:
     """Stage 1: the main block as a classifier over all classes.
@@ -149,7 +165,12 @@ def train_main(
     With ``distill_classes`` and ``distill_weight > 0`` (Learning without Forgetting, in class space): the block as it
     was before this call is the teacher, and ``distill_weight * T^2 * KL(teacher || student)`` over the logits of
     those class ids (softened by ``temperature`` T) is added to the loss, so data of new classes does not erase the
-    old ones (an edge in a main round holds only the current experience's images)."""
+    old ones (an edge in a main round holds only the current experience's images).
+
+    With ``label_classes`` (the class ids ``data`` holds), the cross-entropy is over those logits only (a separated
+    softmax): training on new classes alone then does not push the other classes' logits down. Plain cross-entropy
+    does, until no input is answered with an old class: 0.00 on the old classes after two main rounds of the main
+    job's second experience, distillation notwithstanding, which keeps only the old classes' order among themselves."""
     model.freeze_main(False)
     old = torch.as_tensor(sorted({int(c) for c in distill_classes}), dtype=torch.long)
     if len(old) and (old.min() < 0 or old.max() >= model.num_classes):
@@ -162,9 +183,21 @@ def train_main(
         if kw.get("channels_last"):
             teacher = teacher.to(memory_format=torch.channels_last)
 
+    labelled = torch.as_tensor(sorted({int(c) for c in label_classes}), dtype=torch.long)
+    if len(labelled) and (labelled.min() < 0 or labelled.max() >= model.num_classes):
+        raise ValueError(f"label_classes must lie in 0..{model.num_classes - 1}; got {labelled.tolist()}")
+    position = torch.full((model.num_classes,), -1, dtype=torch.long)
+    position[labelled] = torch.arange(len(labelled))
+
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model.forward_main(x).logits
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if len(labelled):
+            pos = position.to(y.device)[y]
+            if bool((pos < 0).any()):
+                raise ValueError(f"a label outside label_classes {labelled.tolist()}: {sorted(set(y.tolist()))}")
+            loss = F.cross_entropy(logits[:, labelled.to(y.device)], pos, label_smoothing=cfg.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         if teacher is not None:
             with torch.no_grad():
                 target = teacher.forward_head(teacher.forward_features(model.normalize(x)))[:, old]  # (B, |old|)

@@ -11,9 +11,21 @@ from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
 from meanet_core.training import HARD_METHODS
 
 MEANET_FL_METHODS = ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay")
+MEANET_FL_MAIN_METHODS = ("meanet-fl-main-naive", "meanet-fl-main-lwf", "meanet-fl-main-replay")
+"""MEANet-FL with ``main_rounds`` main rounds per experience: the edges also train the main block (as ``meanet
+federate`` with ``main-rounds``), so their images reach it."""
 FEDAVG_METHODS = ("fedavg-naive", "fedavg-lwf", "fedavg-replay")
 """FedAvg of the whole edge model over the same edges and cloud share, with an Avalanche strategy on each edge."""
-METHODS = ("cloud-only", "edge-only", "meanet-static", *MEANET_FL_METHODS, *FEDAVG_METHODS, "naive", "joint")
+METHODS = (
+    "cloud-only",
+    "edge-only",
+    "meanet-static",
+    *MEANET_FL_METHODS,
+    *MEANET_FL_MAIN_METHODS,
+    *FEDAVG_METHODS,
+    "naive",
+    "joint",
+)
 """Every method, in the order the report lists them (``joint``, which trains on everything seen, is the upper
 bound)."""
 
@@ -28,7 +40,8 @@ class BenchConfig:
 
     Every method uses the same backbone (``model``, the MEANet edge model; its main block is the classifier of
     ``edge-only``, ``naive`` and ``joint``), the same cloud model (``cloud_model``), and ``epochs`` passes over its
-    training data per experience.
+    training data per experience. ``main_rounds``: the main rounds per experience of the ``meanet-fl-main-*``
+    methods (the other methods ignore it).
     """
 
     scenario: str = "split-cifar100"
@@ -55,6 +68,7 @@ class BenchConfig:
     lwf_alpha: float = 1.0
     lwf_temperature: float = 2.0
     replay_mem_size: int = 200
+    main_rounds: int = 2
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -94,12 +108,13 @@ class BenchConfig:
             "lwf_alpha": self.lwf_alpha >= 0,
             "lwf_temperature": self.lwf_temperature > 0,
             "replay_mem_size": self.replay_mem_size >= 1,
+            "main_rounds": self.main_rounds >= 0,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise BenchConfigError(
                 f"out of range: {', '.join(bad)} (experiences, clients, epochs, batch size >= 1; alpha, lr > 0; "
-                "cloud share, hard and val fractions in (0, 1); target cloud fraction in [0, 1])"
+                "cloud share, hard and val fractions in (0, 1); target cloud fraction in [0, 1]; main rounds >= 0)"
             )
 
     @classmethod

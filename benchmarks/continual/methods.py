@@ -16,6 +16,17 @@ scenario and federated split, and ``cfg.epochs`` epochs per experience.
   clients run in this process, one after the other; the Flower simulation of the same exchange is tested in
   ``tests/sim/test_federation.py``. Inference: the adaptive engine with the calibrated policy fitted on the cloud's
   validation images so that at most ``cfg.target_cloud_fraction`` of the inputs are offloaded.
+* ``meanet-fl-main-{naive,lwf,replay}`` (ours, with main rounds, as ``meanet federate`` with ``main-rounds``): the
+  same, except that the edges' images also reach the main block. The method keeps its own main block across
+  experiences; per experience ``cfg.main_rounds`` main rounds: each edge trains a copy on its whole partition of the
+  new experience (``train_main`` with LwF distillation, weight 1, on the classes seen before and, after the first
+  experience, a softmax over the classes it holds; the rounds follow one learning-rate cycle), uploads the change
+  int8-encoded
+  (``meanet_core.compression``, error feedback per edge), and the cloud takes the coordinate-wise median of the
+  decoded ``main.*`` states (``strategies.aggregation.coordinate_median``); then the cloud trains it on everything it
+  holds. The hard classes are then chosen on this
+  main block, adaptive + extension trained on the cloud's data, and the edge round runs as above. The cloud model is
+  the shared trajectory's (trained on the cloud's data only).
 * ``fedavg-{naive,lwf,replay}``: the baseline a user would otherwise pick, FedAvg of the *whole* edge model (the
   backbone classifier) over the same edges and the same cloud share: per experience the cloud trains the global
   model on what it has stored, then each edge trains it on its whole partition of the experience with the Avalanche
@@ -32,7 +43,7 @@ edges and by the cloud, bytes up and down), counted from what it ran.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,7 +64,7 @@ from benchmarks.continual.common import (
     state_bytes,
     trained_by_cloud,
 )
-from benchmarks.continual.config import FEDAVG_METHODS, MEANET_FL_METHODS
+from benchmarks.continual.config import FEDAVG_METHODS, MEANET_FL_MAIN_METHODS, MEANET_FL_METHODS
 from benchmarks.continual.edge import (
     EdgeClassSpace,
     experience_of,
@@ -63,20 +74,23 @@ from benchmarks.continual.edge import (
 )
 from benchmarks.continual.metrics import accuracy
 from benchmarks.continual.shared import (
+    Snapshot,
     block_costs,
     calibrate,
+    choose_hard_classes,
     cloud_model_logits,
     costs,
     main_block_logits,
     meanet_outputs,
     stage,
 )
-from meanet_core.broadcast import edge_state
+from meanet_core.broadcast import digest, edge_state, main_state
+from meanet_core.compression import decode_update, encode_update, payload_bytes
 from meanet_core.engine import EXIT_CLOUD, BlockCosts, predictions_from_outputs, priced
 from meanet_core.models import MEANet
 from meanet_core.policies import Policy
-from meanet_core.training import hard_subset, train_extension
-from strategies.aggregation import weighted_average
+from meanet_core.training import hard_subset, train_extension, train_main
+from strategies.aggregation import coordinate_median, weighted_average
 
 __all__ = ["Context", "ExperienceOutcome", "Method", "build_method"]
 
@@ -129,14 +143,17 @@ def _evaluate_meanet(
     test_main: torch.Tensor,
     test_cloud: torch.Tensor,
     policy: Policy | None = None,
+    val_main: torch.Tensor | None = None,
 ) -> tuple[list[float], dict[str, Any], Policy, float]:
     """Route the test images of experiences 0..t (main and cloud logits given) through ``model``; without a
-    ``policy``, calibrate one on the cloud's validation images of snapshot ``t``."""
+    ``policy``, calibrate one on the cloud's validation images of snapshot ``t`` (with the main-block logits
+    ``val_main`` on them when ``model``'s main block is not the snapshot's)."""
     t0 = time.perf_counter()
     test_out = meanet_outputs(model, ctx.scenario.test_data(t), test_main, test_cloud)
     if policy is None:
         snap = ctx.trajectory.snapshot(t)
-        val_out = meanet_outputs(model, ctx.scenario.val_data(t), snap.val_main, snap.val_cloud)
+        val = snap.val_main if val_main is None else val_main
+        val_out = meanet_outputs(model, ctx.scenario.val_data(t), val, snap.val_cloud)
         policy = calibrate(model, val_out, ctx.cfg.target_cloud_fraction)
     blocks = replace(block_costs(model), cloud_macs=cloud_macs)
     pred = predictions_from_outputs(model, policy, blocks, test_out.main, test_out.extension, test_out.cloud)
@@ -203,6 +220,23 @@ class MEANetStatic(Method):
         return ExperienceOutcome(accs, costs, sent, seconds, {"budget": budget_of(ctx, t, sent, **counts)})
 
 
+@dataclass
+class MainBlock:
+    """The main block a MEANet-FL method runs experience ``t`` with (loaded into its model), and what it cost."""
+
+    hard_classes: list[int]  # chosen on this main block
+    val_main: torch.Tensor  # its logits on scenario.val_data(t)
+    test_main: torch.Tensor  # and on scenario.test_data(t)
+    seconds: dict[str, float]  # training stages (cloud, main rounds)
+    outputs_seconds: float  # computing val_main and test_main (and choosing the hard classes): evaluation time
+    trained_cloud: int  # images the cloud's main-block training processed
+    trained_edge: int = 0  # images the edges' main rounds processed
+    edge_used: int = 0  # edge images the main rounds trained on (each once, however many rounds)
+    bytes_up: int = 0  # main-round uploads
+    bytes_down: int = 0  # main-round broadcasts
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 class MEANetFL(Method):
     """Ours: cloud retraining + redistribution + federated edge fine-tuning with an Avalanche strategy."""
 
@@ -232,12 +266,26 @@ class MEANetFL(Method):
         ]
         self.cloud_macs = 0
 
+    def _main_block(self, t: int, snap: Snapshot) -> MainBlock:
+        """Load the main block of experience ``t`` and its hard classes into ``self.model``: here the shared cloud
+        trajectory's (``MEANetFLMain`` trains its own)."""
+        self.ctx.trajectory.load_into(t, self.model)
+        return MainBlock(
+            hard_classes=snap.hard_classes,
+            val_main=snap.val_main,
+            test_main=snap.test_main,
+            seconds={"main_training": snap.seconds["main"]},
+            outputs_seconds=snap.seconds["main_outputs"],
+            trained_cloud=trained_by_cloud(snap, "main"),
+        )
+
     def run_experience(self, t: int) -> ExperienceOutcome:
         ctx, cfg = self.ctx, self.ctx.cfg
-        snap = ctx.trajectory.load_into(t, self.model, self.cloud)
+        snap = ctx.trajectory.load_into(t, cloud=self.cloud)
+        main = self._main_block(t, snap)
         if not self.cloud_macs:
             self.cloud_macs = block_costs(self.model, self.cloud).cloud_macs
-        seconds = {"main_training": snap.seconds["main"], "cloud_training": snap.seconds["cloud"]}
+        seconds = {**main.seconds, "cloud_training": snap.seconds["cloud"]}
         t0 = time.perf_counter()
         with count_training_images(self.model.normalize) as ext:
             train_extension(self.model, ctx.scenario.cloud_data(t), stage(ctx.cfg), seed=ctx.seed + t, progress=False)
@@ -248,7 +296,7 @@ class MEANetFL(Method):
         edge_used = edge_trained = 0
         clients = zip(self.client_models, self.client_edges, self.client_strategies, strict=True)
         for i, (model, edge, strategy) in enumerate(clients):
-            model.set_hard_classes(snap.hard_classes)
+            model.set_hard_classes(main.hard_classes)
             model.load_state_dict(broadcast)
             model.freeze_main(True)
             edge.load_extension_rows()  # the broadcast classifier's rows, by class id, into the class-space head
@@ -270,14 +318,16 @@ class MEANetFL(Method):
             self.model.load_state_dict({**broadcast, **{k: torch.from_numpy(v) for k, v in merged.items()}})
         # the clients run one after the other here; on real devices they run side by side: count the slowest
         seconds["edge_training"] = max(client_seconds, default=0.0)
-        accs, costs, _, eval_s = _evaluate_meanet(ctx, self.model, self.cloud_macs, t, snap.test_main, snap.test_cloud)
+        accs, costs, _, eval_s = _evaluate_meanet(
+            ctx, self.model, self.cloud_macs, t, main.test_main, snap.test_cloud, val_main=main.val_main
+        )
         # the cached main-block and cloud outputs this evaluation reuses were computed for it: count them
-        seconds["evaluation"] = eval_s + snap.seconds["main_outputs"] + snap.seconds["cloud_outputs"]
+        seconds["evaluation"] = eval_s + main.outputs_seconds + snap.seconds["cloud_outputs"]
         edge_bytes = state_bytes(edge_state(broadcast))
         sent = {
             "data_up": image_bytes(ctx, len(ctx.scenario.experiences[t].cloud)),
-            "model_down": cfg.clients * state_bytes(broadcast),
-            "model_up": len(updates) * edge_bytes,
+            "model_down": cfg.clients * state_bytes(broadcast) + main.bytes_down,
+            "model_up": len(updates) * edge_bytes + main.bytes_up,
         }
         exp = ctx.scenario.experiences[t]
         budget = cloud_share_budget(
@@ -285,18 +335,130 @@ class MEANetFL(Method):
             t,
             sent,
             edge_new=sum(len(c) for c in exp.clients),
-            edge_used=edge_used,
+            edge_used=max(edge_used, main.edge_used),  # the hard-class samples are among the main rounds' images
             edge_stored=sum(replay_memory(s) for s in self.client_strategies),
-            trained_cloud=trained_by_cloud(snap, "main", "cloud") + ext.images,
-            trained_edge=edge_trained,
+            trained_cloud=main.trained_cloud + trained_by_cloud(snap, "cloud") + ext.images,
+            trained_edge=main.trained_edge + edge_trained,
         )
         extra = {
-            "hard_classes": snap.hard_classes,
+            "hard_classes": main.hard_classes,
             "clients_trained": len(updates),
             "client_seconds": client_seconds,
+            "edge_round_trained": edge_trained,
+            "main_digest": digest(self.model.state_dict()),  # sha-256 of the main block this experience ran with
+            **main.extra,
             "budget": budget,
         }
         return ExperienceOutcome(accs, costs, sent, seconds, extra)
+
+
+class MEANetFLMain(MEANetFL):
+    """MEANet-FL with main rounds: the edges train the main block too (``meanet federate`` with ``main-rounds``).
+
+    ``_main_block`` replaces the shared trajectory's main block by this method's own, carried from one experience to
+    the next: the cloud trains it on everything it has stored (``train_main``, as the trajectory does), then
+    ``cfg.main_rounds`` main rounds (see the module docstring), then the hard classes are chosen on it
+    (``shared.choose_hard_classes``, the trajectory's code path). Everything after (adaptive + extension on the
+    cloud's data, the edge round with the Avalanche strategy, evaluation) is ``MEANetFL``'s.
+    """
+
+    def __init__(self, ctx: Context, strategy: str) -> None:
+        super().__init__(ctx, strategy)
+        self.name = f"meanet-fl-main-{strategy}"
+        self.scratch = ctx.trajectory.new_meanet()  # each edge's copy of the main block in a main round, in turn
+
+    def _main_block(self, t: int, snap: Snapshot) -> MainBlock:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        scenario = ctx.scenario
+        seconds: dict[str, float] = {}
+        # self.model holds this method's main block after experience t - 1 (a fresh one, as the trajectory's, at 0);
+        # the edges' rounds come first, then the cloud's epochs on every class it holds (as ``meanet federate``)
+        rounds = self._main_rounds(t)
+        seconds["main_rounds"] = sum(rounds["round_seconds"])
+        t0 = time.perf_counter()
+        with count_training_images(self.model.normalize) as cloud_images:
+            data = scenario.cloud_data(t)
+            train_main(self.model, data, stage(cfg), seed=ctx.seed * 1000 + t, progress=False, channels_last=True)
+        seconds["main_training"] = time.perf_counter() - t0
+        self.model.eval()
+        t0 = time.perf_counter()
+        val_main, test_main = main_block_logits(self.model, scenario.val_data(t), scenario.test_data(t))
+        hard = choose_hard_classes(cfg, scenario, t, val_main)
+        self.model.set_hard_classes(hard)
+        return MainBlock(
+            hard_classes=hard,
+            val_main=val_main,
+            test_main=test_main,
+            seconds=seconds,
+            outputs_seconds=time.perf_counter() - t0,
+            trained_cloud=cloud_images.images,
+            trained_edge=rounds["trained_edge"],
+            edge_used=rounds["edge_used"],
+            bytes_up=rounds["model_up"],
+            bytes_down=rounds["model_down"],
+            extra={"main_rounds": rounds},
+        )
+
+    def _main_rounds(self, t: int) -> dict[str, Any]:
+        """``cfg.main_rounds`` rounds of federated training of ``self.model``'s main block on the edges' images of
+        experience ``t``; what they trained, moved and took."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        exp = ctx.scenario.experiences[t]
+        old = list(ctx.scenario.experiences[t - 1].seen_classes) if t > 0 else []  # distilled (LwF)
+        n_rounds = cfg.main_rounds
+        residual: dict[int, dict[str, np.ndarray]] = {}  # each edge's int8 error feedback, over this experience
+        up = down = trained = used = 0
+        round_seconds, clients_trained = [], []
+        for r in range(n_rounds):
+            sent = {k: v.detach().clone() for k, v in main_state(self.model.state_dict()).items()}
+            sent_arrays = {k: v.numpy() for k, v in sent.items()}
+            down += cfg.clients * state_bytes(sent)  # the float32 main block, to every edge
+            updates: list[tuple[dict[str, np.ndarray], float]] = []
+            client_seconds = []
+            for i, data in enumerate(exp.clients):
+                if len(data) == 0:
+                    continue
+                self.scratch.load_state_dict(sent, strict=False)
+                t0 = time.perf_counter()
+                with count_training_images(self.scratch.normalize) as images:
+                    train_main(
+                        self.scratch,
+                        data,
+                        replace(stage(cfg), cycle=(r / n_rounds, (r + 1) / n_rounds)),  # one schedule over the rounds
+                        distill_classes=old,
+                        distill_weight=1.0,
+                        label_classes=sorted({int(c) for c in data.y.tolist()}) if old else (),  # as an edge does
+                        seed=ctx.seed * 1_000_000 + t * 10_000 + r * 100 + i,
+                        progress=False,
+                        channels_last=True,
+                    )
+                client_seconds.append(time.perf_counter() - t0)
+                trained += images.images
+                trained_arrays = {
+                    k: v.detach().numpy().copy() for k, v in main_state(self.scratch.state_dict()).items()
+                }
+                # the upload is int8 as in the federation (upload-encoding int8): its bytes are counted from the
+                # payload itself, and the cloud aggregates what it decodes from it (the quantisation is simulated)
+                payload, residual[i] = encode_update(trained_arrays, sent_arrays, "int8", residual.get(i))
+                up += payload_bytes(payload)
+                updates.append((decode_update(payload, sent_arrays, "int8"), len(data)))
+                if r == 0:
+                    used += len(data)
+            if updates:  # weights-free: the median ignores the example counts
+                merged = {k: torch.from_numpy(v) for k, v in coordinate_median(updates).items()}
+                self.model.load_state_dict({**self.model.state_dict(), **merged})
+            # the edges run side by side on real devices: a round takes as long as its slowest edge
+            round_seconds.append(max(client_seconds, default=0.0))
+            clients_trained.append(len(updates))
+        return {
+            "rounds": n_rounds,
+            "clients_trained": clients_trained,
+            "round_seconds": round_seconds,
+            "model_up": up,
+            "model_down": down,
+            "trained_edge": trained,
+            "edge_used": used,
+        }
 
 
 def build_method(name: str, ctx: Context) -> Method:
@@ -309,6 +471,8 @@ def build_method(name: str, ctx: Context) -> Method:
         return MEANetStatic(ctx)
     if name in MEANET_FL_METHODS:
         return MEANetFL(ctx, name.removeprefix("meanet-fl-"))
+    if name in MEANET_FL_MAIN_METHODS:
+        return MEANetFLMain(ctx, name.removeprefix("meanet-fl-main-"))
     if name in FEDAVG_METHODS:
         return FedAvgWhole(ctx, name.removeprefix("fedavg-"))
     if name in ("naive", "joint"):

@@ -5,9 +5,10 @@ everything it has received so far (its ``cloud_share`` of every experience up to
 stopped, for ``epochs`` epochs each (``meanet_core.training.train_main`` / ``train_cloud``); then it chooses the hard
 classes on its validation images of the seen classes. None of this depends on what the edges do (edges never touch
 the main block), so it is computed once per seed and shared by cloud-only, edge-only, MEANet-static and the four
-MEANet-FL variants; each method's wall time counts the shared stages it uses. Snapshots (weights, hard classes, the
-main block's and the cloud model's logits on the validation and test images seen so far, stage seconds) are cached
-in ``DIR/seed-S/cloud/`` so a rerun does not retrain.
+MEANet-FL variants; each method's wall time counts the shared stages it uses. The ``meanet-fl-main-*`` methods, whose
+edges do train the main block (main rounds), keep their own main block and take only the cloud model from here.
+Snapshots (weights, hard classes, the main block's and the cloud model's logits on the validation and test images
+seen so far, stage seconds) are cached in ``DIR/seed-S/cloud/`` so a rerun does not retrain.
 
 **Evaluation.** Every pass over images runs an inference copy of the model (``meanet_core.fastpath``: BatchNorm
 folded into the convolutions, channels-last weights and inputs; the same logits up to float rounding, about twice as
@@ -75,6 +76,20 @@ class Snapshot:
         return {"format": FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
 
 
+def choose_hard_classes(cfg: BenchConfig, scenario: Scenario, t: int, val_main: torch.Tensor) -> list[int]:
+    """The hard classes after experience ``t``, from a main block's logits ``val_main`` on ``scenario.val_data(t)``
+    (the cloud's validation images of the classes seen so far): ``cfg.hard_fraction`` of the seen classes, by
+    ``cfg.hard_method``."""
+    return select_hard_classes(
+        val_main.argmax(1).numpy(),
+        scenario.val_data(t).y.numpy(),
+        scenario.num_classes,
+        method=cfg.hard_method,
+        fraction=cfg.hard_fraction,
+        candidates=scenario.experiences[t].seen_classes,
+    )
+
+
 class CloudTrajectory:
     """Computes (or loads from ``cache_dir``) the cloud's snapshot after each experience, in order."""
 
@@ -139,14 +154,7 @@ class CloudTrajectory:
         val_main, test_main = main_block_logits(model, val, test)
         seconds["main_outputs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        hard = select_hard_classes(
-            val_main.argmax(1).numpy(),
-            val.y.numpy(),
-            scenario.num_classes,
-            method=cfg.hard_method,
-            fraction=cfg.hard_fraction,
-            candidates=scenario.experiences[t].seen_classes,
-        )
+        hard = choose_hard_classes(cfg, scenario, t, val_main)
         seconds["hard"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         val_cloud, test_cloud = cloud_model_logits(cloud, val, test)

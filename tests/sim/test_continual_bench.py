@@ -1,8 +1,10 @@
 """The continual benchmark end to end on a tiny scenario (scikit-learn's digits: offline, 10 classes).
 
 Every method but two of the three FedAvg baselines (``fedavg-replay`` stands for them: the same loop, another
-Avalanche strategy) runs through ``meanet bench continual``; the edge clients of MEANet-FL and FedAvg are simulated
-in-process (the Flower engines are exercised by ``test_federation.py``).
+Avalanche strategy) and two of the three MEANet-FL variants with main rounds (``meanet-fl-main-replay`` stands for
+them; ``tests/unit/test_bench_main_rounds.py`` checks their main rounds) runs through ``meanet bench continual``;
+the edge clients of MEANet-FL and FedAvg are simulated in-process (the Flower engines are exercised by
+``test_federation.py``).
 About 25 s of CPU time on one thread (3 min of wall time on a 2-core machine busy with other jobs).
 """
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.continual.config import FEDAVG_METHODS, METHODS, BenchConfig
+from benchmarks.continual.config import FEDAVG_METHODS, MEANET_FL_MAIN_METHODS, METHODS, BenchConfig
 from benchmarks.continual.methods import Context, ExperienceOutcome, Method, build_method
 from benchmarks.continual.runner import run_benchmark
 from meanet_cli.main import app
@@ -27,7 +29,8 @@ TINY = [
     "--limit-test", "50", "--cloud-share", "0.5", "--cloud-model", "resnet20_cifar", "--batch-size", "32",
     "--no-progress",
 ]  # fmt: skip
-TESTED = tuple(m for m in METHODS if m not in FEDAVG_METHODS or m == "fedavg-replay")
+STAND_INS = ("fedavg-replay", "meanet-fl-main-replay")
+TESTED = tuple(m for m in METHODS if m not in (*FEDAVG_METHODS, *MEANET_FL_MAIN_METHODS) or m in STAND_INS)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def test_every_method_runs_and_reports(bench_out: Path) -> None:
         assert r["energy_per_inference_joule"] > 0 and r["wall_seconds"] > 0
         assert len(r["experiences"]) == 2 and r["experiences"][0]["bytes_sent_total"] > 0
     assert runs["cloud-only"]["cloud_fraction"] == 1.0 and runs["edge-only"]["cloud_fraction"] == 0.0
-    for name in ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay"):
+    for name in ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay", "meanet-fl-main-replay"):
         assert runs[name]["cloud_fraction"] <= 0.2 + 0.25  # calibrated on validation, measured on test
         first = runs[name]["experiences"][0]  # every client holds samples of the first hard classes
         assert first["extra"]["clients_trained"] >= 1 and first["bytes_sent"]["model_up"] > 0

@@ -84,3 +84,20 @@ def test_calibration_keeps_the_offloaded_share_within_the_target(target: float) 
     to_cloud, to_ext = policy.after_main(probs, top1_hard)
     ext_cloud = policy.after_extension(out.extension.softmax(1)) & to_ext
     assert (to_cloud | ext_cloud).float().mean().item() <= target + 1e-9
+
+
+def test_rounds_of_an_experience_share_one_learning_rate_cycle() -> None:
+    cfg = FederationConfig(main_rounds=3, rounds_per_experience=2)
+    # signed rounds count the main rounds first (1..3), then the edge rounds (4..5)
+    assert [cfg.round_cycle("main", r) for r in (1, 2, 3)] == [(0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0)]
+    assert [cfg.round_cycle("edge", r) for r in (4, 5)] == [(0.0, 0.5), (0.5, 1.0)]
+    # a round outside the run's (an old client's numbering, a test's): the whole cycle, never a bad one
+    assert cfg.round_cycle("main", 4) == cfg.round_cycle("edge", 1) == cfg.round_cycle("edge", 9) == (0.0, 1.0)
+    assert FederationConfig(main_rounds=0).round_cycle("edge", 1) == (0.0, 0.5)
+
+
+def test_cloud_model_epochs_default_to_the_cloud_epochs() -> None:
+    assert FederationConfig(cloud_epochs=3).cloud_model_stage_epochs == 3
+    assert FederationConfig(cloud_epochs=3, cloud_model_epochs=8).cloud_model_stage_epochs == 8
+    with pytest.raises(ConfigError, match="cloud-model-epochs"):
+        FederationConfig(cloud_model_epochs=-1)

@@ -31,7 +31,13 @@ def _report() -> dict:
             round_,  # no phase: a report of a run from before main rounds existed (an edge round)
             {**round_, "round": 2, "phase": "edge", "client_evaluation": {}},
         ],
-        "config": {"main-rounds": 1, "local-epochs": 2, "cloud-epochs": 3, "cloud-model": "resnet56_cifar"},
+        "config": {
+            "main-rounds": 1,
+            "local-epochs": 2,
+            "cloud-epochs": 3,
+            "cloud-model-epochs": 9,
+            "cloud-model": "resnet56_cifar",
+        },
         "wall_seconds": 600.0,
     }
 
@@ -41,7 +47,7 @@ def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> No
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     # four headers, one evaluated experience, two experiences past their main rounds, three rounds, two kinds of round
     assert len(rows) == 4 + 1 + 2 + 3 + 2
-    assert "| 0 | 0.1250 | 0.2500 | +0.1250 |" in rows  # what the edges' images added to the main block
+    assert "| 0 | 0.1250 | 0.2500 | main rounds |" in rows  # the cloud's epochs came first at experience 0
     # chance 1/50; the edges' images beside the cloud's
     assert "| 0 | 50 | 0.0200 | 7000 | 15000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
     # wall 30 = training phase 18 (local 6 + overhead 12) + aggregation 0.04 + client evaluation 11.96
@@ -53,7 +59,9 @@ def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> No
     assert "| main (edges train the main block) | 1 | 1,875,405 | 300,000 |" in rows
     assert "| edge (adaptive + extension) | 2 | 3,750,810 | 1,467,968 |" in rows
     # what each column saw
-    assert "the edges' images of the experience in 1 main round(s)" in text and "resnet56_cifar" in text
+    assert "trained on the cloud images (3 epoch(s)" in text
+    assert "and on the edges' images of the experience in 1 main round(s)" in text
+    assert "resnet56_cifar" in text and "(9 epoch(s))" in text
     assert "Whole run: 600 s." in text
 
 

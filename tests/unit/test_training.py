@@ -206,3 +206,75 @@ def test_main_training_rejects_bad_distillation_input() -> None:
         train_main(model, _tiny(), StageConfig(epochs=1), distill_classes=[7], distill_weight=1.0, progress=False)
     with pytest.raises(ValueError, match="distill_weight must be >= 0"):
         train_main(model, _tiny(), StageConfig(epochs=1), distill_classes=[1], distill_weight=-1.0, progress=False)
+
+
+def _learning_rates(monkeypatch: pytest.MonkeyPatch, stages: list[StageConfig], data: ImageTensors) -> list[float]:
+    """The learning rate of every optimiser step over ``stages``, trained one after the other (a spy on SGD)."""
+    seen: list[float] = []
+    step = torch.optim.SGD.step
+
+    def spy(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        seen.append(float(self.param_groups[0]["lr"]))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    model = build_meanet("resnet20_cifar", 4, [])
+    for stage in stages:
+        train_main(model, data, stage, progress=False)
+    monkeypatch.undo()
+    return seen
+
+
+def test_rounds_that_split_one_cycle_follow_the_whole_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3 rounds of 1 epoch with cycle (r/3, (r+1)/3) take the same learning rates as 3 epochs in one stage: warm-up
+    # once, annealing once, not 3 short cycles each annealed to nearly zero
+    data = ImageTensors(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40) % 4)
+    kw = {"batch_size": 8, "lr": 0.1, "augment": False}  # 5 steps per epoch
+    whole = _learning_rates(monkeypatch, [StageConfig(epochs=3, **kw)], data)
+    rounds = [StageConfig(epochs=1, cycle=(r / 3, (r + 1) / 3), **kw) for r in range(3)]
+    split = _learning_rates(monkeypatch, rounds, data)
+    separate = _learning_rates(monkeypatch, [StageConfig(epochs=1, **kw) for _ in range(3)], data)
+    assert len(whole) == len(split) == len(separate) == 15
+    assert split == pytest.approx(whole)
+    assert max(whole) == pytest.approx(0.1, rel=0.05) and whole[-1] < 1e-3
+    # separate cycles anneal to nearly zero at the end of every round; split ones only at the end of the last
+    assert separate[4] < 1e-3 and separate[9] < 1e-3
+    assert split[4] > 0.05 and split[9] > 0.01
+
+
+def test_stage_rejects_a_bad_cycle() -> None:
+    for cycle in [(0.5, 0.5), (-0.1, 0.5), (0.2, 1.2), (0.8, 0.3)]:
+        with pytest.raises(ValueError, match="cycle must be"):
+            StageConfig(cycle=cycle)
+
+
+def test_a_softmax_over_the_held_classes_keeps_old_classes_answerable() -> None:
+    # an edge holding only new classes (0 and 5) trains the main block; old classes are ids 1 and 4 (not positions):
+    # plain cross-entropy pushes the old logits down until old images are answered with new classes; a softmax over
+    # the held classes (label_classes) does not
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(96) % 6
+    x = torch.randint(0, 256, (96, 3, 8, 8), generator=g, dtype=torch.uint8)
+    x[:, 0] = (y * 40).view(-1, 1, 1).to(torch.uint8)
+    data = ImageTensors(x, y)
+    old, new = [1, 4], [0, 5]
+    torch.manual_seed(0)
+    model = build_meanet("resnet20_cifar", 6, [])
+    train_main(model, _classes(data, old), StageConfig(epochs=2, batch_size=16, lr=0.05, augment=False), progress=False)
+    probe = _classes(data, old).x
+
+    def answered_old(label_classes: list[int]) -> float:
+        student = copy.deepcopy(model)
+        stage = StageConfig(epochs=3, batch_size=16, lr=0.05, augment=False)
+        train_main(student, _classes(data, new), stage, label_classes=label_classes, progress=False)
+        student.eval()
+        with torch.no_grad():
+            top1 = student.forward_main(probe).logits.argmax(1)
+        return float(torch.isin(top1, torch.tensor(old)).float().mean())
+
+    plain, separated = answered_old([]), answered_old(new)
+    assert plain < 0.2 and separated > 0.8, (plain, separated)
+    with pytest.raises(ValueError, match="a label outside label_classes"):
+        train_main(copy.deepcopy(model), _classes(data, new), StageConfig(epochs=1), label_classes=[0], progress=False)
+    with pytest.raises(ValueError, match=r"label_classes must lie in 0\.\.5"):
+        train_main(copy.deepcopy(model), _classes(data, new), StageConfig(epochs=1), label_classes=[9], progress=False)
