@@ -102,6 +102,7 @@ class CloudServer:
         self.state_path = self.out / "state.pt"
         self.serving_path = self.out / SERVING_FILE
         self.position: dict[str, Any] = {"experience": 0, "phase": "cloud-start", "round": 0}
+        self._val_predictions: tuple[tuple[int, str], np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
@@ -209,15 +210,19 @@ class CloudServer:
 
     # ------------------------------------------------------------------------------------------ stages
     def _main_val_predictions(self, e: int) -> np.ndarray:
-        """The main block's top-1 class on the cloud's validation images of the classes seen so far."""
-        self.model.eval()
-        return predict_logits(lambda x: self.model.forward_main(x).logits, self.stream[e].val).argmax(1).numpy()
+        """The main block's top-1 class on the cloud's validation images of the classes seen so far (one pass per
+        main block: the accuracy after a stage and the hard-class choice that follows it share it)."""
+        key = (e, digest(self.model.state_dict()))  # the main block's digest
+        if self._val_predictions is None or self._val_predictions[0] != key:
+            self.model.eval()
+            pred = predict_logits(lambda x: self.model.forward_main(x).logits, self.stream[e].val).argmax(1).numpy()
+            self._val_predictions = (key, pred)
+        return self._val_predictions[1]
 
-    def _main_val_accuracy(self, e: int, pred: np.ndarray | None = None) -> float:
+    def _main_val_accuracy(self, e: int) -> float:
         """The main block's accuracy on the cloud's validation images of the classes seen so far."""
         val = self.stream[e].val
-        pred = self._main_val_predictions(e) if pred is None else pred
-        return float((pred == val.y.numpy()).mean()) if len(val) else 0.0
+        return float((self._main_val_predictions(e) == val.y.numpy()).mean()) if len(val) else 0.0
 
     def _begin(self, e: int) -> None:
         """The report's entry of experience ``e`` (once: a resumed run finds it in the saved report)."""
