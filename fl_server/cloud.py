@@ -240,6 +240,7 @@ class CloudServer:
                 "cloud_training_stage_seconds": {},
                 # the main block on the cloud's validation images of the seen classes, after each stage
                 "main_val_accuracy": {},
+                "main_stages": ["cloud", "main rounds"] if self._cloud_first(e) else ["main rounds", "cloud"],
             }
         )
 

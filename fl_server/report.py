@@ -124,7 +124,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
         for x in staged:
             acc = x["main_val_accuracy"]
             after = acc.get("after_cloud")
-            last = "main rounds" if x["experience"] == 0 else "cloud"  # fl_server.cloud.CloudServer._cloud_first
+            last = x.get("main_stages", ["-"])[-1]  # the order the server ran them in
             lines.append(
                 f"| {x['experience']} | {'-' if after is None else f'{after:.4f}'} | {acc['after_main_rounds']:.4f} "
                 f"| {last} |"

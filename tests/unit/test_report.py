@@ -14,6 +14,7 @@ def _report() -> dict:
     experience = {
         "experience": 0, "seen_classes": 50, "cloud_images": 7000, "edge_images": [6000, 5000, 4000],
         "cloud_training_seconds": 91.0, "main_val_accuracy": {"after_cloud": 0.125, "after_main_rounds": 0.25},
+        "main_stages": ["cloud", "main rounds"],
     }  # fmt: skip
     round_ = {
         "experience": 0, "round": 1, "wall_seconds": 30.0, "local_training_seconds": 6.0, "aggregation_seconds": 0.04,
