@@ -221,6 +221,12 @@ def format_report(r: dict[str, Any]) -> str:
         f"policy {r['policy']}",
         f"accuracy {r['accuracy']:.4f}  (main only {ref['main_only']:.4f}, edge main+extension "
         f"{ref['edge_main_plus_extension']:.4f}, cloud only {ref['cloud_only']:.4f})",
+        "offloaded inputs: "
+        + (
+            "none"
+            if ref.get("offloaded_edge") is None
+            else f"the edge's answer {ref['offloaded_edge']:.4f}, the cloud's {ref['offloaded_cloud']:.4f}"
+        ),
         "exits    "
         + "  ".join(
             f"{k} {v['fraction']:.3f} (acc {v['accuracy'] if v['accuracy'] is None else round(v['accuracy'], 4)})"
@@ -536,6 +542,9 @@ def bench_continual(
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(0.05, help="peak learning rate (one-cycle) of every training stage"),
     edge_lr: float = typer.Option(0.01, help="peak learning rate of the edges' fine-tuning"),
+    main_rounds: int = typer.Option(
+        2, help="main rounds per experience of meanet-fl-main-* (the edges train the main block; 0: none)"
+    ),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
     progress: bool = typer.Option(True, help="progress bars"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
@@ -570,7 +579,8 @@ def bench_continual(
             scenario=scenario, experiences=experiences, methods=tuple(names), seeds=seed_list, clients=clients,
             partition=partition, alpha=alpha, epochs=epochs, limit_train=limit_train, limit_test=limit_test,
             target_cloud_fraction=target_cloud_fraction, cloud_share=cloud_share, model=model,
-            cloud_model=cloud_model, batch_size=batch_size, lr=lr, edge_lr=edge_lr, data_dir=data_dir,
+            cloud_model=cloud_model, batch_size=batch_size, lr=lr, edge_lr=edge_lr, main_rounds=main_rounds,
+            data_dir=data_dir,
         )  # fmt: skip
         run_benchmark(cfg, out, progress=progress, log=typer.echo)
     except (BenchConfigError, ValueError, FileNotFoundError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -135,10 +136,26 @@ class BenchConfig:
         d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
         return d
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a stored result depends on (everything but which methods and seeds run, and where the
-        data folder is)."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("methods", "seeds", "data_dir")}
+    def fingerprint(self, method: str | None = None) -> dict[str, Any]:
+        """The settings a stored result of ``method`` depends on: everything but which methods and seeds run, where
+        the data folder is, and the settings only other methods read (``METHOD_SETTINGS``). Without ``method``:
+        the settings of the shared cloud trajectory (none of the method-only ones). So changing, say,
+        ``main_rounds`` reruns only the ``meanet-fl-main-*`` methods of an output folder."""
+        skip = {"methods", "seeds", "data_dir"}
+        skip |= {k for k, used_by in METHOD_SETTINGS.items() if method is None or not used_by(method)}
+        return {k: v for k, v in self.as_dict().items() if k not in skip}
+
+
+METHOD_SETTINGS: dict[str, Callable[[str], bool]] = {
+    "main_rounds": lambda m: m in MEANET_FL_MAIN_METHODS,
+    "edge_lr": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
+    "ewc_lambda": lambda m: m.endswith("-ewc"),
+    "lwf_alpha": lambda m: m.endswith("-lwf"),
+    "lwf_temperature": lambda m: m.endswith("-lwf"),
+    "replay_mem_size": lambda m: m.endswith("-replay"),
+    "target_cloud_fraction": lambda m: m.startswith("meanet-"),  # MEANet routing; the others never offload
+}
+"""Settings that only some methods read, and which (the others' results do not depend on them)."""
 
 
 QUICK: dict[str, Any] = {"limit_train": 3000, "limit_test": 60}

@@ -11,11 +11,12 @@ scenario and federated split, and ``cfg.epochs`` epochs per experience.
   on its data, re-chooses the hard classes, retrains adaptive + extension on its data and redistributes; then
   ``cfg.clients`` simulated edge clients fine-tune adaptive + extension with the Avalanche strategy on the hard-class
   samples of their partition of the new experience (one federated round; each client keeps its own strategy state:
-  EWC importances, LwF's previous model, the replay memory, all in class space: see ``edge.py``), and the cloud
-  aggregates the edge blocks with ``strategies.aggregation.weighted_average`` (weights = examples trained). The
-  clients run in this process, one after the other; the Flower simulation of the same exchange is tested in
-  ``tests/sim/test_federation.py``. Inference: the adaptive engine with the calibrated policy fitted on the cloud's
-  validation images so that at most ``cfg.target_cloud_fraction`` of the inputs are offloaded.
+  EWC importances, LwF's previous model, the replay memory, all in class space: see ``edge.py``), uploads the change
+  of its edge blocks int8-encoded (as ``meanet federate`` does), and the cloud aggregates the decoded edge blocks
+  with ``strategies.aggregation.weighted_average`` (weights = examples trained). The clients run in this process,
+  one after the other; the Flower simulation of the same exchange is tested in ``tests/sim/test_federation.py``.
+  Inference: the adaptive engine with the calibrated policy fitted on the cloud's validation images so that at most
+  ``cfg.target_cloud_fraction`` of the inputs are offloaded.
 * ``meanet-fl-main-{naive,lwf,replay}`` (ours, with main rounds, as ``meanet federate`` with ``main-rounds``): the
   same, except that the edges' images also reach the main block. The method keeps its own main block across
   experiences; per experience ``cfg.main_rounds`` main rounds: each edge trains a copy on its whole partition of the
@@ -291,9 +292,10 @@ class MEANetFL(Method):
             train_extension(self.model, ctx.scenario.cloud_data(t), stage(ctx.cfg), seed=ctx.seed + t, progress=False)
         seconds["extension_training"] = time.perf_counter() - t0
         broadcast = {k: v.clone() for k, v in self.model.state_dict().items()}
+        sent_edge = {k: v.numpy() for k, v in edge_state(broadcast).items()}
         updates: list[tuple[dict[str, np.ndarray], float]] = []
         client_seconds = []
-        edge_used = edge_trained = 0
+        edge_used = edge_trained = edge_up = 0
         clients = zip(self.client_models, self.client_edges, self.client_strategies, strict=True)
         for i, (model, edge, strategy) in enumerate(clients):
             model.set_hard_classes(main.hard_classes)
@@ -312,7 +314,12 @@ class MEANetFL(Method):
             edge_trained += trained_images(strategy) - before
             edge_used += len(data)
             edge.store_extension_rows()  # and back, for the upload
-            updates.append(({k: v.detach().numpy() for k, v in edge_state(model.state_dict()).items()}, len(data)))
+            trained_edge = {k: v.detach().numpy().copy() for k, v in edge_state(model.state_dict()).items()}
+            # int8 as the federation uploads it (upload-encoding int8; one round, so no error feedback carried): the
+            # bytes are the payload's, and the cloud aggregates what it decodes from it
+            payload, _ = encode_update(trained_edge, sent_edge, "int8")
+            edge_up += payload_bytes(payload)
+            updates.append((decode_update(payload, sent_edge, "int8"), len(data)))
         if updates:
             merged = weighted_average(updates)
             self.model.load_state_dict({**broadcast, **{k: torch.from_numpy(v) for k, v in merged.items()}})
@@ -323,11 +330,10 @@ class MEANetFL(Method):
         )
         # the cached main-block and cloud outputs this evaluation reuses were computed for it: count them
         seconds["evaluation"] = eval_s + main.outputs_seconds + snap.seconds["cloud_outputs"]
-        edge_bytes = state_bytes(edge_state(broadcast))
         sent = {
             "data_up": image_bytes(ctx, len(ctx.scenario.experiences[t].cloud)),
             "model_down": cfg.clients * state_bytes(broadcast) + main.bytes_down,
-            "model_up": len(updates) * edge_bytes + main.bytes_up,
+            "model_up": edge_up + main.bytes_up,
         }
         exp = ctx.scenario.experiences[t]
         budget = cloud_share_budget(

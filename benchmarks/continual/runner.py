@@ -140,7 +140,7 @@ def run_benchmark(
             path = seed_dir / f"{name}.json"
             if path.is_file():
                 saved = json.loads(path.read_text())
-                if saved.get("fingerprint") != cfg.fingerprint():
+                if saved.get("fingerprint") != cfg.fingerprint(name):
                     raise BenchConfigError(
                         f"{path} holds a result computed with other settings; pass another --out, or delete "
                         f"{seed_dir} to recompute"
@@ -167,7 +167,7 @@ def run_benchmark(
         ctx = Context(cfg, scenario, seed, CloudTrajectory(cfg, scenario, seed, seed_dir / "cloud", progress))
         for name in todo:
             result = run_method(method_factory(name, ctx), ctx, progress=progress)
-            write_json({"fingerprint": cfg.fingerprint(), "result": result}, seed_dir / f"{name}.json")
+            write_json({"fingerprint": cfg.fingerprint(name), "result": result}, seed_dir / f"{name}.json")
             runs[str(seed)][name] = result
             log(
                 f"seed {seed}: {name}: final average accuracy {result['final_average_accuracy']:.4f}, "

@@ -144,14 +144,14 @@ def test_main_round_uploads_are_int8_and_far_smaller_than_fedavg_uploads(bench: 
         rounds = e["extra"]["main_rounds"]
         assert rounds["model_up"] == per_edge * sum(rounds["clients_trained"])
         assert rounds["model_down"] == float32 * SETTINGS["clients"] * ROUNDS  # the float32 main block, every edge
-        # the experience's upload: the main rounds' plus the edge round's float32 edge blocks (as meanet-fl-*)
+        # the experience's upload: the main rounds' plus the edge round's int8 edge blocks (as meanet-fl-*, and as
+        # the federation sends them)
         model.set_hard_classes(e["extra"]["hard_classes"])
-        edge = sum(v.numel() * v.element_size() for v in edge_state(model.state_dict()).values())
+        edge = int8_bytes(edge_state(model.state_dict()))
         assert e["bytes_sent"]["model_up"] == rounds["model_up"] + edge * e["extra"]["clients_trained"]
         # FedAvg uploads each edge's whole backbone (the same main block) in float32 once per experience; a main
         # round's upload is its change in int8: 1 byte per weight instead of 4, plus one float32 scale per output
-        # channel, so about a quarter of it. (Over the experience, 2 main rounds and the edge round's float32 edge
-        # blocks add up to more than FedAvg's upload: see the report.)
+        # channel, so about a quarter of it.
         fedavg = runs["fedavg-naive"]["experiences"][t]["bytes_sent"]
         fedavg_per_edge = fedavg["model_up"] / runs["fedavg-naive"]["experiences"][t]["extra"]["clients_trained"]
         assert fedavg_per_edge == float32

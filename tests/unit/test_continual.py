@@ -177,6 +177,21 @@ def test_config_rejects_unknown_methods_and_ranges() -> None:
         BenchConfig.from_dict({"epoch": 3})
 
 
+def test_a_stored_result_depends_only_on_the_settings_its_method_reads() -> None:
+    base, other = BenchConfig(), BenchConfig(main_rounds=1, lwf_alpha=0.5)
+    # the shared cloud trajectory and the methods that read neither setting keep their results
+    for method in (None, "naive", "joint", "edge-only", "cloud-only", "fedavg-replay", "meanet-fl-ewc"):
+        assert base.fingerprint(method) == other.fingerprint(method), method
+    for method in ("meanet-fl-main-naive", "meanet-fl-lwf", "fedavg-lwf", "meanet-fl-main-lwf"):
+        assert base.fingerprint(method) != other.fingerprint(method), method
+    # every method's result depends on the shared settings
+    assert all(base.fingerprint(m) != BenchConfig(lr=0.1).fingerprint(m) for m in (None, *METHODS))
+    # target cloud fraction: MEANet's routing only
+    routed = BenchConfig(target_cloud_fraction=0.1)
+    assert base.fingerprint("fedavg-naive") == routed.fingerprint("fedavg-naive")
+    assert base.fingerprint("meanet-static") != routed.fingerprint("meanet-static")
+
+
 # ------------------------------------------------------------------------------------------------ scenarios
 def test_split_scenario_is_class_incremental_and_federated() -> None:
     s = build_scenario("split-cifar100", num_experiences=3, num_clients=2, cloud_share=0.3, seed=1,
