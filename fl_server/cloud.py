@@ -441,7 +441,8 @@ class CloudServer:
         ref = summary["reference_accuracy"]
         self.say(
             f"experience {e}: accuracy {summary['accuracy']:.4f} (edge {ref['edge_main_plus_extension']:.4f}, "
-            f"cloud only {ref['cloud_only']:.4f}); exits main {summary['exits']['main']['fraction']:.3f} "
+            f"cloud only {ref['cloud_only']:.4f}; on the offloaded inputs edge {ref['offloaded_edge'] or 0:.4f}, "
+            f"cloud {ref['offloaded_cloud'] or 0:.4f}); exits main {summary['exits']['main']['fraction']:.3f} "
             f"extension {summary['exits']['extension']['fraction']:.3f} "
             f"cloud {summary['exits']['cloud']['fraction']:.3f}"
         )

@@ -74,6 +74,12 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def _offloaded(ref: dict[str, Any]) -> str:
+    """``edge / cloud`` accuracy on the offloaded inputs; ``-`` when nothing was offloaded (or an older report)."""
+    edge, cloud = ref.get("offloaded_edge"), ref.get("offloaded_cloud")
+    return "-" if edge is None or cloud is None else f"{edge:.3f} / {cloud:.3f}"
+
+
 def markdown_summary(report: dict[str, Any]) -> str:
     """Markdown tables: accuracy and exits per experience (with chance and the data behind each column); time and
     bytes per round; bytes per kind of round; each edge's evaluation."""
@@ -81,8 +87,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
     main_rounds = int(config.get("main-rounds", 0))
     lines = [
         "| experience | seen classes | chance | cloud images | edge images | cloud training s | MEANet + cloud "
-        "| edge (main + ext) | main only | cloud only | exit main | exit extension | exit cloud |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| edge (main + ext) | main only | cloud only | exit main | exit extension | exit cloud "
+        "| offloaded: edge / cloud |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for x in report["experiences"]:
         ev = x.get("evaluation")
@@ -94,7 +101,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
             f"| {sum(x.get('edge_images', []))} | {x['cloud_training_seconds']:.0f} "
             f"| {ev['accuracy']:.4f} | {ref['edge_main_plus_extension']:.4f} | {ref['main_only']:.4f} "
             f"| {ref['cloud_only']:.4f} | {ex['main']['fraction']:.3f} | {ex['extension']['fraction']:.3f} "
-            f"| {ex['cloud']['fraction']:.3f} |"
+            f"| {ex['cloud']['fraction']:.3f} | {_offloaded(ref)} |"
         )
     edge_seen = (
         f" and on the edges' images of the experience in {main_rounds} main round(s) (their own data, "
@@ -111,7 +118,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
         "offloading (the extension trained on the hard-class images of the cloud, then of the edges). *cloud only*: "
         f"the cloud model ({config.get('cloud-model', '?')}) on every input, trained on the cloud images only "
         f"({config.get('cloud-model-epochs') or config.get('cloud-epochs', 1)} epoch(s)). "
-        "*MEANet + cloud*: the adaptive engine, offloading the inputs the edge is not confident on (exit cloud).",
+        "*MEANet + cloud*: the adaptive engine, offloading the inputs the edge is not confident on (exit cloud). "
+        "*offloaded: edge / cloud*: on those inputs, the accuracy of the edge's own answer and of the cloud's (the "
+        "cloud pays for itself where the second is higher; MEANet + cloud - edge = exit cloud x the difference).",
     ]
     staged = [x for x in report["experiences"] if "after_main_rounds" in x.get("main_val_accuracy", {})]
     if staged:

@@ -16,6 +16,7 @@ import torch
 from meanet_core.cost import CostConfig
 from meanet_core.data import ImageTensors, TensorBatches
 from meanet_core.engine import (
+    EXIT_CLOUD,
     EXIT_NAMES,
     AdaptiveEngine,
     LocalCloud,
@@ -101,8 +102,12 @@ def summarize(pred: Predictions, labels: torch.Tensor | None) -> dict[str, Any]:
     The one summary of costs in the repository: the CLI's evaluation, the federation's edge and cloud evaluations
     and the continual benchmark read their numbers here, from ``Predictions`` priced by ``engine.priced``.
     """
-    correct = pred.labels == labels if labels is not None else None
     n = len(pred)
+    if n == 0:
+        raise ValueError("no predictions to summarize: the evaluation data is empty (check the test split or --limit)")
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{n} predictions but {len(labels)} labels: they must come from the same images")
+    correct = pred.labels == labels if labels is not None else None
     exits = {}
     for code, name in enumerate(EXIT_NAMES):
         mask = pred.exit == code
@@ -258,14 +263,23 @@ def evaluate(
     return report
 
 
-def reference_accuracy(model: MEANet, policy: Policy, out: BranchOutputs, meanet_accuracy: float) -> dict[str, float]:
-    """Main block alone, the edge (main + extension, nothing offloaded), MEANet with cloud, and the cloud alone."""
+def reference_accuracy(
+    model: MEANet, policy: Policy, out: BranchOutputs, meanet_accuracy: float
+) -> dict[str, float | None]:
+    """Main block alone, the edge (main + extension, nothing offloaded), MEANet with cloud, and the cloud alone;
+    and, on the inputs the policy offloads, the accuracy of the edge's own answer against the cloud's (what calling
+    the cloud gains there; None when nothing is offloaded)."""
     edge_only = route_outputs(model, policy, out.main, out.extension, None)
+    cloud_labels = out.cloud.argmax(1)
+    sent = route_outputs(model, policy, out.main, out.extension, cloud_labels).exit == EXIT_CLOUD
+    labels = out.labels[sent]
     return {
         "main_only": float((out.main.argmax(1) == out.labels).float().mean()),
         "edge_main_plus_extension": float((edge_only.labels == out.labels).float().mean()),
         "meanet_with_cloud": meanet_accuracy,
-        "cloud_only": float((out.cloud.argmax(1) == out.labels).float().mean()),
+        "cloud_only": float((cloud_labels == out.labels).float().mean()),
+        "offloaded_edge": float((edge_only.labels[sent] == labels).float().mean()) if len(labels) else None,
+        "offloaded_cloud": float((cloud_labels[sent] == labels).float().mean()) if len(labels) else None,
     }
 
 

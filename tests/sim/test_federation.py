@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cloud_worth import run_comparison
 from fl_server.launch import run_deployment, run_simulation
 from tests.sim.helpers import left_behind
 
@@ -106,6 +107,13 @@ def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: 
         if learned:
             assert ev["accuracy"] > 2 * chance, (ev["accuracy"], chance)
         assert sum(ev["exits"][x]["fraction"] for x in ("main", "extension", "cloud")) == pytest.approx(1.0)
+        # what calling the cloud added = the offloaded share x (the cloud's accuracy - the edge's) on those inputs
+        ref, sent = ev["reference_accuracy"], ev["exits"]["cloud"]["fraction"]
+        if sent:
+            gain = sent * (ref["offloaded_cloud"] - ref["offloaded_edge"])
+            assert ref["meanet_with_cloud"] - ref["edge_main_plus_extension"] == pytest.approx(gain, abs=1e-6), ref
+        else:
+            assert ref["offloaded_cloud"] is None and ref["offloaded_edge"] is None, ref
     assert (report_dir / "experiences.png").is_file() and (report_dir / "rounds.png").is_file()
     rows = [line for line in (report_dir / "report.md").read_text().splitlines() if line.startswith("| ")]
     per_edge = sum(len(r.get("client_evaluation_per_node") or {}) for r in report["rounds"])
@@ -129,8 +137,22 @@ def test_simulation_engine_runs_the_experience_loop(tmp_path: Path) -> None:
     cfg = _config(tmp_path / "report", **{"num-clients": 3, "main-rounds": 1})
     run = run_simulation(cfg, 3, timeout=900, home=tmp_path / "flwr")
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
-    _check_report(tmp_path / "report", num_clients=3, experiences=2, rounds=2)
+    report = _check_report(tmp_path / "report", num_clients=3, experiences=2, rounds=2)
     assert left_behind(tmp_path / "flwr") == []  # Ray and flwr-simulation were ended with the SuperLink
+    # benchmarks/cloud_worth.py on this run: its own cloud model reproduces the run's last evaluation; a fresh cloud
+    # model trains on everything the cloud holds
+    result = run_comparison(tmp_path / "report", epochs=[1], log=lambda _: None)
+    last = report["experiences"][-1]
+    ev, ref = last["evaluation"], last["evaluation"]["reference_accuracy"]
+    own, fresh = result["rows"]
+    assert result["experience"] == 1 and result["cloud_images"] == last["cloud_images"]
+    assert own["cloud"] == "run" and fresh["cloud"] == "1 epochs"
+    one = 1.01 / result["test_images"]  # one image: another thread count may round a tie the other way
+    for key in ("meanet_with_cloud", "cloud_only"):
+        assert own[key] == pytest.approx(ref[key], abs=one), key
+    assert own["edge"] == pytest.approx(ref["edge_main_plus_extension"], abs=one)
+    assert own["cloud_fraction"] == pytest.approx(ev["exits"]["cloud"]["fraction"], abs=one)
+    assert fresh["training_image_passes"] == last["cloud_images"] and fresh["training_seconds"] > 0
 
 
 @pytest.mark.sim

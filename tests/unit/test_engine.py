@@ -18,7 +18,7 @@ from meanet_core.engine import (
     priced,
     route_outputs,
 )
-from meanet_core.evaluation import BranchOutputs, summarize, sweep
+from meanet_core.evaluation import BranchOutputs, reference_accuracy, summarize, sweep
 from meanet_core.models import build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, normalized_entropy
 
@@ -267,6 +267,12 @@ def test_one_summary_for_the_engine_its_offline_routes_and_the_sweep(setup: tupl
     assert point["cloud_fraction"] == online["exits"]["cloud"]["fraction"]
     assert point["extension_fraction"] == online["exits"]["extension"]["fraction"]
     assert point["energy_per_image_joule"] == online["energy_per_image_joule"]
+    paper = PaperPolicy(0.3)
+    empty = predictions_from_outputs(model, paper, engine.blocks, main[:0], ext[:0], cloud_logits[:0], engine.cost)
+    with pytest.raises(ValueError, match="evaluation data is empty"):
+        summarize(empty, labels[:0])
+    with pytest.raises(ValueError, match="24 predictions but 23 labels"):
+        summarize(offline, labels[:-1])
 
 
 def test_priced_counts_each_route_once() -> None:
@@ -284,3 +290,27 @@ def test_priced_counts_each_route_once() -> None:
         torch.zeros(2, dtype=torch.int64), exits[2:], torch.zeros(2, dtype=torch.bool), replace(blocks, main_macs=0)
     )
     assert cloud_only.edge_macs.tolist() == [0, 0] and cloud_only.energy_joule.tolist() == pytest.approx([send] * 2)
+
+
+def test_reference_accuracy_compares_edge_and_cloud_on_the_offloaded_inputs(setup: tuple) -> None:
+    model, _, _ = setup
+    n, k = 12, 10
+    main = torch.full((n, k), -5.0)
+    main[torch.arange(n), torch.tensor([0, 1, 3, 5, 0, 1, 3, 5, 7, 2, 9, 4])] = 5.0  # samples 8..11: a hard top-1
+    ext = torch.zeros(n, len(HARD))
+    ext[torch.arange(8, n), model.hard_index[torch.tensor([7, 2, 4, 9])]] = 5.0  # answers for 8..11, at positions
+    cloud = torch.zeros(n, k)
+    cloud[torch.arange(n), torch.tensor([6, 6, 6, 6, 0, 1, 3, 5, 7, 2, 9, 4])] = 5.0
+    labels = torch.tensor([6, 6, 0, 5, 0, 1, 3, 5, 7, 2, 9, 9])
+    policy = FixedPolicy(cloud=(0, 1, 2, 3), ext=(8, 9, 10, 11))  # offloads 0..3: edge 0, 1, 3, 5 - cloud 6, 6, 6, 6
+    out = BranchOutputs(main, ext, cloud, labels)
+    ref = reference_accuracy(model, policy, out, meanet_accuracy=9 / 12)  # 0, 1 from the cloud; 4..9, 11
+    assert ref["offloaded_edge"] == pytest.approx(1 / 4)  # sample 3 (edge 5, label 5)
+    assert ref["offloaded_cloud"] == pytest.approx(2 / 4)  # samples 0 and 1
+    # the extension answers in class ids: 8, 9 and 11 right, 10 wrong (4 for a 9)
+    assert ref["edge_main_plus_extension"] == pytest.approx(8 / 12)
+    # what the cloud adds = the offloaded share x (cloud - edge) on them
+    edge = ref["edge_main_plus_extension"]
+    assert ref["meanet_with_cloud"] - edge == pytest.approx(4 / 12 * (ref["offloaded_cloud"] - ref["offloaded_edge"]))
+    none = reference_accuracy(model, FixedPolicy(cloud=(), ext=()), out, meanet_accuracy=0.0)
+    assert none["offloaded_edge"] is None and none["offloaded_cloud"] is None

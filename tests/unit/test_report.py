@@ -11,6 +11,7 @@ from fl_server.report import markdown_summary, write_report
 def _report() -> dict:
     exits = {k: {"fraction": f, "accuracy": 0.5} for k, f in (("main", 0.6), ("extension", 0.25), ("cloud", 0.15))}
     ref = {"main_only": 0.4, "edge_main_plus_extension": 0.42, "cloud_only": 0.5, "meanet_with_cloud": 0.45}
+    ref |= {"offloaded_edge": 0.08, "offloaded_cloud": 0.28}  # 0.45 - 0.42 = 0.15 x (0.28 - 0.08)
     experience = {
         "experience": 0, "seen_classes": 50, "cloud_images": 7000, "edge_images": [6000, 5000, 4000],
         "cloud_training_seconds": 91.0, "main_val_accuracy": {"after_cloud": 0.125, "after_main_rounds": 0.25},
@@ -50,7 +51,8 @@ def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> No
     assert len(rows) == 4 + 1 + 2 + 3 + 2
     assert "| 0 | 0.1250 | 0.2500 | main rounds |" in rows  # the cloud's epochs came first at experience 0
     # chance 1/50; the edges' images beside the cloud's
-    assert "| 0 | 50 | 0.0200 | 7000 | 15000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |" in rows
+    row = "| 0 | 50 | 0.0200 | 7000 | 15000 | 91 | 0.4500 | 0.4200 | 0.4000 | 0.5000 | 0.600 | 0.250 | 0.150 |"
+    assert f"{row} 0.080 / 0.280 |" in rows
     # wall 30 = training phase 18 (local 6 + overhead 12) + aggregation 0.04 + client evaluation 11.96
     row = "| 0 | edge | 1 | 30.0 | 6.0 | 12.0 | 0.04 | 12.0 | 733,984 | 0.391 | 1,875,405 | 1.000 | 0 | 0.4100 |"
     assert row in rows
