@@ -543,7 +543,7 @@ def bench_continual(
     lr: float = typer.Option(0.05, help="peak learning rate (one-cycle) of every training stage"),
     edge_lr: float = typer.Option(0.01, help="peak learning rate of the edges' fine-tuning"),
     main_rounds: int = typer.Option(
-        2, help="main rounds per experience of meanet-fl-main-* (the edges train the main block; 0: none)"
+        1, help="main rounds per experience of meanet-fl-main-* (the edges train the main block; 0: none)"
     ),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
     progress: bool = typer.Option(True, help="progress bars"),

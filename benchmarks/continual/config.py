@@ -69,7 +69,7 @@ class BenchConfig:
     lwf_alpha: float = 1.0
     lwf_temperature: float = 2.0
     replay_mem_size: int = 200
-    main_rounds: int = 2
+    main_rounds: int = 1
     data_dir: str | None = None
 
     def __post_init__(self) -> None:

@@ -106,7 +106,7 @@ def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(bench_out
     assert "already done" in result.output and (bench_out / "seed-0" / "naive.json").stat().st_mtime_ns == before
     # a setting only other methods read (main rounds: meanet-fl-main-*) leaves naive's stored result valid
     result = CliRunner().invoke(
-        app, ["bench", "continual", *TINY, "--methods", "naive", "--main-rounds", "1", "--out", str(bench_out)]
+        app, ["bench", "continual", *TINY, "--methods", "naive", "--main-rounds", "2", "--out", str(bench_out)]
     )
     assert result.exit_code == 0, result.output
     assert "already done" in result.output and (bench_out / "seed-0" / "naive.json").stat().st_mtime_ns == before

@@ -178,7 +178,7 @@ def test_config_rejects_unknown_methods_and_ranges() -> None:
 
 
 def test_a_stored_result_depends_only_on_the_settings_its_method_reads() -> None:
-    base, other = BenchConfig(), BenchConfig(main_rounds=1, lwf_alpha=0.5)
+    base, other = BenchConfig(), BenchConfig(main_rounds=2, lwf_alpha=0.5)
     # the shared cloud trajectory and the methods that read neither setting keep their results
     for method in (None, "naive", "joint", "edge-only", "cloud-only", "fedavg-replay", "meanet-fl-ewc"):
         assert base.fingerprint(method) == other.fingerprint(method), method
