@@ -10,6 +10,9 @@ Modes, each training a fresh main block (same seed) for one pass over the same C
   (channels-last): the reference for our loop's overhead (goal: under 10%);
 - ``plain_dataloader``: the textbook loop, a ``DataLoader`` over a ``Dataset`` applying torchvision's RandomCrop and
   RandomHorizontalFlip per sample (the per-sample data path's before/after);
+- ``avalanche_naive`` / ``avalanche_naive_contiguous`` (with ``--avalanche``): Avalanche's ``Naive`` as the continual
+  benchmark builds it (``benchmarks.continual.edge.make_strategy``: batched crop + flip, one-cycle LR, counted
+  images) on the main block, with mini-batches fed channels-last (the default) or not (the layout's before/after);
 - ``plain_tensor_loop_compiled`` (with ``--compile``): the bare loop with ``torch.compile`` on the main block; its
   first pass (compilation included) is reported apart from the best pass.
 Rounds are interleaved (``--repeats``), the best time kept. Prints a table and writes JSON.
@@ -70,6 +73,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time the bare loop with torch.compile")
+    ap.add_argument("--avalanche", action="store_true", help="also time Avalanche's Naive, channels-last or not")
     ap.add_argument("--json", type=Path, default=Path("perf_training.json"))
     args = ap.parse_args()
     cl = True
@@ -108,6 +112,26 @@ def main() -> None:
         "plain_tensor_loop": plain_tensor_loop,
         "plain_dataloader": plain_dataloader,
     }
+
+    def avalanche_naive(channels_last: bool) -> None:
+        from benchmarks.continual.common import quiet
+        from benchmarks.continual.edge import MainClassifier, experience_of, make_strategy
+
+        strategy = make_strategy(
+            "naive",
+            MainClassifier(fresh_model(args.model, k, False)),
+            lr=cfg.lr,
+            epochs=1,
+            batch_size=args.batch_size,
+            seed=0,
+            channels_last=channels_last,
+        )
+        with quiet():
+            strategy.train(experience_of(data, 0, "perf"))
+
+    if args.avalanche:
+        modes["avalanche_naive"] = lambda: avalanche_naive(True)
+        modes["avalanche_naive_contiguous"] = lambda: avalanche_naive(False)
     if args.compile:
         modes["plain_tensor_loop_compiled"] = plain_tensor_loop_compiled
     best = {name: float("inf") for name in modes}

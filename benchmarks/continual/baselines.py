@@ -87,11 +87,16 @@ class FedAvgWhole(Method):
     kept across experiences, with the edge's own LwF teacher and replay memory); one round of FedAvg
     (``strategies.aggregation.weighted_average``, weights = the edges' example counts, as MEANet-FL aggregates its
     edge blocks) gives the next global model. Every inference runs on the device (no offloading).
+
+    ``cloud_last``: the edges' round first, then the cloud's epochs on the averaged model, the order of
+    ``meanet-fl-main-*`` (whose edges' rounds also come before the cloud's epochs), so the model that answers has
+    last trained on every class the cloud holds rather than on the edges' new classes only.
     """
 
-    def __init__(self, ctx: Context, strategy: str) -> None:
+    def __init__(self, ctx: Context, strategy: str, *, cloud_last: bool = False) -> None:
         super().__init__(ctx)
-        self.name = f"fedavg-{strategy}"
+        self.name = f"fedavg-cloud-last-{strategy}" if cloud_last else f"fedavg-{strategy}"
+        self.cloud_last = cloud_last
         cfg = ctx.cfg
         self.model = ctx.trajectory.new_meanet()
         self.client_models = [ctx.trajectory.new_meanet() for _ in range(cfg.clients)]
@@ -113,11 +118,10 @@ class FedAvgWhole(Method):
     def run_experience(self, t: int) -> ExperienceOutcome:
         ctx, cfg = self.ctx, self.ctx.cfg
         exp = ctx.scenario.experiences[t]
-        t0 = time.perf_counter()
+        seconds: dict[str, float] = {}
         with count_training_images(self.model.normalize) as cloud:
-            data = ctx.scenario.cloud_data(t)
-            train_main(self.model, data, stage(cfg), seed=ctx.seed * 1000 + t, progress=False, channels_last=True)
-        seconds = {"cloud_training": time.perf_counter() - t0}
+            if not self.cloud_last:
+                self._cloud_epochs(t, seconds)
         broadcast = {k: v.clone() for k, v in main_state(self.model.state_dict()).items()}
         updates: list[tuple[dict[str, np.ndarray], float]] = []
         client_seconds = []
@@ -140,6 +144,9 @@ class FedAvgWhole(Method):
             merged = weighted_average(updates)
             self.model.load_state_dict({k: torch.from_numpy(v) for k, v in merged.items()}, strict=False)
         seconds["edge_training"] = max(client_seconds, default=0.0)  # edges run side by side on real devices
+        with count_training_images(self.model.normalize) as cloud_last:
+            if self.cloud_last:
+                self._cloud_epochs(t, seconds)
         t0 = time.perf_counter()
         test = ctx.scenario.test_data(t)
         labels = main_block_logits(self.model, test)[0].argmax(1)
@@ -157,8 +164,17 @@ class FedAvgWhole(Method):
             edge_new=sum(len(c) for c in exp.clients),
             edge_used=sum(len(c) for c in exp.clients),
             edge_stored=sum(replay_memory(s) for s in self.client_strategies),
-            trained_cloud=cloud.images,
+            trained_cloud=cloud.images + cloud_last.images,
             trained_edge=edge_trained,
         )
         extra = {"clients_trained": len(updates), "client_seconds": client_seconds, "budget": budget}
         return ExperienceOutcome(per_experience(labels, ctx, t), edge_costs(ctx, len(test)), sent, seconds, extra)
+
+    def _cloud_epochs(self, t: int, seconds: dict[str, float]) -> None:
+        """The cloud trains the global model on everything it has stored (as the shared trajectory trains the main
+        block)."""
+        ctx = self.ctx
+        t0 = time.perf_counter()
+        data = ctx.scenario.cloud_data(t)
+        train_main(self.model, data, stage(ctx.cfg), seed=ctx.seed * 1000 + t, progress=False, channels_last=True)
+        seconds["cloud_training"] = time.perf_counter() - t0

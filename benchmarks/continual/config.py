@@ -17,6 +17,9 @@ MEANET_FL_MAIN_METHODS = ("meanet-fl-main-naive", "meanet-fl-main-lwf", "meanet-
 federate`` with ``main-rounds``), so their images reach it."""
 FEDAVG_METHODS = ("fedavg-naive", "fedavg-lwf", "fedavg-replay")
 """FedAvg of the whole edge model over the same edges and cloud share, with an Avalanche strategy on each edge."""
+FEDAVG_CLOUD_LAST_METHODS = ("fedavg-cloud-last-naive", "fedavg-cloud-last-lwf", "fedavg-cloud-last-replay")
+"""The same FedAvg, in ``meanet-fl-main-*``'s order: the edges' round first, then the cloud's epochs over every class
+it holds (the cloud-first ``fedavg-*`` ends each experience on edges that saw only the new classes)."""
 METHODS = (
     "cloud-only",
     "edge-only",
@@ -24,6 +27,7 @@ METHODS = (
     *MEANET_FL_METHODS,
     *MEANET_FL_MAIN_METHODS,
     *FEDAVG_METHODS,
+    *FEDAVG_CLOUD_LAST_METHODS,
     "naive",
     "joint",
 )

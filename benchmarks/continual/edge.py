@@ -213,16 +213,20 @@ class HardClassReplayPlugin(ReplayPlugin):
 
 
 class TensorAugmentPlugin(SupervisedPlugin):
-    """Random crop (zero padding 4) and horizontal flip of each training mini-batch, batched and seeded."""
+    """Random crop (zero padding 4) and horizontal flip of each training mini-batch, batched and seeded; the batch
+    then goes to the model channels-last (``channels_last``), as ``meanet_core.training.train_main`` feeds it: on
+    CPU the convolutions train about 1.3x faster (``benchmarks/perf_training.py --avalanche``)."""
 
-    def __init__(self, seed: int, pad: int = 4) -> None:
+    def __init__(self, seed: int, pad: int = 4, channels_last: bool = True) -> None:
         super().__init__()
         self.generator = torch.Generator().manual_seed(seed)
         self.pad = pad
+        self.channels_last = channels_last
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         batch = list(strategy.mbatch)
-        batch[0] = random_crop_flip(batch[0], self.pad, self.generator)
+        x = random_crop_flip(batch[0], self.pad, self.generator)
+        batch[0] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
         strategy.mbatch = batch
 
 
@@ -306,10 +310,12 @@ def make_strategy(
     lwf_temperature: float = 2.0,
     mem_size: int = 200,
     evaluator: EvaluationPlugin | None = None,
+    channels_last: bool = True,
 ) -> Any:
     """The Avalanche strategy ``kind`` (``naive``, ``ewc``, ``lwf``, ``replay``, or ``joint`` = ``Cumulative``)
     over ``model``: SGD with Nesterov momentum and weight decay 5e-4, a one-cycle schedule per experience, batched
-    crop + flip augmentation, ``epochs`` epochs per experience, a count of the images trained on.
+    crop + flip augmentation, ``epochs`` epochs per experience, a count of the images trained on; mini-batches go
+    to the model channels-last unless ``channels_last`` is false (the same numbers up to float rounding).
 
     On an ``EdgeClassSpace``, LwF and Replay are their class-space forms (``ClassSpaceLwFPlugin``,
     ``HardClassReplayPlugin``) and EWC is Avalanche's over the class-space parameters; on any other model (a
@@ -319,7 +325,11 @@ def make_strategy(
         raise ValueError(f"unknown Avalanche strategy {kind!r}; valid: {', '.join(STRATEGIES)}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    plugins: list[Any] = [TensorAugmentPlugin(seed), OneCyclePlugin(lr), TrainedImagesPlugin()]
+    plugins: list[Any] = [
+        TensorAugmentPlugin(seed, channels_last=channels_last),
+        OneCyclePlugin(lr),
+        TrainedImagesPlugin(),
+    ]
     common: dict[str, Any] = dict(
         model=model,
         optimizer=optimizer,

@@ -31,6 +31,16 @@ BUDGET_COLUMNS = (
     ("bytes_up_per_experience", "up/experience", 1e-6, "{:.2f}", "MB"),
     ("bytes_down_per_experience", "down/experience", 1e-6, "{:.2f}", "MB"),
 )
+PARTS = (
+    ("meanet_with_cloud", "MEANet with cloud"),
+    ("main_only", "main block alone"),
+    ("edge_main_plus_extension", "main + extension, no cloud"),
+    ("cloud_only", "cloud model alone"),
+    ("offloaded_edge", "offloaded: edge"),
+    ("offloaded_cloud", "offloaded: cloud"),
+)
+"""The reference accuracies of a MEANet method after the last experience (``meanet_core.evaluation.
+reference_accuracy``, on the same test images): what the extension and the cloud each add to the main block."""
 UPPER_BOUND = "joint"
 """Trains centrally on everything seen so far: the upper bound, not a competitor."""
 
@@ -54,6 +64,28 @@ def budget_summary(results: dict[str, Any]) -> dict[str, Any]:
             out[name] = {"data_seen": per_seed[0]["data_seen"]} | {
                 key: mean_std([s[key] for s in per_seed]) for key in per_seed[0] if key != "data_seen"
             }
+    return out
+
+
+def parts_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """For each method that routes through MEANet: its reference accuracies after the last experience (``PARTS``)
+    and cloud fraction, mean ± std over the seeds that have it (a result stored before a key existed lacks it).
+    Other methods are left out."""
+    out: dict[str, Any] = {}
+    for name in results["summary"]:
+        finals = [
+            run[name]["experiences"][-1]["costs"]
+            for run in results["runs"].values()
+            if run.get(name, {}).get("experiences")
+        ]
+        finals = [c for c in finals if "reference_accuracy" in c]
+        if not finals:
+            continue
+        row: dict[str, Any] = {}
+        for key, _ in PARTS:
+            row[key] = mean_std([c["reference_accuracy"].get(key) for c in finals])
+        row["cloud_fraction"] = mean_std([c["cloud_fraction"] for c in finals])
+        out[name] = row
     return out
 
 
@@ -105,6 +137,22 @@ def markdown(results: dict[str, Any]) -> str:
             acc = _cell(summary[name]["final_average_accuracy"], 100.0, "{:.1f}", seeds)
             cells = [_cell(b[key], scale, fmt, seeds) for key, _, scale, fmt, _ in BUDGET_COLUMNS]
             lines.append(f"| {_label(name)} | {acc} | {b['data_seen']} | " + " | ".join(cells) + " |")
+    parts = results.get("parts") or parts_summary(results)
+    if parts:
+        lines += [
+            "",
+            "What each part adds, for the methods that route through MEANet: accuracy (%) on the same test images "
+            "after the last experience, of the whole system, of its main block alone, of main + extension with "
+            "nothing offloaded, and of the cloud model alone; and on the inputs the policy sends to the cloud, the "
+            "edge's own answer against the cloud's (the cloud adds their difference times the cloud fraction):",
+            "",
+            "| method | " + " | ".join(title for _, title in PARTS) + " | cloud fraction |",
+            "|---|" + "---:|" * (len(PARTS) + 1),
+        ]
+        for name, row in parts.items():
+            cells = [_cell(row[key], 100.0, "{:.1f}", seeds) for key, _ in PARTS]
+            cells.append(_cell(row["cloud_fraction"], 100.0, "{:.1f}", seeds))
+            lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Average accuracy (%) over the experiences seen so far, after each experience:",
@@ -184,6 +232,7 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> l
     """Write ``results.json``, ``results.md`` and (``plots``) the two PNGs into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     results["budget"] = budget_summary(results)
+    results["parts"] = parts_summary(results)
     write_json(results, out / "results.json")
     (out / "results.md").write_text(markdown(results))
     paths = [out / "results.json", out / "results.md"]

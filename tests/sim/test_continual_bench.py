@@ -1,7 +1,8 @@
 """The continual benchmark end to end on a tiny scenario (scikit-learn's digits: offline, 10 classes).
 
 Every method but two of the three FedAvg baselines (``fedavg-replay`` stands for them: the same loop, another
-Avalanche strategy) and two of the three MEANet-FL variants with main rounds (``meanet-fl-main-replay`` stands for
+Avalanche strategy), two of the three cloud-last ones (``fedavg-cloud-last-lwf``; ``tests/unit/test_fedavg_order.py``
+checks their order) and two of the three MEANet-FL variants with main rounds (``meanet-fl-main-replay`` stands for
 them; ``tests/unit/test_bench_main_rounds.py`` checks their main rounds) runs through ``meanet bench continual``;
 the edge clients of MEANet-FL and FedAvg are simulated in-process (the Flower engines are exercised by
 ``test_federation.py``).
@@ -17,7 +18,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.continual.config import FEDAVG_METHODS, MEANET_FL_MAIN_METHODS, METHODS, BenchConfig
+from benchmarks.continual.config import (
+    FEDAVG_CLOUD_LAST_METHODS,
+    FEDAVG_METHODS,
+    MEANET_FL_MAIN_METHODS,
+    METHODS,
+    BenchConfig,
+)
 from benchmarks.continual.methods import Context, ExperienceOutcome, Method, build_method
 from benchmarks.continual.runner import run_benchmark
 from meanet_cli.main import app
@@ -29,8 +36,9 @@ TINY = [
     "--limit-test", "50", "--cloud-share", "0.5", "--cloud-model", "resnet20_cifar", "--batch-size", "32",
     "--no-progress",
 ]  # fmt: skip
-STAND_INS = ("fedavg-replay", "meanet-fl-main-replay")
-TESTED = tuple(m for m in METHODS if m not in (*FEDAVG_METHODS, *MEANET_FL_MAIN_METHODS) or m in STAND_INS)
+STAND_INS = ("fedavg-replay", "fedavg-cloud-last-lwf", "meanet-fl-main-replay")
+GROUPS = (*FEDAVG_METHODS, *FEDAVG_CLOUD_LAST_METHODS, *MEANET_FL_MAIN_METHODS)
+TESTED = tuple(m for m in METHODS if m not in GROUPS or m in STAND_INS)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +105,30 @@ def test_budgets_are_counted_from_what_each_method_ran(bench_out: Path) -> None:
     assert runs["meanet-fl-naive"]["experiences"][1]["bytes_sent"]["model_up"] < whole["model_up"]
     table = (bench_out / "results.md").read_text()
     assert "| method | final avg acc (%) | labelled data seen |" in table
+
+
+def test_the_parts_table_shows_what_the_extension_and_the_cloud_add(bench_out: Path) -> None:
+    results = json.loads((bench_out / "results.json").read_text())
+    runs, parts = results["runs"]["0"], results["parts"]
+    routed = [m for m in TESTED if m.startswith("meanet-")]
+    assert list(parts) == routed  # only the methods that route through MEANet
+    for name in routed:
+        p = {key: stat["mean"] for key, stat in parts[name].items()}
+        # the same test images as the method's own accuracy (equal test sets per experience: the average over
+        # experiences is the average over images)
+        assert p["meanet_with_cloud"] == pytest.approx(runs[name]["final_average_accuracy"])
+        assert p["cloud_fraction"] == runs[name]["cloud_fraction"]
+        gain = p["meanet_with_cloud"] - p["edge_main_plus_extension"]
+        if p["offloaded_edge"] is None:  # nothing offloaded: the cloud changed nothing
+            assert p["cloud_fraction"] == 0 and gain == pytest.approx(0, abs=1e-6)
+        else:  # the cloud adds the offloaded share times (its accuracy - the edge's) on those inputs
+            assert gain == pytest.approx(p["cloud_fraction"] * (p["offloaded_cloud"] - p["offloaded_edge"]), abs=1e-6)
+    # the methods on the cloud trajectory's main block have edge-only's main block and cloud-only's cloud model
+    for name in ("meanet-fl-naive", "meanet-fl-lwf"):
+        assert parts[name]["main_only"]["mean"] == pytest.approx(runs["edge-only"]["final_average_accuracy"])
+        assert parts[name]["cloud_only"]["mean"] == pytest.approx(runs["cloud-only"]["final_average_accuracy"])
+    table = (bench_out / "results.md").read_text()
+    assert "| method | MEANet with cloud | main block alone | main + extension, no cloud |" in table
 
 
 def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(bench_out: Path) -> None:
