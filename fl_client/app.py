@@ -62,9 +62,13 @@ def _policy(msg: Message, cfg: FederationConfig) -> Policy:
     config = msg.content[keys.CONFIG]
     if config.get(keys.POLICY) == "calibrated":
         try:
+            use_extension = config.get(keys.USE_EXTENSION, True)
+            if not isinstance(use_extension, bool):
+                raise TypeError(f"{keys.USE_EXTENSION} must be a bool, not {use_extension!r}")
             return CalibratedPolicy(
                 main_threshold=float(config[keys.MAIN_THRESHOLD]),  # type: ignore[arg-type]
                 extension_threshold=float(config[keys.EXTENSION_THRESHOLD]),  # type: ignore[arg-type]
+                use_extension=use_extension,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"the server asked for the calibrated policy without valid thresholds: {e}") from e

@@ -205,6 +205,7 @@ class CloudServer:
                 keys.POLICY: policy.name,
                 keys.MAIN_THRESHOLD: policy.main_threshold,
                 keys.EXTENSION_THRESHOLD: policy.extension_threshold,
+                keys.USE_EXTENSION: policy.use_extension,
             }
         return {keys.POLICY: policy.name}
 

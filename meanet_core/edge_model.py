@@ -102,7 +102,12 @@ def policy_from_dict(values: Mapping[str, Any]) -> Policy:
     name = values.get("name")
     try:
         if name == "calibrated":
-            return CalibratedPolicy(float(values["main_threshold"]), float(values["extension_threshold"]))
+            use_extension = values.get("use_extension", True)  # recorded before the option existed: it was used
+            if not isinstance(use_extension, bool):
+                raise TypeError(f"use_extension must be true or false, not {use_extension!r}")
+            return CalibratedPolicy(
+                float(values["main_threshold"]), float(values["extension_threshold"]), use_extension=use_extension
+            )
         if name == "paper":
             return PaperPolicy(float(values["entropy_threshold"]))
     except (KeyError, TypeError, ValueError) as e:
@@ -112,7 +117,10 @@ def policy_from_dict(values: Mapping[str, Any]) -> Policy:
 
 def describe_policy(policy: Mapping[str, Any]) -> str:
     """A policy's ``as_dict()`` in words: ``calibrated (main_threshold 0.412, extension_threshold 0.55)``."""
-    values = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in policy.items() if k != "name")
+    shown = {k: v for k, v in policy.items() if k != "name" and not (k == "use_extension" and v is True)}
+    if shown.get("use_extension") is False:
+        shown["use_extension"] = "no (the main block answers every top-1)"
+    values = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
     return f"{policy.get('name')} ({values})" if values else str(policy.get("name"))
 
 

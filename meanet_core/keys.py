@@ -73,6 +73,10 @@ MAIN_THRESHOLD = "main-threshold"
 EXTENSION_THRESHOLD = "extension-threshold"
 """Config entry (calibrated policy): the extension keeps its answer when its max-probability reaches this."""
 
+USE_EXTENSION = "use-extension"
+"""Config entry (calibrated policy): false when the fit found the edge more accurate without the extension (every
+top-1 then exits at the main block or goes to the cloud); absent means true."""
+
 CLIENT = "client"
 """Edge-info entry: the client's partition index."""
 

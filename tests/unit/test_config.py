@@ -67,6 +67,11 @@ def test_the_client_uses_the_thresholds_the_server_sent(task_identity: None) -> 
     assert _policy(_evaluate_message({keys.POLICY: "paper"}), cfg) == PaperPolicy(0.3)
     with pytest.raises(ValueError, match="calibrated policy without valid thresholds"):
         _policy(_evaluate_message({keys.POLICY: "calibrated", keys.MAIN_THRESHOLD: 0.4}), cfg)
+    # the fit can drop the extension (it scored lower on validation); the edge follows
+    without = _policy(_evaluate_message({**sent, keys.USE_EXTENSION: False}), cfg)
+    assert without == CalibratedPolicy(0.4, 0.7, use_extension=False)
+    with pytest.raises(ValueError, match="use-extension must be a bool"):
+        _policy(_evaluate_message({**sent, keys.USE_EXTENSION: "no"}), cfg)
 
 
 @pytest.mark.parametrize("target", [0.0, 0.25, 1.0])

@@ -16,7 +16,7 @@ from fl_client.inputs import open_inputs
 from fl_client.predict import check_cloud_contract
 from meanet_cli.main import app as cli
 from meanet_core.checkpoint import FORMAT, atomic_save, meanet_payload
-from meanet_core.edge_model import EdgeModelError, load_edge_model, write_edge_model
+from meanet_core.edge_model import EdgeModelError, describe_policy, load_edge_model, policy_from_dict, write_edge_model
 from meanet_core.models import MEANet, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy
 from meanet_core.signing import private_key_pem, public_key_pem
@@ -126,7 +126,8 @@ def test_export_a_federation_report_dir_with_its_key_thresholds_and_class_names(
     assert r.exit_code == 0, r.output
     assert "10 classes (3 hard)" in r.output and "calibrated (main_threshold 0.25, extension_threshold 0.5)" in r.output
     edge = load_edge_model(tmp_path / "m.pt", report / "broadcast-signing.pub")  # the key the edges already pin
-    assert edge.class_names == tuple(str(i) for i in range(10)) and edge.policy == policy
+    # recorded in its validated form: a policy stored before use_extension existed used the extension
+    assert edge.class_names == tuple(str(i) for i in range(10)) and edge.policy == {**policy, "use_extension": True}
     r = CliRunner().invoke(cli, ["export", "--run", str(report), "--out", str(tmp_path / "m.pt")])
     assert r.exit_code == 2 and "--report-dir" in r.output
 
@@ -181,3 +182,13 @@ def test_inputs_flat_or_by_class_name_and_clear_errors(tmp_path, model, key) -> 
     check_cloud_contract({"input_shape": [3, 32, 32], "num_classes": 10}, edge, "https://c")
     with pytest.raises(ValueError, match="classifies 100 classes, this edge model 10"):
         check_cloud_contract({"input_shape": [3, 32, 32], "num_classes": 100}, edge, "https://c")
+
+
+def test_a_recorded_policy_keeps_whether_the_extension_runs() -> None:
+    without = CalibratedPolicy(0.3, 0.6, use_extension=False)
+    assert policy_from_dict(without.as_dict()) == without
+    assert "use_extension no" in describe_policy(without.as_dict())
+    # recorded before the option existed: the extension ran
+    assert policy_from_dict({"name": "calibrated", "main_threshold": 0.3, "extension_threshold": 0.6}).use_extension
+    with pytest.raises(ValueError, match="use_extension must be true or false"):
+        policy_from_dict({**without.as_dict(), "use_extension": "no"})

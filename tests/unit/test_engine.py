@@ -237,6 +237,39 @@ def test_calibrated_fit_meets_the_cloud_budget_and_finds_the_obvious_thresholds(
         )  # fmt: skip
 
 
+def test_calibrated_fit_keeps_the_extension_only_where_it_scores_higher() -> None:
+    rng = np.random.default_rng(1)
+    n = 500
+    main_conf = rng.uniform(0, 1, n)
+    top1_hard = rng.uniform(0, 1, n) < 0.3
+    ext_conf = rng.uniform(0, 1, n)
+    main_correct = main_conf > 0.3
+    cloud_correct = rng.uniform(0, 1, n) < 0.5
+    for target in (0.0, 0.2):
+        # an extension that is always wrong where the main block is mostly right: dropped
+        pol = CalibratedPolicy.fit(
+            main_conf, main_correct, top1_hard, ext_conf, np.zeros(n, dtype=bool), cloud_correct,
+            target_cloud_fraction=target,
+        )  # fmt: skip
+        assert pol.use_extension is False and pol.as_dict()["use_extension"] is False
+        probs = torch.tensor(np.stack([main_conf, 1 - main_conf], 1))
+        to_cloud, to_ext = pol.after_main(probs, torch.tensor(top1_hard))
+        assert not to_ext.any()  # the extension never runs; hard top-1s exit at the main block or go to the cloud
+        assert torch.equal(to_cloud, probs.max(1).values < pol.main_threshold)  # one threshold for every top-1
+        assert (main_conf < pol.main_threshold).mean() <= target + 1e-9  # the budget, on the fitted confidences
+        # an extension that is always right: kept
+        pol = CalibratedPolicy.fit(
+            main_conf, main_correct, top1_hard, ext_conf, np.ones(n, dtype=bool), cloud_correct,
+            target_cloud_fraction=target,
+        )  # fmt: skip
+        assert pol.use_extension is True
+    # exactly as good as the main block on the hard top-1s: a tie keeps the extension (strictly higher to drop it)
+    pol = CalibratedPolicy.fit(
+        main_conf, main_correct, top1_hard, ext_conf, main_correct.copy(), cloud_correct, target_cloud_fraction=0.0
+    )
+    assert pol.use_extension is True
+
+
 def test_cost_model_follows_the_lte_power_model() -> None:
     cost = CostConfig()
     # Huang et al. 2012: P = 438.39 mW/Mbps * 5.64 Mbps + 1288.04 mW = 3.7605 W; per bit: P / 5.64e6
