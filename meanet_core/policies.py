@@ -9,10 +9,10 @@ offloaded.
 * ``CalibratedPolicy``: the main exit keeps an easy top-1 when its max-probability reaches ``main_threshold``; the
   extension keeps its answer when its max-probability reaches ``extension_threshold``; the rest go to the cloud. The
   two thresholds are fitted on validation data to maximise accuracy under a cloud-fraction or energy budget. The
-  fit also weighs answering hard top-1s at the main exit like easy ones, without the extension
-  (``use_extension=False``), and keeps the extension only when it scores strictly higher on validation: where the
-  extension costs accuracy (measured in the continual benchmark, docs/results.md) the edge answers from its main
-  block.
+  fit also weighs answering hard top-1s from the main block (with their own confidence threshold) without the
+  extension (``use_extension=False``), and keeps the extension only when it scores strictly higher on validation:
+  where the extension costs accuracy (measured in the continual benchmark, docs/results.md) the edge answers from
+  its main block.
 """
 
 from __future__ import annotations
@@ -72,12 +72,16 @@ class CalibratedPolicy:
     main_threshold: float = 0.0
     extension_threshold: float = 0.0
     name: str = "calibrated"
-    use_extension: bool = True  # False: every top-1 is treated as easy (main exit or cloud); the extension never runs
+    # False: the extension never runs; a hard top-1 stays at the main exit when the main block's max-probability
+    # reaches extension_threshold (an easy one: main_threshold), else it goes to the cloud
+    use_extension: bool = True
 
     def after_main(self, main_probs: torch.Tensor, top1_hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        confident = main_probs.max(dim=1).values >= self.main_threshold
+        conf = main_probs.max(dim=1).values
+        confident = conf >= self.main_threshold
         if not self.use_extension:
-            return ~confident, torch.zeros_like(top1_hard)
+            hard_cloud = top1_hard & (conf < self.extension_threshold)
+            return (~top1_hard & ~confident) | hard_cloud, torch.zeros_like(top1_hard)
         return ~top1_hard & ~confident, top1_hard
 
     def after_extension(self, ext_probs: torch.Tensor) -> torch.Tensor:
@@ -116,9 +120,9 @@ class CalibratedPolicy:
         main-exit image, energy of an image that also runs the extension) and ``offload_energy`` the transmission
         energy of one image.
 
-        The same search runs without the extension (every top-1 treated as easy: it exits at the main block or goes
-        to the cloud; edge energy ``edge_energy[0]`` for every image); that policy (``use_extension=False``) is
-        returned only when its validation accuracy is strictly higher.
+        The same search runs without the extension (a hard top-1 answered by the main block when its max-probability
+        reaches the second threshold, else by the cloud; edge energy ``edge_energy[0]`` for every image); that
+        policy (``use_extension=False``) is returned only when its validation accuracy is strictly higher.
         """
         if (target_cloud_fraction is None) == (energy_budget_joule is None):
             raise ValueError("give exactly one of target_cloud_fraction or energy_budget_joule")
@@ -130,43 +134,41 @@ class CalibratedPolicy:
         easy = ~top1_hard
         qs = np.linspace(0.0, 1.0, grid)
         main_ts = np.unique(np.concatenate([[0.0], np.quantile(main_conf[easy], qs) if easy.any() else []]))
-        ext_ts = np.unique(np.concatenate([[0.0], np.quantile(ext_conf[top1_hard], qs) if top1_hard.any() else []]))
-        # Sort-based accounting: for a threshold t, the easy samples with conf < t go to the cloud.
-        best: tuple[float, float, float] | None = None
         e_main, e_ext = edge_energy
-        for tm in main_ts:
-            easy_cloud = easy & (main_conf < tm)
-            easy_keep = easy & ~easy_cloud
-            acc_easy = main_correct[easy_keep].sum() + cloud_correct[easy_cloud].sum()
-            n_easy_cloud = easy_cloud.sum()
-            for te in ext_ts:
-                hard_cloud = top1_hard & (ext_conf < te)
-                hard_keep = top1_hard & ~hard_cloud
-                n_cloud = n_easy_cloud + hard_cloud.sum()
-                if target_cloud_fraction is not None and n_cloud > target_cloud_fraction * n + 1e-9:
-                    continue
-                if energy_budget_joule is not None:
-                    energy = (easy.sum() * e_main + top1_hard.sum() * e_ext + n_cloud * offload_energy) / n
-                    if energy > energy_budget_joule:
+
+        def search(hard_conf: np.ndarray, hard_correct: np.ndarray, e_hard: float) -> tuple[float, float, float] | None:
+            """The best (accuracy, easy threshold, hard threshold) when a hard top-1 is answered with ``hard_correct``
+            if ``hard_conf`` reaches the hard threshold, else by the cloud."""
+            hard_ts = np.unique(
+                np.concatenate([[0.0], np.quantile(hard_conf[top1_hard], qs) if top1_hard.any() else []])
+            )
+            best: tuple[float, float, float] | None = None
+            for tm in main_ts:
+                easy_cloud = easy & (main_conf < tm)
+                easy_keep = easy & ~easy_cloud
+                acc_easy = main_correct[easy_keep].sum() + cloud_correct[easy_cloud].sum()
+                n_easy_cloud = easy_cloud.sum()
+                for te in hard_ts:
+                    hard_cloud = top1_hard & (hard_conf < te)
+                    hard_keep = top1_hard & ~hard_cloud
+                    n_cloud = n_easy_cloud + hard_cloud.sum()
+                    if target_cloud_fraction is not None and n_cloud > target_cloud_fraction * n + 1e-9:
                         continue
-                acc = (acc_easy + ext_correct[hard_keep].sum() + cloud_correct[hard_cloud].sum()) / n
-                if best is None or acc > best[0] + 1e-12:
-                    best = (float(acc), float(tm), float(te))
-        # without the extension: one threshold on the main block's confidence for every sample
-        all_ts = np.unique(np.concatenate([[0.0], np.quantile(main_conf, qs)]))
-        plain: tuple[float, float] | None = None
-        for tm in all_ts:
-            to_cloud = main_conf < tm
-            n_cloud = to_cloud.sum()
-            if target_cloud_fraction is not None and n_cloud > target_cloud_fraction * n + 1e-9:
-                continue
-            if energy_budget_joule is not None and (n * e_main + n_cloud * offload_energy) / n > energy_budget_joule:
-                continue
-            acc = (main_correct[~to_cloud].sum() + cloud_correct[to_cloud].sum()) / n
-            if plain is None or acc > plain[0] + 1e-12:
-                plain = (float(acc), float(tm))
-        if plain is not None and top1_hard.any() and (best is None or plain[0] > best[0] + 1e-12):
-            return cls(main_threshold=plain[1], extension_threshold=0.0, use_extension=False)
+                    if energy_budget_joule is not None:
+                        energy = (easy.sum() * e_main + top1_hard.sum() * e_hard + n_cloud * offload_energy) / n
+                        if energy > energy_budget_joule:
+                            continue
+                    acc = (acc_easy + hard_correct[hard_keep].sum() + cloud_correct[hard_cloud].sum()) / n
+                    if best is None or acc > best[0] + 1e-12:
+                        best = (float(acc), float(tm), float(te))
+            return best
+
+        best = search(ext_conf, ext_correct, e_ext)
+        # without the extension: a hard top-1 is answered by the main block when its confidence reaches the second
+        # threshold, else by the cloud (the edge spends only the main block's energy)
+        plain = search(main_conf, main_correct, e_main) if top1_hard.any() else None
+        if plain is not None and (best is None or plain[0] > best[0] + 1e-12):
+            return cls(main_threshold=plain[1], extension_threshold=plain[2], use_extension=False)
         if best is None:
             raise ValueError(
                 f"no thresholds meet the budget (energy_budget_joule={energy_budget_joule}): the edge alone costs "

@@ -206,7 +206,7 @@ def test_calibrated_fit_meets_the_cloud_budget_and_finds_the_obvious_thresholds(
     main_conf = rng.uniform(0, 1, n)
     top1_hard = rng.uniform(0, 1, n) < 0.3
     ext_conf = rng.uniform(0, 1, n)
-    main_correct = main_conf > 0.4  # low confidence <=> wrong
+    main_correct = (main_conf > 0.4) & ~top1_hard  # low confidence <=> wrong; a hard top-1 needs the extension
     ext_correct = ext_conf > 0.5
     cloud_correct = np.ones(n, dtype=bool)
     for target in (0.0, 0.1, 0.25, 1.0):
@@ -220,7 +220,7 @@ def test_calibrated_fit_meets_the_cloud_budget_and_finds_the_obvious_thresholds(
             target_cloud_fraction=target,
         )
         offloaded = (~top1_hard & (main_conf < pol.main_threshold)) | (top1_hard & (ext_conf < pol.extension_threshold))
-        assert offloaded.mean() <= target + 1e-9
+        assert offloaded.mean() <= target + 1e-9 and pol.use_extension
     # with enough budget, it offloads exactly the wrong ones
     pol = CalibratedPolicy.fit(
         main_conf, main_correct, top1_hard, ext_conf, ext_correct, cloud_correct, target_cloud_fraction=1.0
@@ -255,8 +255,12 @@ def test_calibrated_fit_keeps_the_extension_only_where_it_scores_higher() -> Non
         probs = torch.tensor(np.stack([main_conf, 1 - main_conf], 1))
         to_cloud, to_ext = pol.after_main(probs, torch.tensor(top1_hard))
         assert not to_ext.any()  # the extension never runs; hard top-1s exit at the main block or go to the cloud
-        assert torch.equal(to_cloud, probs.max(1).values < pol.main_threshold)  # one threshold for every top-1
-        assert (main_conf < pol.main_threshold).mean() <= target + 1e-9  # the budget, on the fitted confidences
+        # hard top-1s stay at the main exit on their own threshold on the main block's confidence
+        conf, hard = probs.max(1).values, torch.tensor(top1_hard)
+        want = (~hard & (conf < pol.main_threshold)) | (hard & (conf < pol.extension_threshold))
+        assert torch.equal(to_cloud, want)
+        offloaded = np.where(top1_hard, main_conf < pol.extension_threshold, main_conf < pol.main_threshold)
+        assert offloaded.mean() <= target + 1e-9  # the budget, on the fitted confidences
         # an extension that is always right: kept
         pol = CalibratedPolicy.fit(
             main_conf, main_correct, top1_hard, ext_conf, np.ones(n, dtype=bool), cloud_correct,
