@@ -119,9 +119,7 @@ class FedAvgWhole(Method):
         ctx, cfg = self.ctx, self.ctx.cfg
         exp = ctx.scenario.experiences[t]
         seconds: dict[str, float] = {}
-        with count_training_images(self.model.normalize) as cloud:
-            if not self.cloud_last:
-                self._cloud_epochs(t, seconds)
+        trained_cloud = 0 if self.cloud_last else self._cloud_epochs(t, seconds)
         broadcast = {k: v.clone() for k, v in main_state(self.model.state_dict()).items()}
         updates: list[tuple[dict[str, np.ndarray], float]] = []
         client_seconds = []
@@ -144,9 +142,8 @@ class FedAvgWhole(Method):
             merged = weighted_average(updates)
             self.model.load_state_dict({k: torch.from_numpy(v) for k, v in merged.items()}, strict=False)
         seconds["edge_training"] = max(client_seconds, default=0.0)  # edges run side by side on real devices
-        with count_training_images(self.model.normalize) as cloud_last:
-            if self.cloud_last:
-                self._cloud_epochs(t, seconds)
+        if self.cloud_last:
+            trained_cloud = self._cloud_epochs(t, seconds)
         t0 = time.perf_counter()
         test = ctx.scenario.test_data(t)
         labels = main_block_logits(self.model, test)[0].argmax(1)
@@ -164,17 +161,19 @@ class FedAvgWhole(Method):
             edge_new=sum(len(c) for c in exp.clients),
             edge_used=sum(len(c) for c in exp.clients),
             edge_stored=sum(replay_memory(s) for s in self.client_strategies),
-            trained_cloud=cloud.images + cloud_last.images,
+            trained_cloud=trained_cloud,
             trained_edge=edge_trained,
         )
         extra = {"clients_trained": len(updates), "client_seconds": client_seconds, "budget": budget}
         return ExperienceOutcome(per_experience(labels, ctx, t), edge_costs(ctx, len(test)), sent, seconds, extra)
 
-    def _cloud_epochs(self, t: int, seconds: dict[str, float]) -> None:
+    def _cloud_epochs(self, t: int, seconds: dict[str, float]) -> int:
         """The cloud trains the global model on everything it has stored (as the shared trajectory trains the main
-        block)."""
+        block); returns the images its epochs processed."""
         ctx = self.ctx
         t0 = time.perf_counter()
-        data = ctx.scenario.cloud_data(t)
-        train_main(self.model, data, stage(ctx.cfg), seed=ctx.seed * 1000 + t, progress=False, channels_last=True)
+        with count_training_images(self.model.normalize) as cloud:
+            data = ctx.scenario.cloud_data(t)
+            train_main(self.model, data, stage(ctx.cfg), seed=ctx.seed * 1000 + t, progress=False, channels_last=True)
         seconds["cloud_training"] = time.perf_counter() - t0
+        return cloud.images
