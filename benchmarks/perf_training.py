@@ -15,6 +15,8 @@ Modes, each training a fresh main block (same seed) for one pass over the same C
   images) on the main block, with mini-batches fed channels-last (the default) or not (the layout's before/after);
 - ``plain_tensor_loop_compiled`` (with ``--compile``): the bare loop with ``torch.compile`` on the main block; its
   first pass (compilation included) is reported apart from the best pass.
+- ``meanet_fit_bf16`` / ``avalanche_naive_bf16`` (with ``--bf16``, the latter with ``--avalanche`` too): the same under
+  bfloat16 autocast (``meanet_core.precision``), as ``meanet bench continual --precision bf16`` trains.
 Rounds are interleaved (``--repeats``), the best time kept. Prints a table and writes JSON.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time the bare loop with torch.compile")
     ap.add_argument("--avalanche", action="store_true", help="also time Avalanche's Naive, channels-last or not")
+    ap.add_argument("--bf16", action="store_true", help="also time our loop (and Avalanche's) under bfloat16 autocast")
     ap.add_argument("--json", type=Path, default=Path("perf_training.json"))
     args = ap.parse_args()
     cl = True
@@ -87,6 +91,10 @@ def main() -> None:
 
     def meanet_fit_contiguous() -> None:
         train_main(fresh_model(args.model, k, False), data, cfg, progress=False, channels_last=False)
+
+    def meanet_fit_bf16() -> None:
+        bf16 = replace(cfg, precision="bf16")
+        train_main(fresh_model(args.model, k, cl), data, bf16, progress=False, channels_last=cl)
 
     compiled: dict[str, MEANet] = {}
 
@@ -113,13 +121,13 @@ def main() -> None:
         "plain_dataloader": plain_dataloader,
     }
 
-    def avalanche_naive(channels_last: bool) -> None:
+    def avalanche_naive(channels_last: bool, precision: str = "fp32") -> None:
         from benchmarks.continual.common import quiet
         from benchmarks.continual.edge import MainClassifier, experience_of, make_strategy
 
         strategy = make_strategy(
             "naive",
-            MainClassifier(fresh_model(args.model, k, False)),
+            MainClassifier(fresh_model(args.model, k, False), precision),
             lr=cfg.lr,
             epochs=1,
             batch_size=args.batch_size,
@@ -132,6 +140,10 @@ def main() -> None:
     if args.avalanche:
         modes["avalanche_naive"] = lambda: avalanche_naive(True)
         modes["avalanche_naive_contiguous"] = lambda: avalanche_naive(False)
+        if args.bf16:
+            modes["avalanche_naive_bf16"] = lambda: avalanche_naive(True, "bf16")
+    if args.bf16:
+        modes["meanet_fit_bf16"] = meanet_fit_bf16
     if args.compile:
         modes["plain_tensor_loop_compiled"] = plain_tensor_loop_compiled
     best = {name: float("inf") for name in modes}

@@ -545,6 +545,12 @@ def bench_continual(
     main_rounds: int = typer.Option(
         1, help="main rounds per experience of meanet-fl-main-* (the edges train the main block; 0: none)"
     ),
+    cloud_epochs: int | None = typer.Option(
+        None, help="the cloud model's epochs per experience (default: --epochs): its compute advantage"
+    ),
+    precision: str = typer.Option(
+        "auto", help="fp32 | bf16 (bfloat16 autocast: faster where native) | auto (bf16 where the CPU has it natively)"
+    ),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
     progress: bool = typer.Option(True, help="progress bars"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
@@ -580,7 +586,7 @@ def bench_continual(
             partition=partition, alpha=alpha, epochs=epochs, limit_train=limit_train, limit_test=limit_test,
             target_cloud_fraction=target_cloud_fraction, cloud_share=cloud_share, model=model,
             cloud_model=cloud_model, batch_size=batch_size, lr=lr, edge_lr=edge_lr, main_rounds=main_rounds,
-            data_dir=data_dir,
+            cloud_epochs=cloud_epochs, precision=precision, data_dir=data_dir,
         )  # fmt: skip
         run_benchmark(cfg, out, progress=progress, log=typer.echo)
     except (BenchConfigError, ValueError, FileNotFoundError) as e:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from meanet_core.data import ImageTensors, TensorBatches
 from meanet_core.models import Backbone, CloudModel, MEANet
+from meanet_core.precision import autocast, check_precision
 
 HARD_METHODS = ("precision", "confusion")
 
@@ -37,8 +38,12 @@ class StageConfig:
     """The part of one one-cycle schedule this stage runs: ``(0, 1)`` the whole cycle; federated rounds pass
     ``(r / R, (r + 1) / R)`` so that R rounds of local training follow one schedule, warm-up once and annealing once,
     instead of R short cycles (each of which anneals to nearly zero)."""
+    precision: str = "fp32"
+    """``fp32``, or ``bf16``: forward passes and losses under bfloat16 autocast (``meanet_core.precision``; the
+    weights and the optimiser stay float32)."""
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if not isinstance(self.epochs, int) or self.epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0; got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -117,7 +122,8 @@ def fit(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, logits = loss_and_logits(x, y)
+            with autocast(cfg.precision, device):
+                loss, logits = loss_and_logits(x, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
             optimizer.zero_grad(set_to_none=True)
@@ -247,7 +253,7 @@ def train_extension(model: MEANet, data: ImageTensors, cfg: StageConfig, **kw: A
 def logits_in_class_space(model: MEANet, ext_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Extension logits scattered into the full class space (easy classes at -inf), for accuracy bookkeeping."""
     full = torch.full((len(y), model.num_classes), float("-inf"), device=ext_logits.device)
-    full[:, model.hard_classes] = ext_logits.detach()
+    full[:, model.hard_classes] = ext_logits.detach().float()
     return full
 
 
@@ -314,8 +320,10 @@ def predict_logits(
     device: str = "cpu",
     *,
     memory_format: torch.memory_format = torch.contiguous_format,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """``fn(x)`` over ``data`` in order (no augmentation, inference mode), as one float32 (N, K) tensor.
+    """``fn(x)`` over ``data`` in order (no augmentation, inference mode), as one float32 (N, K) tensor; ``fn`` runs
+    at ``precision`` (``meanet_core.precision``: ``bf16`` is bfloat16 autocast, about 2x faster on a CPU that has it).
 
     ``x`` is float in [0, 1], in ``memory_format``: pass ``torch.channels_last`` when ``fn`` runs a model whose
     weights are channels-last (a copy from ``meanet_core.fastpath.optimize_for_inference``, BatchNorm folded in):
@@ -327,7 +335,8 @@ def predict_logits(
         x = data.x[start : start + batch_size].to(device)
         if memory_format != torch.contiguous_format:
             x = x.contiguous(memory_format=memory_format)  # the 1-byte copy, before the conversion to float
-        logits = fn(x.float().div_(255.0) if x.dtype == torch.uint8 else x).float().cpu()
+        with autocast(precision, device):
+            logits = fn(x.float().div_(255.0) if x.dtype == torch.uint8 else x).float().cpu()
         if out is None:
             out = torch.empty(n, *logits.shape[1:])
         out[start : start + len(logits)] = logits

@@ -36,7 +36,7 @@ class AvalancheBaseline(Method):
         self.name = kind
         cfg = ctx.cfg
         self.meanet = ctx.trajectory.new_meanet()
-        self.classifier = MainClassifier(self.meanet)
+        self.classifier = MainClassifier(self.meanet, cfg.precision)
         self.strategy = make_strategy(
             kind, self.classifier, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=ctx.seed
         )
@@ -53,7 +53,7 @@ class AvalancheBaseline(Method):
         trained = trained_images(self.strategy) - before
         t0 = time.perf_counter()
         test = ctx.scenario.test_data(t)
-        labels = main_block_logits(self.meanet, test)[0].argmax(1)
+        labels = main_block_logits(self.meanet, test, precision=ctx.cfg.precision)[0].argmax(1)
         eval_s = time.perf_counter() - t0
         main = {k: v for k, v in self.meanet.state_dict().items() if k.startswith(("main.", "normalize."))}
         new = len(ctx.scenario.experiences[t].train)
@@ -103,7 +103,7 @@ class FedAvgWhole(Method):
         self.client_strategies = [
             make_strategy(
                 strategy,
-                MainClassifier(m),
+                MainClassifier(m, cfg.precision),
                 lr=cfg.lr,
                 epochs=cfg.epochs,
                 batch_size=cfg.batch_size,
@@ -146,7 +146,7 @@ class FedAvgWhole(Method):
             trained_cloud = self._cloud_epochs(t, seconds)
         t0 = time.perf_counter()
         test = ctx.scenario.test_data(t)
-        labels = main_block_logits(self.model, test)[0].argmax(1)
+        labels = main_block_logits(self.model, test, precision=cfg.precision)[0].argmax(1)
         seconds["evaluation"] = time.perf_counter() - t0
         model_bytes = state_bytes(broadcast)
         sent = {

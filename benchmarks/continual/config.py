@@ -9,6 +9,7 @@ from typing import Any
 from benchmarks.continual.scenarios import parse_scenario
 from meanet_core.data import PARTITION_SCHEMES
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
+from meanet_core.precision import resolve_precision
 from meanet_core.training import HARD_METHODS
 
 MEANET_FL_METHODS = ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay")
@@ -46,7 +47,11 @@ class BenchConfig:
     Every method uses the same backbone (``model``, the MEANet edge model; its main block is the classifier of
     ``edge-only``, ``naive`` and ``joint``), the same cloud model (``cloud_model``), and ``epochs`` passes over its
     training data per experience. ``main_rounds``: the main rounds per experience of the ``meanet-fl-main-*``
-    methods (the other methods ignore it).
+    methods (the other methods ignore it). ``cloud_epochs``: the cloud model's epochs per experience (default
+    ``epochs``), its advantage in compute over the edge besides its size (``cloud_model``). ``precision``: ``fp32``,
+    ``bf16`` (every training and evaluation pass under bfloat16 autocast, ``meanet_core.precision``) or ``auto``
+    (``bf16`` where the CPU computes it natively), resolved when the config is built, so a stored result names the
+    precision it ran at.
     """
 
     scenario: str = "split-cifar100"
@@ -74,9 +79,15 @@ class BenchConfig:
     lwf_temperature: float = 2.0
     replay_mem_size: int = 200
     main_rounds: int = 1
+    cloud_epochs: int | None = None
+    precision: str = "auto"
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "precision", resolve_precision(self.precision))
+        except ValueError as e:
+            raise BenchConfigError(str(e)) from e
         try:
             parse_scenario(self.scenario)
         except ValueError as e:
@@ -114,12 +125,14 @@ class BenchConfig:
             "lwf_temperature": self.lwf_temperature > 0,
             "replay_mem_size": self.replay_mem_size >= 1,
             "main_rounds": self.main_rounds >= 0,
+            "cloud_epochs": self.cloud_epochs is None or self.cloud_epochs >= 1,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise BenchConfigError(
-                f"out of range: {', '.join(bad)} (experiences, clients, epochs, batch size >= 1; alpha, lr > 0; "
-                "cloud share, hard and val fractions in (0, 1); target cloud fraction in [0, 1]; main rounds >= 0)"
+                f"out of range: {', '.join(bad)} (experiences, clients, epochs, cloud epochs, batch size >= 1; "
+                "alpha, lr > 0; cloud share, hard and val fractions in (0, 1); target cloud fraction in [0, 1]; "
+                "main rounds >= 0)"
             )
 
     @classmethod
@@ -144,9 +157,12 @@ class BenchConfig:
         """The settings a stored result of ``method`` depends on: everything but which methods and seeds run, where
         the data folder is, and the settings only other methods read (``METHOD_SETTINGS``). Without ``method``:
         the settings of the shared cloud trajectory (none of the method-only ones). So changing, say,
-        ``main_rounds`` reruns only the ``meanet-fl-main-*`` methods of an output folder."""
+        ``main_rounds`` reruns only the ``meanet-fl-main-*`` methods of an output folder. Settings added later
+        (``LATER_SETTINGS``) are left out at the value every run had before they existed, so those results keep
+        their key."""
         skip = {"methods", "seeds", "data_dir"}
         skip |= {k for k, used_by in METHOD_SETTINGS.items() if method is None or not used_by(method)}
+        skip |= {k for k, before in LATER_SETTINGS.items() if getattr(self, k) == before}
         return {k: v for k, v in self.as_dict().items() if k not in skip}
 
 
@@ -160,6 +176,10 @@ METHOD_SETTINGS: dict[str, Callable[[str], bool]] = {
     "target_cloud_fraction": lambda m: m.startswith("meanet-"),  # MEANet routing; the others never offload
 }
 """Settings that only some methods read, and which (the others' results do not depend on them)."""
+
+LATER_SETTINGS: dict[str, Any] = {"precision": "fp32", "cloud_epochs": None}
+"""Settings added after results were stored, with the value those runs had (float32; the cloud model trained
+``epochs`` epochs)."""
 
 
 QUICK: dict[str, Any] = {"limit_train": 3000, "limit_test": 60}

@@ -59,6 +59,7 @@ from meanet_core.data import ImageTensors
 from meanet_core.data.loader import random_crop_flip
 from meanet_core.engine import to_unit_float
 from meanet_core.models import MEANet
+from meanet_core.precision import autocast, check_precision
 
 STRATEGIES = ("naive", "ewc", "lwf", "replay", "joint")
 
@@ -69,13 +70,17 @@ class EdgeClassSpace(nn.Module):
 
     Only the trainable parts are registered as submodules (``adaptive``, ``merge``, ``blocks``, ``head``): they are
     what Avalanche optimises, regularises and copies. The MEANet itself (main block, hard-class set, positional
-    ``extension.fc``) is held as a plain attribute.
+    ``extension.fc``) is held as a plain attribute. ``precision``: the forward pass runs under
+    ``meanet_core.precision.autocast`` (so do the copies Avalanche makes, LwF's teacher among them); the
+    log-probabilities come back float32.
     """
 
     meanet: MEANet
 
-    def __init__(self, meanet: MEANet) -> None:
+    def __init__(self, meanet: MEANet, precision: str = "fp32") -> None:
         super().__init__()
+        check_precision(precision)
+        self.precision = precision
         object.__setattr__(self, "meanet", meanet)  # not a submodule: its main block is frozen, its fc positional
         meanet.freeze_main(True)
         self.adaptive = meanet.adaptive
@@ -118,11 +123,13 @@ class EdgeClassSpace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_unit_float(x)
-        with torch.no_grad():
-            main = self.meanet.forward_main(x)
-            log_p = main.logits.float().log_softmax(dim=1)  # (B, K)
+        with autocast(self.precision, x.device):
+            with torch.no_grad():
+                main = self.meanet.forward_main(x)
+            ext_logits = self.extension_logits(x, main.features)
+        log_p = main.logits.float().log_softmax(dim=1)  # (B, K)
         hard = self.meanet.hard_classes
-        ext = self.extension_logits(x, main.features).log_softmax(dim=1)  # (B, H)
+        ext = ext_logits.float().log_softmax(dim=1)  # (B, H)
         mass = log_p[:, hard].logsumexp(dim=1, keepdim=True)  # (B, 1) log p_main(hard)
         out = log_p.clone()
         out[:, hard] = mass + ext  # differentiable w.r.t. the adaptive and extension blocks only
@@ -130,15 +137,20 @@ class EdgeClassSpace(nn.Module):
 
 
 class MainClassifier(nn.Module):
-    """The MEANet main block alone: logits over all classes from uint8 or [0, 1] images."""
+    """The MEANet main block alone: float32 logits over all classes from uint8 or [0, 1] images, computed at
+    ``precision`` (``meanet_core.precision``)."""
 
-    def __init__(self, meanet: MEANet) -> None:
+    def __init__(self, meanet: MEANet, precision: str = "fp32") -> None:
         super().__init__()
+        check_precision(precision)
+        self.precision = precision
         self.meanet = meanet
         meanet.freeze_main(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.meanet.forward_main(to_unit_float(x)).logits
+        x = to_unit_float(x)
+        with autocast(self.precision, x.device):
+            return self.meanet.forward_main(x).logits.float()
 
 
 # ------------------------------------------------------------------------------------- class-space CL methods

@@ -157,11 +157,11 @@ def _evaluate_meanet(
     ``policy``, calibrate one on the cloud's validation images of snapshot ``t`` (with the main-block logits
     ``val_main`` on them when ``model``'s main block is not the snapshot's)."""
     t0 = time.perf_counter()
-    test_out = meanet_outputs(model, ctx.scenario.test_data(t), test_main, test_cloud)
+    test_out = meanet_outputs(model, ctx.scenario.test_data(t), test_main, test_cloud, ctx.cfg.precision)
     if policy is None:
         snap = ctx.trajectory.snapshot(t)
         val = snap.val_main if val_main is None else val_main
-        val_out = meanet_outputs(model, ctx.scenario.val_data(t), val, snap.val_cloud)
+        val_out = meanet_outputs(model, ctx.scenario.val_data(t), val, snap.val_cloud, ctx.cfg.precision)
         policy = calibrate(model, val_out, ctx.cfg.target_cloud_fraction)
     blocks = replace(block_costs(model), cloud_macs=cloud_macs)
     pred = predictions_from_outputs(model, policy, blocks, test_out.main, test_out.extension, test_out.cloud)
@@ -218,8 +218,8 @@ class MEANetStatic(Method):
             t0 = time.perf_counter()
             self.model.eval()
             test = ctx.scenario.experiences[t].test
-            self.test_main += main_block_logits(self.model, test)
-            self.test_cloud += cloud_model_logits(self.cloud, test)
+            self.test_main += main_block_logits(self.model, test, precision=ctx.cfg.precision)
+            self.test_cloud += cloud_model_logits(self.cloud, test, precision=ctx.cfg.precision)
             seconds["outputs"] = time.perf_counter() - t0
         accs, costs, self.policy, eval_s = _evaluate_meanet(
             ctx, self.model, self.cloud_macs, t, torch.cat(self.test_main), torch.cat(self.test_cloud), self.policy
@@ -256,7 +256,7 @@ class MEANetFL(Method):
         self.cloud = ctx.trajectory.new_cloud()
         cfg = ctx.cfg
         self.client_models = [ctx.trajectory.new_meanet() for _ in range(cfg.clients)]
-        self.client_edges = [EdgeClassSpace(m) for m in self.client_models]
+        self.client_edges = [EdgeClassSpace(m, cfg.precision) for m in self.client_models]
         self.client_strategies = [
             make_strategy(
                 strategy,
@@ -395,7 +395,9 @@ class MEANetFLMain(MEANetFL):
         seconds["main_training"] = time.perf_counter() - t0
         self.model.eval()
         t0 = time.perf_counter()
-        val_main, test_main = main_block_logits(self.model, scenario.val_data(t), scenario.test_data(t))
+        val_main, test_main = main_block_logits(
+            self.model, scenario.val_data(t), scenario.test_data(t), precision=cfg.precision
+        )
         hard = choose_hard_classes(cfg, scenario, t, val_main)
         self.model.set_hard_classes(hard)
         return MainBlock(

@@ -104,8 +104,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"# Continual benchmark: {cfg['scenario']}, {cfg['experiences']} experiences",
         "",
         f"Schedule: {cfg['epochs']} epoch(s) per experience for every method, batch {cfg['batch_size']}, "
-        f"lr {cfg['lr']} (edge fine-tuning {cfg['edge_lr']}); edge model {cfg['model']}, cloud model "
-        f"{cfg['cloud_model']}; {cfg['clients']} clients, {cfg['partition']} partition"
+        f"lr {cfg['lr']} (edge fine-tuning {cfg['edge_lr']}), {cfg.get('precision', 'fp32')}; "
+        f"edge model {cfg['model']}, cloud model "
+        f"{cfg['cloud_model']}"
+        + (f" ({cfg['cloud_epochs']} epochs per experience)" if cfg.get("cloud_epochs") else "")
+        + f"; {cfg['clients']} clients, {cfg['partition']} partition"
         + (f" (alpha {cfg['alpha']})" if cfg["partition"] == "dirichlet" else "")
         + f", cloud share {cfg['cloud_share']}; MEANet routing: calibrated policy, target cloud fraction "
         f"{cfg['target_cloud_fraction']}; seeds {', '.join(str(s) for s in cfg['seeds'])}"

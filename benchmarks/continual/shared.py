@@ -23,7 +23,7 @@ summarised by ``meanet_core.evaluation.summarize``; ``costs`` only renames its n
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,15 @@ from meanet_core.evaluation import BranchOutputs, fit_calibrated, summarize
 from meanet_core.fastpath import optimize_for_inference
 from meanet_core.models import CloudModel, MEANet, build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, Policy
+from meanet_core.precision import autocast
 from meanet_core.training import StageConfig, predict_logits, select_hard_classes, train_cloud, train_main
 
 EVAL_BATCH = 64  # small batches keep the activations in cache: fastest on CPU (64 beat 128 to 256 by 1.2-1.4x)
 
 
 def stage(cfg: BenchConfig, lr: float | None = None) -> StageConfig:
-    """The optimiser and schedule every method trains with: ``epochs`` per experience."""
-    return StageConfig(epochs=cfg.epochs, lr=lr or cfg.lr, batch_size=cfg.batch_size)
+    """The optimiser and schedule every method trains with: ``epochs`` per experience, at ``cfg.precision``."""
+    return StageConfig(epochs=cfg.epochs, lr=lr or cfg.lr, batch_size=cfg.batch_size, precision=cfg.precision)
 
 
 @dataclass
@@ -145,19 +146,19 @@ class CloudTrajectory:
         seconds["main"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with count_training_images(cloud.normalize) as cloud_images:
-            train_cloud(cloud, data, stage(cfg), **kw)
+            train_cloud(cloud, data, replace(stage(cfg), epochs=cfg.cloud_epochs or cfg.epochs), **kw)
         seconds["cloud"] = time.perf_counter() - t0
         model.eval()
         cloud.eval()
         val, test = scenario.val_data(t), scenario.test_data(t)
         t0 = time.perf_counter()
-        val_main, test_main = main_block_logits(model, val, test)
+        val_main, test_main = main_block_logits(model, val, test, precision=cfg.precision)
         seconds["main_outputs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         hard = choose_hard_classes(cfg, scenario, t, val_main)
         seconds["hard"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        val_cloud, test_cloud = cloud_model_logits(cloud, val, test)
+        val_cloud, test_cloud = cloud_model_logits(cloud, val, test, precision=cfg.precision)
         seconds["cloud_outputs"] = time.perf_counter() - t0
         return Snapshot(
             t=t,
@@ -188,22 +189,30 @@ class CloudTrajectory:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def main_block_logits(model: MEANet, *splits: ImageTensors) -> list[torch.Tensor]:
-    """(N, K) main-block logits of ``model`` on each split, from its inference copy (fused BatchNorm, channels-last)."""
+def main_block_logits(model: MEANet, *splits: ImageTensors, precision: str = "fp32") -> list[torch.Tensor]:
+    """(N, K) main-block logits of ``model`` on each split, from its inference copy (fused BatchNorm, channels-last),
+    at ``precision``."""
     fast = optimize_for_inference(model)
     fmt = input_memory_format(fast)
-    return [predict_logits(lambda x: fast.forward_main(x).logits, d, EVAL_BATCH, memory_format=fmt) for d in splits]
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return fast.forward_main(x).logits
+
+    return [predict_logits(fn, d, EVAL_BATCH, memory_format=fmt, precision=precision) for d in splits]
 
 
-def cloud_model_logits(cloud: CloudModel, *splits: ImageTensors) -> list[torch.Tensor]:
-    """(N, K) logits of the cloud model on each split, from its inference copy (fused BatchNorm, channels-last)."""
+def cloud_model_logits(cloud: CloudModel, *splits: ImageTensors, precision: str = "fp32") -> list[torch.Tensor]:
+    """(N, K) logits of the cloud model on each split, from its inference copy (fused BatchNorm, channels-last),
+    at ``precision``."""
     fast = optimize_for_inference(cloud)
     fmt = input_memory_format(fast)
-    return [predict_logits(fast, d, EVAL_BATCH, memory_format=fmt) for d in splits]
+    return [predict_logits(fast, d, EVAL_BATCH, memory_format=fmt, precision=precision) for d in splits]
 
 
 @torch.inference_mode()
-def extension_logits(model: MEANet, data: ImageTensors, main_logits: torch.Tensor) -> torch.Tensor:
+def extension_logits(
+    model: MEANet, data: ImageTensors, main_logits: torch.Tensor, precision: str = "fp32"
+) -> torch.Tensor:
     """(N, H) extension logits for the samples whose main top-1 is a hard class; zeros elsewhere (never read)."""
     fast = optimize_for_inference(model)
     fmt = input_memory_format(fast)
@@ -212,7 +221,8 @@ def extension_logits(model: MEANet, data: ImageTensors, main_logits: torch.Tenso
     for start in range(0, len(idx), EVAL_BATCH):
         sel = idx[start : start + EVAL_BATCH]
         x = to_model_input(data.x[sel], fmt)
-        out[sel] = fast.forward_extension(x, fast.forward_main(x).features).float()
+        with autocast(precision):
+            out[sel] = fast.forward_extension(x, fast.forward_main(x).features).float()
     return out
 
 
@@ -250,7 +260,8 @@ def calibrate(model: MEANet, val: BranchOutputs, target_cloud_fraction: float) -
 
 
 def meanet_outputs(
-    model: MEANet, data: ImageTensors, main_logits: torch.Tensor, cloud_logits: torch.Tensor
+    model: MEANet, data: ImageTensors, main_logits: torch.Tensor, cloud_logits: torch.Tensor, precision: str = "fp32"
 ) -> BranchOutputs:
     """Branch outputs of ``model`` on ``data``, reusing the cached main and cloud logits."""
-    return BranchOutputs(main_logits, extension_logits(model, data, main_logits), cloud_logits, data.y)
+    ext = extension_logits(model, data, main_logits, precision)
+    return BranchOutputs(main_logits, ext, cloud_logits, data.y)

@@ -192,6 +192,15 @@ def test_a_stored_result_depends_only_on_the_settings_its_method_reads() -> None
     assert base.fingerprint("meanet-static") != routed.fingerprint("meanet-static")
 
 
+def test_settings_added_later_keep_the_keys_of_results_stored_before_them() -> None:
+    # cloud epochs: unset (= epochs, as every earlier run) leaves the key as it was; set, the trajectory reruns
+    assert "cloud_epochs" not in BenchConfig().fingerprint()
+    assert BenchConfig(cloud_epochs=9).fingerprint()["cloud_epochs"] == 9
+    assert BenchConfig(cloud_epochs=9).fingerprint("cloud-only") != BenchConfig().fingerprint("cloud-only")
+    with pytest.raises(BenchConfigError, match="cloud_epochs=0"):
+        BenchConfig(cloud_epochs=0)
+
+
 # ------------------------------------------------------------------------------------------------ scenarios
 def test_split_scenario_is_class_incremental_and_federated() -> None:
     s = build_scenario("split-cifar100", num_experiences=3, num_clients=2, cloud_share=0.3, seed=1,
