@@ -2,13 +2,13 @@
 
 **The cloud trajectory.** After each experience ``t`` the cloud retrains the MEANet main block and the cloud model on
 everything it has received so far (its ``cloud_share`` of every experience up to ``t``), continuing from where it
-stopped, for ``epochs`` epochs each (``meanet_core.training.train_main`` / ``train_cloud``); then it chooses the hard
-classes on its validation images of the seen classes. None of this depends on what the edges do (edges never touch
-the main block), so it is computed once per seed and shared by cloud-only, edge-only, MEANet-static and the four
-MEANet-FL variants; each method's wall time counts the shared stages it uses. The ``meanet-fl-main-*`` methods, whose
-edges do train the main block (main rounds), keep their own main block and take only the cloud model from here.
-Snapshots (weights, hard classes, the main block's and the cloud model's logits on the validation and test images
-seen so far, stage seconds) are cached in ``DIR/seed-S/cloud/`` so a rerun does not retrain.
+stopped, for ``epochs`` epochs each, the cloud model ``cloud_epochs`` when set (``meanet_core.training.train_main`` /
+``train_cloud``); then it chooses the hard classes on its validation images of the seen classes. None of this depends on
+what the edges do (edges never touch the main block), so it is computed once per seed and shared by cloud-only,
+edge-only, MEANet-static and the four MEANet-FL variants; each method's wall time counts the shared stages it uses. The
+``meanet-fl-main-*`` methods, whose edges do train the main block (main rounds), keep their own main block and take only
+the cloud model from here. Snapshots (weights, hard classes, the main block's and the cloud model's logits on the
+validation and test images seen so far, stage seconds) are cached in ``DIR/seed-S/cloud/`` so a rerun does not retrain.
 
 **Evaluation.** Every pass over images runs an inference copy of the model (``meanet_core.fastpath``: BatchNorm
 folded into the convolutions, channels-last weights and inputs; the same logits up to float rounding, about twice as
