@@ -45,6 +45,7 @@ from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routin
 from meanet_core.keys import is_edge_key
 from meanet_core.models import MEANet, build_cloud, build_meanet
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
+from meanet_core.precision import resolve_precision
 from meanet_core.signing import ensure_signing_key
 from meanet_core.streams import Experience, concat, stream_for
 from meanet_core.training import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
@@ -98,7 +99,13 @@ class CloudServer:
             require_main_digest=True,  # our edges always report it
             delta_broadcast=cfg.delta_broadcast,
         )
-        self.report: dict[str, Any] = {"config": cfg.as_run_config(), "experiences": [], "rounds": []}
+        self.report: dict[str, Any] = {
+            "config": cfg.as_run_config(),
+            # what `precision` resolved to on the cloud's machine (each edge resolves `auto` on its own)
+            "training_precision": resolve_precision(cfg.precision),
+            "experiences": [],
+            "rounds": [],
+        }
         self.state_path = self.out / "state.pt"
         self.serving_path = self.out / SERVING_FILE
         self.position: dict[str, Any] = {"experience": 0, "phase": "cloud-start", "round": 0}

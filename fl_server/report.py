@@ -122,7 +122,13 @@ def markdown_summary(report: dict[str, Any]) -> str:
         f"({config.get('cloud-model-epochs') or config.get('cloud-epochs', 1)} epoch(s)). "
         "*MEANet + cloud*: the adaptive engine, offloading the inputs the edge is not confident on (exit cloud). "
         "*offloaded: edge / cloud*: on those inputs, the accuracy of the edge's own answer and of the cloud's (the "
-        "cloud pays for itself where the second is higher; MEANet + cloud - edge = exit cloud x the difference).",
+        "cloud pays for itself where the second is higher; MEANet + cloud - edge = exit cloud x the difference)."
+        + (
+            f" The cloud trained at {report['training_precision']} (precision {config.get('precision')!r}; each edge "
+            "resolves 'auto' on its own machine)."
+            if "training_precision" in report
+            else ""
+        ),
     ]
     staged = [x for x in report["experiences"] if "after_main_rounds" in x.get("main_val_accuracy", {})]
     if staged:

@@ -87,6 +87,9 @@ def train(
     bad_images: str = typer.Option(
         "skip", help="imagefolder files that are not readable images: skip (with a warning) | error (refuse them)"
     ),
+    precision: str = typer.Option(
+        "auto", help="training passes: fp32 | bf16 (autocast) | auto (bf16 where the CPU or GPU computes it natively)"
+    ),
     resume: bool = typer.Option(True, help="continue from OUT/state.pt when it exists"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)"),
 ) -> None:
@@ -103,7 +106,7 @@ def train(
         extension_epochs=extension_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         label_smoothing=label_smoothing, hard_method=hard_method, hard_fraction=hard_fraction, hard_count=hard_count,
         val_fraction=val_fraction, limit_train=limit_train, seed=seed, data_dir=data_dir, image_size=image_size,
-        bad_images=bad_images,
+        bad_images=bad_images, precision=precision,
     )  # fmt: skip
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file; it must be a folder (new, or a run of the same options to resume)")

@@ -15,6 +15,7 @@ from meanet_core.compression import ENCODINGS
 from meanet_core.data import BAD_IMAGE_POLICIES, DATASETS
 from meanet_core.faults import FAULT_KINDS, parse_faults
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
+from meanet_core.precision import PRECISIONS, resolve_precision
 from meanet_core.training import HARD_METHODS, StageConfig
 
 T = TypeVar("T")
@@ -84,6 +85,7 @@ class TrainConfig:
     image_size: int = 224
     channels_last: bool = True
     bad_images: str = "skip"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
@@ -97,6 +99,8 @@ class TrainConfig:
             raise bad("cloud_model", f"unknown {self.cloud_model!r}; valid: {', '.join(sorted(CLOUD_ARCHS))}")
         if self.hard_method not in HARD_METHODS:
             raise bad("hard_method", f"unknown {self.hard_method!r}; valid: {', '.join(HARD_METHODS)}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise bad("precision", _precision_help(self.precision))
         if self.bad_images not in BAD_IMAGE_POLICIES:
             raise bad(
                 "bad_images",
@@ -131,10 +135,18 @@ class TrainConfig:
             weight_decay=self.weight_decay,
             batch_size=self.batch_size,
             label_smoothing=self.label_smoothing,
+            precision=resolve_precision(self.precision),
         )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _precision_help(value: str) -> str:
+    return (
+        f"unknown {value!r}; valid: auto (bfloat16 autocast where the CPU or GPU computes it natively, else float32), "
+        f"{', '.join(PRECISIONS)}"
+    )
 
 
 def _https_url_problem(url: str) -> str | None:
@@ -179,6 +191,7 @@ class FederationConfig:
     evaluate_every: int = 0  # edges evaluate every N rounds and after each experience's last round; 0 = last only
     local_epochs: int = 1
     cloud_epochs: int = 1
+    precision: str = "auto"  # training passes: fp32 | bf16 (autocast) | auto (bf16 where native; each machine decides)
     cloud_model_epochs: int = 0  # the cloud model's epochs per experience; 0 = cloud_epochs
     lr: float = 0.05
     batch_size: int = 64
@@ -240,6 +253,8 @@ class FederationConfig:
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise bad(key, f"{getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise bad("precision", _precision_help(self.precision))
         for key in (
             "num_clients",
             "experiences",
@@ -308,7 +323,13 @@ class FederationConfig:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
     def stage(self, epochs: int, cycle: tuple[float, float] = (0.0, 1.0)) -> StageConfig:
-        return StageConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, cycle=cycle)
+        return StageConfig(
+            epochs=epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            cycle=cycle,
+            precision=resolve_precision(self.precision),
+        )
 
     def round_cycle(self, scope: str, broadcast_round: int) -> tuple[float, float]:
         """The part of one learning-rate cycle that the local training of signed round ``broadcast_round`` runs.

@@ -106,3 +106,35 @@ def test_cloud_model_epochs_default_to_the_cloud_epochs() -> None:
     assert FederationConfig(cloud_epochs=3, cloud_model_epochs=8).cloud_model_stage_epochs == 8
     with pytest.raises(ConfigError, match="cloud-model-epochs"):
         FederationConfig(cloud_model_epochs=-1)
+
+
+@pytest.mark.parametrize(
+    ("setting", "flags", "expected"),
+    [
+        ("fp32", {"avx512_bf16"}, "fp32"),
+        ("bf16", set(), "bf16"),
+        ("auto", {"avx512_bf16"}, "bf16"),
+        ("auto", set(), "fp32"),
+    ],
+)
+def test_training_precision_reaches_every_stage(monkeypatch, setting: str, flags: set[str], expected: str) -> None:
+    """The federation's and ``meanet train``'s stages train at the configured precision; ``auto`` is decided by the
+    machine that trains (each edge for itself), from its CPU's bfloat16 support."""
+    from meanet_core import precision
+    from meanet_core.config import TrainConfig
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    fed = FederationConfig(precision=setting)
+    assert fed.stage(2).precision == expected
+    assert fed.stage(1, (0.0, 0.5)).precision == expected
+    train = TrainConfig(precision=setting)
+    assert {train.stage(s).precision for s in ("main", "cloud", "extension")} == {expected}
+
+
+def test_a_bad_training_precision_is_refused_by_name() -> None:
+    from meanet_core.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"run config precision: unknown 'fp16'; valid: auto .*fp32, bf16"):
+        FederationConfig.from_run_config({"precision": "fp16"})
+    with pytest.raises(ConfigError, match=r"TrainConfig.precision: unknown 'half'"):
+        TrainConfig(precision="half")
