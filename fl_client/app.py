@@ -147,7 +147,8 @@ def train(msg: Message, context: Context) -> Message:
     # channels-last: 1.15x faster training on CPU (benchmarks/perf_training.py), same maths
     # the experience's rounds of this scope run one learning-rate schedule (FederationConfig.round_cycle)
     cycle = cfg.round_cycle(scope, position.round)
-    stage, seed = cfg.stage(cfg.local_epochs, cycle), cfg.seed + client
+    epochs = cfg.local_epochs if scope == "main" else cfg.extension_stage_epochs
+    stage, seed = cfg.stage(epochs, cycle), cfg.seed + client
     started, t0 = time.time(), time.perf_counter()
     history = []
     if scope == "main":  # a main round: every local image, the classes seen before kept by distillation (LwF)

@@ -41,9 +41,10 @@ from meanet_core import keys
 from meanet_core.broadcast import digest, edge_state, main_state
 from meanet_core.checkpoint import FORMAT, atomic_save, load_server_state, load_state
 from meanet_core.config import FederationConfig
+from meanet_core.data import ImageTensors
 from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routing
 from meanet_core.keys import is_edge_key
-from meanet_core.models import MEANet, build_cloud, build_meanet
+from meanet_core.models import MEANet, build_cloud, build_meanet, describe_cloud, describe_meanet, grow_from_main
 from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.precision import resolve_precision
 from meanet_core.signing import ensure_signing_key
@@ -78,6 +79,13 @@ class CloudServer:
         k, mean, std = self.splits.num_classes, self.splits.mean, self.splits.std
         self.model = build_meanet(cfg.model, k, mean=mean, std=std)
         self.cloud = build_cloud(cfg.cloud_model, k, mean=mean, std=std)
+        blocks = {b.name: b.macs for b in describe_meanet(self.model)}
+        # forward MACs per image of what each training stage runs (the extension's: main + adaptive + extension)
+        self.training_macs = {
+            "main": blocks["main"],
+            "extension": blocks["main"] + blocks["adaptive"] + blocks["extension"],
+            "cloud_model": describe_cloud(self.cloud).macs,
+        }
         signing_key, verify_key = ensure_signing_key(cfg.signing_key, self.out)
         self.say(f"signing every broadcast (Ed25519); the edges pin the public key {verify_key}")
         self.strategy = SignedMEANetStrategy(
@@ -171,7 +179,8 @@ class CloudServer:
         if len(root) > self.cfg.trust_samples:
             pick = np.random.default_rng(self.cfg.seed).choice(len(root), self.cfg.trust_samples, replace=False)
             root = root.subset(np.sort(pick))
-        train_extension(model, root, self.cfg.stage(self.cfg.local_epochs), seed=self.cfg.seed, progress=False)
+        stage = self.cfg.stage(self.cfg.extension_stage_epochs)
+        train_extension(model, root, stage, seed=self.cfg.seed, progress=False)
         return {k: v.detach().numpy() for k, v in edge_state(model.state_dict()).items()}
 
     def _main_reference(self, model: MEANet, exp: Experience) -> dict[str, np.ndarray]:
@@ -246,6 +255,9 @@ class CloudServer:
                 "edge_images": [len(p) for p in exp.edge],
                 "cloud_training_seconds": 0.0,
                 "cloud_training_stage_seconds": {},
+                # images each of the cloud's stages trained on (epochs x images), and forward MACs per image
+                "cloud_trained_images": {},
+                "training_macs_per_image": dict(self.training_macs),
                 # the main block on the cloud's validation images of the seen classes, after each stage
                 "main_val_accuracy": {},
                 "main_stages": ["cloud", "main rounds"] if self._cloud_first(e) else ["main rounds", "cloud"],
@@ -269,6 +281,7 @@ class CloudServer:
         self.say(f"experience {e}: training the main block on {len(data)} images ({cfg.cloud_epochs} epochs)")
         train_main(self.model, data, cfg.stage(cfg.cloud_epochs), seed=cfg.seed + e, progress=False, channels_last=True)
         entry["cloud_training_stage_seconds"]["main"] = time.perf_counter() - t0
+        entry["cloud_trained_images"]["main"] = cfg.cloud_epochs * len(data)
         entry["cloud_training_seconds"] += time.perf_counter() - t0
         entry["main_val_accuracy"]["after_cloud"] = self._main_val_accuracy(e)
 
@@ -288,21 +301,56 @@ class CloudServer:
             self.splits.num_classes,
             method=cfg.hard_method,
             fraction=cfg.hard_fraction,
-            candidates=exp.seen_classes,
+            candidates=exp.seen_classes if cfg.hard_candidates == "seen" or len(exp.classes) < 2 else exp.classes,
         )
         self.model.set_hard_classes(hard)
         seconds["hard_classes"] = time.perf_counter() - t0 - sum(seconds.values())
-        self.say(f"experience {e}: training adaptive + extension on the {len(hard)} hard classes")
-        train_extension(self.model, data, stage, seed=cfg.seed + e, progress=False, channels_last=True)
-        seconds["extension"] = time.perf_counter() - t0 - sum(seconds.values())
-        epochs = cfg.cloud_model_stage_epochs
-        self.say(f"experience {e}: training the cloud model ({cfg.cloud_model}, {epochs} epochs)")
-        train_cloud(self.cloud, data, cfg.stage(epochs), seed=cfg.seed + e, progress=False, channels_last=True)
+        self._train_cloud_model(e, data)
         seconds["cloud_model"] = time.perf_counter() - t0 - sum(seconds.values())
+        self.say(f"experience {e}: training adaptive + extension on the {len(hard)} hard classes")
+        train_extension(
+            self.model,
+            data,
+            stage,
+            teacher=self.cloud,
+            distill_weight=cfg.extension_distill,
+            seed=cfg.seed + e,
+            progress=False,
+            channels_last=True,
+        )
+        seconds["extension"] = time.perf_counter() - t0 - sum(seconds.values())
         self.say(f"experience {e}: cloud trained on {len(data)} images in {time.perf_counter() - t0:.0f}s; hard {hard}")
         entry["hard_classes"] = hard
         entry["cloud_training_seconds"] += time.perf_counter() - t0
         entry["cloud_training_stage_seconds"].update(seconds)
+        entry["cloud_trained_images"]["cloud_model"] = cfg.cloud_model_stage_epochs * len(data)
+        entry["cloud_trained_images"]["extension"] = cfg.cloud_epochs * int(self.model.is_hard(data.y).sum())
+
+    def _train_cloud_model(self, e: int, data: ImageTensors) -> None:
+        """The cloud model's training of experience ``e`` on everything the cloud holds, with its own schedule
+        (``cloud-model-epochs``, ``cloud-model-lr``): grown from the main block first with ``cloud-init = "main"``
+        (at the first experience: it starts from what the edges and the cloud taught the main block, then keeps its
+        own weights) or ``"main-every"`` (every experience), distilling the main block's logits with
+        ``cloud-distill`` > 0 (so it goes on learning what the edges learn)."""
+        cfg = self.cfg
+        stage = cfg.cloud_model_stage()
+        grow = cfg.cloud_init == "main-every" or (cfg.cloud_init == "main" and e == 0)
+        if grow:
+            grow_from_main(self.cloud, self.model.main, self.model.normalize)
+        how = "grown from the main block, " if grow else ""
+        how += f"distilling it (weight {cfg.cloud_distill:g}), " if cfg.cloud_distill else ""
+        self.say(f"experience {e}: training the cloud model ({cfg.cloud_model}, {how}{stage.epochs} epochs)")
+        train_cloud(
+            self.cloud,
+            data,
+            stage,
+            teacher=self.model,
+            distill_weight=cfg.cloud_distill,
+            seed=cfg.seed + e,
+            progress=False,
+            channels_last=True,
+        )
+        self.cloud.eval()
 
     def _federate_main(self, e: int, start_round: int, grid: Grid) -> None:
         """Main rounds: the edges train the main block on their own images; the strategy aggregates ``main.*``."""

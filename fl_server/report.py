@@ -74,6 +74,105 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def _cloud_training(config: dict[str, Any]) -> str:
+    """How the run's cloud model was trained, in words (from its config)."""
+    epochs = config.get("cloud-model-epochs") or config.get("cloud-epochs", 1)
+    lr = config.get("cloud-model-lr") or config.get("lr")
+    grown = {
+        "main": "grown from the main block at the first experience, then ",
+        "main-every": "grown from the main block at every experience, then ",
+    }
+    text = grown.get(str(config.get("cloud-init", "scratch")), "")
+    text += f"trained on the cloud images ({epochs} epoch(s) per experience, lr {lr}"
+    if config.get("cloud-distill"):
+        text += f", distilling the main block with weight {config['cloud-distill']}"
+    return text + ")"
+
+
+def training_budget(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per experience: the images the cloud's stages and the edges trained on (epochs x images) and the forward
+    MACs that took (images x the MACs per image of what each stage runs). The edges' images are the example counts
+    they reported (as aggregated) times their epochs per round."""
+    config = report.get("config", {})
+    main_epochs = int(config.get("local-epochs", 1))
+    edge_epochs = int(config.get("extension-epochs") or main_epochs)
+    out = []
+    for x in report["experiences"]:
+        macs = x.get("training_macs_per_image")
+        if not macs or "cloud_trained_images" not in x:
+            continue
+        cloud = x["cloud_trained_images"]
+        edges = {"main": 0.0, "extension": 0.0}
+        for r in report["rounds"]:
+            if r["experience"] == x["experience"]:
+                main = r.get("phase", "edge") == "main"
+                edges["main" if main else "extension"] += r.get("num_examples", 0.0) * (
+                    main_epochs if main else edge_epochs
+                )
+        out.append(
+            {
+                "experience": x["experience"],
+                "cloud_images": sum(cloud.values()),
+                "cloud_macs": sum(n * macs[stage] for stage, n in cloud.items()),
+                "edge_images": sum(edges.values()),
+                "edge_macs": sum(n * macs[stage] for stage, n in edges.items()),
+                "cloud_model_images": cloud.get("cloud_model", 0),
+            }
+        )
+    return out
+
+
+def training_budget_table(report: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`training_budget` (none for reports that predate it)."""
+    rows = training_budget(report)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| experience | cloud: images trained | cloud: TMAC | of which the cloud model (images) "
+        "| edges: images trained "
+        "| edges: TMAC |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in rows:
+        lines.append(
+            f"| {b['experience']} | {b['cloud_images']:,.0f} | {b['cloud_macs'] / 1e12:.2f} "
+            f"| {b['cloud_model_images']:,.0f} | {b['edge_images']:,.0f} | {b['edge_macs'] / 1e12:.2f} |"
+        )
+    lines += [
+        "",
+        "Training budget: images trained (epochs x images) and forward MACs (images x the MACs per image of what each "
+        "stage runs: the main block; main + adaptive + extension; the cloud model) by the cloud's stages and by all "
+        "the edges together (the example counts they reported, times their epochs per round).",
+    ]
+    return lines
+
+
+def hard_class_table(report: dict[str, Any]) -> list[str]:
+    """Markdown lines: per experience, accuracy on the test inputs whose true class is hard (main block alone, main +
+    extension, the edge as the policy ran it); none for reports that predate it."""
+    rows = [x for x in report["experiences"] if "hard_classes" in x.get("evaluation", {})]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| experience | hard-class test inputs | main only | main + extension | edge as run | extension kept |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for x in rows:
+        h = x["evaluation"]["hard_classes"]
+        cells = ["-" if h[k] is None else f"{h[k]:.4f}" for k in ("main_only", "main_plus_extension", "edge_as_run")]
+        kept = "yes" if x["evaluation"].get("policy", {}).get("use_extension", True) else "no (validation gate)"
+        lines.append(f"| {x['experience']} | {h['inputs']} | " + " | ".join(cells) + f" | {kept} |")
+    lines += [
+        "",
+        "On the test inputs whose true class is hard: the main block alone, main + extension (every hard top-1 "
+        "answered by the extension) and the edge as the calibrated policy ran it (the extension only where it "
+        "scored higher on the cloud's validation images).",
+    ]
+    return lines
+
+
 def _offloaded(ref: dict[str, Any]) -> str:
     """``edge / cloud`` accuracy on the offloaded inputs; ``-`` when nothing was offloaded (or an older report)."""
     edge, cloud = ref.get("offloaded_edge"), ref.get("offloaded_cloud")
@@ -118,8 +217,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
         "offloading (the extension trained on the hard-class images of the cloud, then of the edges; where the "
         "calibrated policy found the main block better on the hard top-1s of the validation images, it drops the "
         "extension and this is the main block). *cloud only*: "
-        f"the cloud model ({config.get('cloud-model', '?')}) on every input, trained on the cloud images only "
-        f"({config.get('cloud-model-epochs') or config.get('cloud-epochs', 1)} epoch(s)). "
+        f"the cloud model ({config.get('cloud-model', '?')}) on every input, {_cloud_training(config)}. "
         "*MEANet + cloud*: the adaptive engine, offloading the inputs the edge is not confident on (exit cloud). "
         "*offloaded: edge / cloud*: on those inputs, the accuracy of the edge's own answer and of the cloud's (the "
         "cloud pays for itself where the second is higher; MEANet + cloud - edge = exit cloud x the difference)."
@@ -130,6 +228,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
             else ""
         ),
     ]
+    lines += hard_class_table(report)
+    lines += training_budget_table(report)
     staged = [x for x in report["experiences"] if "after_main_rounds" in x.get("main_val_accuracy", {})]
     if staged:
         lines += [

@@ -74,7 +74,7 @@ def train(
     lr: float = typer.Option(0.1, help="peak learning rate of the one-cycle schedule"),
     weight_decay: float = typer.Option(5e-4),
     label_smoothing: float = typer.Option(0.0),
-    hard_method: str = typer.Option("precision", help="precision | confusion (on the validation split)"),
+    hard_method: str = typer.Option("precision", help="precision | confusion | cluster (on the validation split)"),
     hard_fraction: float = typer.Option(0.2, help="fraction of the classes that are hard"),
     hard_count: int | None = typer.Option(None, help="number of hard classes (overrides --hard-fraction)"),
     val_fraction: float = typer.Option(0.1, help="share of the training split held out for validation"),
@@ -551,6 +551,29 @@ def bench_continual(
     cloud_epochs: int | None = typer.Option(
         None, help="the cloud model's epochs per experience (default: --epochs): its compute advantage"
     ),
+    cloud_lr: float | None = typer.Option(None, help="the cloud model's peak learning rate (default: --lr)"),
+    cloud_init: str = typer.Option(
+        "scratch",
+        help="MEANet-FL's cloud model: scratch | main (grown from the main block at the first experience) "
+        "| main-every (at every experience)",
+    ),
+    cloud_distill: float = typer.Option(
+        0.0, help="MEANet-FL's cloud model distils the main block's logits with this weight (0: off)"
+    ),
+    extension_epochs: int | None = typer.Option(
+        None, help="the extension's epochs, at the cloud and in the edge round (default: --epochs)"
+    ),
+    extension_distill: float = typer.Option(
+        0.0, help="the extension distils the cloud model's hard-class logits with this weight (0: off)"
+    ),
+    hard_method: str = typer.Option(
+        "precision", help="how MEANet picks its hard classes: precision | confusion | cluster (confused together)"
+    ),
+    hard_candidates: str = typer.Option("seen", help="hard classes among the seen ones | new (this experience's)"),
+    hard_fraction: float = typer.Option(0.2, help="share of the candidate classes that are hard"),
+    offload_labels: int = typer.Option(
+        0, help="MEANet-FL: per experience, label this many of the edges' least confident images at the cloud"
+    ),
     precision: str = typer.Option(
         "auto", help="fp32 | bf16 (bfloat16 autocast: faster where native) | auto (bf16 where the CPU has it natively)"
     ),
@@ -589,7 +612,11 @@ def bench_continual(
             partition=partition, alpha=alpha, epochs=epochs, limit_train=limit_train, limit_test=limit_test,
             target_cloud_fraction=target_cloud_fraction, cloud_share=cloud_share, model=model,
             cloud_model=cloud_model, batch_size=batch_size, lr=lr, edge_lr=edge_lr, main_rounds=main_rounds,
-            cloud_epochs=cloud_epochs, precision=precision, data_dir=data_dir,
+            cloud_epochs=cloud_epochs, cloud_lr=cloud_lr, cloud_init=cloud_init, cloud_distill=cloud_distill,
+            extension_epochs=extension_epochs, extension_distill=extension_distill, offload_labels=offload_labels,
+            hard_method=hard_method, hard_candidates=hard_candidates, hard_fraction=hard_fraction,
+            precision=precision,
+            data_dir=data_dir,
         )  # fmt: skip
         run_benchmark(cfg, out, progress=progress, log=typer.echo)
     except (BenchConfigError, ValueError, FileNotFoundError) as e:

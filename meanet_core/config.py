@@ -7,14 +7,14 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from meanet_core.compression import ENCODINGS
 from meanet_core.data import BAD_IMAGE_POLICIES, DATASETS
 from meanet_core.faults import FAULT_KINDS, parse_faults
-from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
+from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS, build_cloud, build_meanet, can_grow
 from meanet_core.precision import PRECISIONS, resolve_precision
 from meanet_core.training import HARD_METHODS, StageConfig
 
@@ -172,6 +172,8 @@ def _https_url_problem(url: str) -> str | None:
 
 
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "multi-krum", "fltrust")
+CLOUD_INITS = ("scratch", "main", "main-every")
+HARD_CANDIDATES = ("seen", "new")
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,13 @@ class FederationConfig:
     cloud_epochs: int = 1
     precision: str = "auto"  # training passes: fp32 | bf16 (autocast) | auto (bf16 where native; each machine decides)
     cloud_model_epochs: int = 0  # the cloud model's epochs per experience; 0 = cloud_epochs
+    cloud_model_lr: float = 0.0  # the cloud model's learning rate; 0 = lr
+    cloud_init: str = "scratch"  # scratch: the cloud model starts from random weights | main: grown from the main
+    # block at the first experience (meanet_core.models.grow), then it goes on from its own weights | main-every:
+    # grown from the main block at every experience
+    cloud_distill: float = 0.0  # the cloud model also distils the main block's logits with this weight (0 = off)
+    extension_epochs: int = 0  # the edges' epochs per edge round (adaptive + extension); 0 = local_epochs
+    extension_distill: float = 0.0  # the cloud's extension training distils the cloud model's hard-class logits
     lr: float = 0.05
     batch_size: int = 64
     partition: str = "iid"
@@ -201,6 +210,8 @@ class FederationConfig:
     val_fraction: float = 0.1
     hard_fraction: float = 0.2
     hard_method: str = "precision"
+    hard_candidates: str = "seen"  # the classes the hard ones are chosen among: seen (so far) | new (this experience's:
+    # the edges hold images of those, so their extension rounds can teach it)
     policy: str = "calibrated"
     entropy_threshold: float = 0.5  # paper policy
     target_cloud_fraction: float = 0.2  # calibrated policy: thresholds fitted on the cloud's validation data
@@ -245,6 +256,7 @@ class FederationConfig:
             "stream": STREAMS,
             "partition": PARTITION_SCHEMES,
             "hard_method": HARD_METHODS,
+            "hard_candidates": HARD_CANDIDATES,
             "policy": ("paper", "calibrated"),
             "aggregation": AGGREGATIONS,
             "main_aggregation": ("", *AGGREGATIONS),
@@ -267,6 +279,19 @@ class FederationConfig:
                 raise bad(key, f"must be >= 1; got {getattr(self, key)}")
         if self.cloud_model_epochs < 0:
             raise bad("cloud_model_epochs", f"must be >= 0 (0 = cloud-epochs); got {self.cloud_model_epochs}")
+        if self.extension_epochs < 0:
+            raise bad("extension_epochs", f"must be >= 0 (0 = local-epochs); got {self.extension_epochs}")
+        for key in ("cloud_model_lr", "cloud_distill", "extension_distill"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0 (0 = off, or the default); got {getattr(self, key)}")
+        if self.cloud_init not in CLOUD_INITS:
+            raise bad("cloud_init", f"{self.cloud_init!r} is not one of {', '.join(CLOUD_INITS)}")
+        if self.cloud_init != "scratch":
+            problem = can_grow(build_meanet(self.model, 2).main, build_cloud(self.cloud_model, 2))
+            if problem:
+                raise bad(
+                    "cloud_init", f"{self.cloud_init!r} cannot grow {self.cloud_model} from {self.model}: {problem}"
+                )
         for key in ("cloud_share", "val_fraction", "hard_fraction"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise bad(key, f"must lie in (0, 1); got {getattr(self, key)}")
@@ -349,6 +374,15 @@ class FederationConfig:
     def cloud_model_stage_epochs(self) -> int:
         """The cloud model's epochs per experience: its own setting, or the cloud's other stages'."""
         return self.cloud_model_epochs or self.cloud_epochs
+
+    def cloud_model_stage(self) -> StageConfig:
+        """The cloud model's schedule: its own epochs and learning rate (or the cloud's other stages')."""
+        return replace(self.stage(self.cloud_model_stage_epochs), lr=self.cloud_model_lr or self.lr)
+
+    @property
+    def extension_stage_epochs(self) -> int:
+        """The edges' epochs per edge round: its own setting, or ``local_epochs``."""
+        return self.extension_epochs or self.local_epochs
 
     def rule(self, scope: str) -> str:
         """The aggregation rule of a round of ``scope`` (``"edge"`` or ``"main"``)."""

@@ -283,6 +283,24 @@ def reference_accuracy(
     }
 
 
+def hard_class_accuracy(model: MEANet, policy: Policy, out: BranchOutputs) -> dict[str, Any]:
+    """On the inputs whose true class is hard: the main block alone, main + extension (every hard top-1 answered by
+    the extension, nothing offloaded) and the edge as ``policy`` runs it (the extension only where the policy keeps
+    it; nothing offloaded); and how many inputs that is (accuracies None when there is none)."""
+    hard = model.hard_index.to(out.labels.device)[out.labels] >= 0
+    truth = out.labels[hard]
+    if not len(truth):
+        return {"inputs": 0, "main_only": None, "main_plus_extension": None, "edge_as_run": None}
+    with_ext = route_outputs(model, CalibratedPolicy(), out.main[hard], out.extension[hard], None).labels
+    as_run = route_outputs(model, policy, out.main[hard], out.extension[hard], None).labels
+    return {
+        "inputs": len(truth),
+        "main_only": float((out.main[hard].argmax(1) == truth).float().mean()),
+        "main_plus_extension": float((with_ext == truth).float().mean()),
+        "edge_as_run": float((as_run == truth).float().mean()),
+    }
+
+
 def evaluate_routing(
     model: MEANet,
     cloud_model: CloudModel,
@@ -301,5 +319,6 @@ def evaluate_routing(
     pred = engine.predictions_from_outputs(out.main, out.extension, out.cloud)
     report = summarize(pred, test.y)
     report["reference_accuracy"] = reference_accuracy(model, policy, out, report["accuracy"])
+    report["hard_classes"] = hard_class_accuracy(model, policy, out)
     report["num_images"] = len(test)
     return report

@@ -53,8 +53,12 @@ class Budget:
     cloud and the edges (all together) received; ``edge_used``: how many of the edges' the edges trained on (the
     hard-class subset for MEANet-FL); ``cloud_stored`` / ``edge_stored``: labelled images kept after the experience
     (the cloud's store, the edges' replay memories). ``trained_cloud`` / ``trained_edge``: images processed by
-    training (epochs x images, every stage, replayed images included; edges summed over clients).
-    ``bytes_up``: images and model updates sent to the cloud; ``bytes_down``: models sent to the edges.
+    training (epochs x images, every stage, replayed images included; edges summed over clients);
+    ``trained_cloud_macs`` / ``trained_edge_macs``: the same passes weighed by the forward MACs of the network each
+    image went through (the main block, the cloud model, or main + adaptive + extension for the extension), so a
+    bigger cloud model or more cloud epochs show up as compute, not as a hidden advantage. ``bytes_up``: images
+    and model updates sent to the cloud; ``bytes_down``: models sent to the edges. ``labelled``: offloaded edge
+    images the cloud labelled (a labelling budget; among ``cloud_new``, and the edges' images besides).
     """
 
     experience: int
@@ -65,8 +69,11 @@ class Budget:
     edge_stored: int = 0
     trained_cloud: int = 0
     trained_edge: int = 0
+    trained_cloud_macs: int = 0
+    trained_edge_macs: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    labelled: int = 0
 
     @staticmethod
     def traffic(bytes_sent: Mapping[str, int]) -> tuple[int, int]:
@@ -106,6 +113,9 @@ def data_seen(budgets: Sequence[Mapping[str, int]]) -> str:
         if budgets[-1]["edge_stored"]:
             text += f", {budgets[-1]['edge_stored']} kept for replay"
         parts.append(text)
+    labelled = [b.get("labelled", 0) for b in budgets]
+    if any(labelled):
+        parts.append(f"{max(labelled)} offloaded edge images labelled at the cloud per exp, kept")
     return "; ".join(parts) or "none"
 
 
@@ -117,6 +127,8 @@ def summarize(budgets: Sequence[Mapping[str, int]]) -> dict[str, Any]:
         "data_seen": data_seen(budgets) if budgets else "none",
         "trained_edge_images": int(sum(b["trained_edge"] for b in budgets)),
         "trained_cloud_images": int(sum(b["trained_cloud"] for b in budgets)),
+        "trained_edge_macs": int(sum(b.get("trained_edge_macs", 0) for b in budgets)),
+        "trained_cloud_macs": int(sum(b.get("trained_cloud_macs", 0) for b in budgets)),
         "bytes_up_per_experience": sum(b["bytes_up"] for b in budgets) / n,
         "bytes_down_per_experience": sum(b["bytes_down"] for b in budgets) / n,
         "labelled_images_seen": int(sum(b["cloud_new"] + b["edge_new"] for b in budgets)),

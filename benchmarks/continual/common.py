@@ -17,7 +17,7 @@ from benchmarks.continual.config import BenchConfig
 from benchmarks.continual.metrics import accuracy
 from benchmarks.continual.scenarios import Scenario
 from benchmarks.continual.shared import CloudTrajectory, Snapshot, block_costs, costs
-from meanet_core.engine import EXIT_MAIN, priced
+from meanet_core.engine import EXIT_MAIN, BlockCosts, priced
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -66,17 +66,30 @@ def cloud_stored(ctx: Context, t: int) -> int:
     return sum(len(e.cloud) for e in ctx.scenario.experiences[: t + 1])
 
 
+def block_macs(ctx: Context) -> BlockCosts:
+    """Forward MACs per image of the benchmark's main block, adaptive + extension, and cloud model."""
+    return block_costs(ctx.trajectory.new_meanet(), ctx.trajectory.new_cloud())
+
+
 def budget_of(ctx: Context, t: int, sent: dict[str, int], **counts: int) -> dict[str, int]:
-    """The ``Budget`` of experience ``t`` as a JSON-ready dict (traffic from ``sent``)."""
+    """The ``Budget`` of experience ``t`` as a JSON-ready dict (traffic from ``sent``). Training MACs not given are
+    the images trained times the main block's MACs (every method that trains only the main block)."""
     up, down = Budget.traffic(sent)
+    macs = block_macs(ctx).main_macs
+    counts.setdefault("trained_cloud_macs", counts.get("trained_cloud", 0) * macs)
+    counts.setdefault("trained_edge_macs", counts.get("trained_edge", 0) * macs)
     return Budget(len(ctx.scenario.experiences[t].train), bytes_up=up, bytes_down=down, **counts).as_dict()
 
 
-def cloud_share_budget(ctx: Context, t: int, sent: dict[str, int], **counts: int) -> dict[str, int]:
+def cloud_share_budget(
+    ctx: Context, t: int, sent: dict[str, int], labelled: int = 0, labelled_kept: int = 0, **counts: int
+) -> dict[str, int]:
     """``budget_of`` for a method whose cloud receives its ``cloud_share`` of experience ``t`` and keeps it with the
-    earlier ones (``cloud_new`` and ``cloud_stored`` filled in)."""
+    earlier ones (``cloud_new`` and ``cloud_stored`` filled in); ``labelled``: offloaded edge images it labelled this
+    experience, ``labelled_kept``: all it keeps (in ``cloud_stored``)."""
     new = len(ctx.scenario.experiences[t].cloud)
-    return budget_of(ctx, t, sent, cloud_new=new, cloud_stored=cloud_stored(ctx, t), **counts)
+    stored = cloud_stored(ctx, t) + labelled_kept
+    return budget_of(ctx, t, sent, cloud_new=new, cloud_stored=stored, labelled=labelled, **counts)
 
 
 def trained_by_cloud(snap: Snapshot, *stages: str) -> int:

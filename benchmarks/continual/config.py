@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from benchmarks.continual.scenarios import parse_scenario
+from meanet_core.config import HARD_CANDIDATES
 from meanet_core.data import PARTITION_SCHEMES
-from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS
+from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS, build_cloud, build_meanet, can_grow
 from meanet_core.precision import resolve_precision
 from meanet_core.training import HARD_METHODS
 
@@ -36,6 +37,11 @@ METHODS = (
 bound)."""
 
 
+CLOUD_INITS = ("scratch", "main", "main-every")
+"""How a MEANet-FL method's own cloud model starts: from random weights; grown from the main block at the first
+experience, then from its own weights; or grown from the main block at every experience."""
+
+
 class BenchConfigError(ValueError):
     """A benchmark setting is missing, unknown or out of range; the message names it and the fix."""
 
@@ -52,6 +58,19 @@ class BenchConfig:
     ``bf16`` (every training and evaluation pass under bfloat16 autocast, ``meanet_core.precision``) or ``auto``
     (``bf16`` where the CPU computes it natively), resolved when the config is built, so a stored result names the
     precision it ran at.
+
+    The cloud model's schedule of its own: ``cloud_epochs`` (default ``epochs``; every cloud model, the shared
+    trajectory's too) and, for the MEANet-FL methods' own cloud model, ``cloud_lr`` (default ``lr``). That own cloud
+    model, as ``meanet federate``'s ``cloud-init`` and ``cloud-distill``: ``cloud_init = "main"`` grows it from the
+    method's main block at the first experience (``"main-every"``: at every experience)
+    (``meanet_core.models.grow``), ``cloud_distill > 0`` has it distil that main block's logits; with either, the
+    method trains its own cloud model instead of taking the trajectory's (which cloud-only keeps).
+    ``extension_epochs``: the extension's epochs, in the cloud's training of it and in the edges' round (default
+    ``epochs``); ``extension_distill``: the cloud's extension training distils the cloud model's hard-class logits
+    with that weight. ``offload_labels``: the labelling budget K of the MEANet-FL methods: per experience the edges'
+    images of the experience pass the method's main block, the K least confident (the inputs the edges would
+    offload) are labelled at the cloud and kept with its data for its own cloud model (and extension); counted in
+    the budget and as bytes up.
     """
 
     scenario: str = "split-cifar100"
@@ -71,6 +90,7 @@ class BenchConfig:
     edge_lr: float = 0.01
     hard_fraction: float = 0.2
     hard_method: str = "precision"
+    hard_candidates: str = "seen"
     val_fraction: float = 0.1
     limit_train: int | None = None
     limit_test: int | None = None
@@ -80,6 +100,12 @@ class BenchConfig:
     replay_mem_size: int = 200
     main_rounds: int = 1
     cloud_epochs: int | None = None
+    cloud_lr: float | None = None
+    cloud_init: str = "scratch"
+    cloud_distill: float = 0.0
+    extension_epochs: int | None = None
+    extension_distill: float = 0.0
+    offload_labels: int = 0
     precision: str = "auto"
     data_dir: str | None = None
 
@@ -104,6 +130,16 @@ class BenchConfig:
                 f"model must be one of {', '.join(MEANET_ARCHS)} and cloud model one of {', '.join(CLOUD_ARCHS)}; "
                 f"got {self.model!r} and {self.cloud_model!r}"
             )
+        if self.cloud_init not in CLOUD_INITS:
+            raise BenchConfigError(f"unknown cloud init {self.cloud_init!r}; valid: {', '.join(CLOUD_INITS)}")
+        if self.cloud_init != "scratch":
+            problem = can_grow(build_meanet(self.model, 2).main, build_cloud(self.cloud_model, 2))
+            if problem:
+                raise BenchConfigError(
+                    f"cloud init {self.cloud_init!r} cannot grow {self.cloud_model} from {self.model}: {problem}"
+                )
+        if self.hard_candidates not in HARD_CANDIDATES:
+            raise BenchConfigError(f"unknown hard candidates {self.hard_candidates!r}; valid: seen, new")
         if self.hard_method not in HARD_METHODS:
             raise BenchConfigError(f"unknown hard method {self.hard_method!r}; valid: {', '.join(HARD_METHODS)}")
         checks = {
@@ -126,13 +162,18 @@ class BenchConfig:
             "replay_mem_size": self.replay_mem_size >= 1,
             "main_rounds": self.main_rounds >= 0,
             "cloud_epochs": self.cloud_epochs is None or self.cloud_epochs >= 1,
+            "cloud_lr": self.cloud_lr is None or self.cloud_lr > 0,
+            "cloud_distill": self.cloud_distill >= 0,
+            "extension_epochs": self.extension_epochs is None or self.extension_epochs >= 1,
+            "extension_distill": self.extension_distill >= 0,
+            "offload_labels": self.offload_labels >= 0,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise BenchConfigError(
                 f"out of range: {', '.join(bad)} (experiences, clients, epochs, cloud epochs, batch size >= 1; "
-                "alpha, lr > 0; cloud share, hard and val fractions in (0, 1); target cloud fraction in [0, 1]; "
-                "main rounds >= 0)"
+                "alpha, lr, cloud lr > 0; cloud share, hard and val fractions in (0, 1); target cloud fraction in "
+                "[0, 1]; main rounds, distillation weights, offload labels >= 0; extension epochs >= 1)"
             )
 
     @classmethod
@@ -165,6 +206,13 @@ class BenchConfig:
         skip |= {k for k, before in LATER_SETTINGS.items() if getattr(self, k) == before}
         return {k: v for k, v in self.as_dict().items() if k not in skip}
 
+    def matches(self, stored: dict[str, Any], method: str | None = None) -> bool:
+        """Whether a result (or, without ``method``, a cloud trajectory) stored with fingerprint ``stored`` holds for
+        these settings. A stored fingerprint may name settings that later became method-only
+        (``METHOD_SETTINGS``): those its ``method`` does not read are left out of the comparison."""
+        unread = {k for k, used_by in METHOD_SETTINGS.items() if method is None or not used_by(method)}
+        return {k: v for k, v in stored.items() if k not in unread} == self.fingerprint(method)
+
 
 METHOD_SETTINGS: dict[str, Callable[[str], bool]] = {
     "main_rounds": lambda m: m in MEANET_FL_MAIN_METHODS,
@@ -174,10 +222,30 @@ METHOD_SETTINGS: dict[str, Callable[[str], bool]] = {
     "lwf_temperature": lambda m: m.endswith("-lwf"),
     "replay_mem_size": lambda m: m.endswith("-replay"),
     "target_cloud_fraction": lambda m: m.startswith("meanet-"),  # MEANet routing; the others never offload
+    # the hard classes: only MEANet methods have them (the trajectory chooses them when loaded, not when trained)
+    "hard_method": lambda m: m.startswith("meanet-"),
+    "hard_fraction": lambda m: m.startswith("meanet-"),
+    "hard_candidates": lambda m: m.startswith("meanet-"),
+    "cloud_lr": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
+    "cloud_init": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
+    "cloud_distill": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
+    "extension_epochs": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
+    "extension_distill": lambda m: m.startswith("meanet-"),
+    "offload_labels": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
 }
 """Settings that only some methods read, and which (the others' results do not depend on them)."""
 
-LATER_SETTINGS: dict[str, Any] = {"precision": "fp32", "cloud_epochs": None}
+LATER_SETTINGS: dict[str, Any] = {
+    "precision": "fp32",
+    "cloud_epochs": None,
+    "cloud_lr": None,
+    "cloud_init": "scratch",
+    "cloud_distill": 0.0,
+    "extension_epochs": None,
+    "extension_distill": 0.0,
+    "offload_labels": 0,
+    "hard_candidates": "seen",
+}
 """Settings added after results were stored, with the value those runs had (float32; the cloud model trained
 ``epochs`` epochs)."""
 

@@ -119,7 +119,10 @@ class EdgeClassSpace(nn.Module):
         z = self.blocks(self.merge(z))  # (B, width, h, w)
         pooled = torch.flatten(F.adaptive_avg_pool2d(z, 1), 1)  # (B, width)
         hard = self.meanet.hard_classes
-        return F.linear(pooled, self.head.weight[hard], self.head.bias[hard])  # (B, H)
+        out = F.linear(pooled, self.head.weight[hard], self.head.bias[hard])  # (B, H)
+        if self.meanet.residual_extension:  # a correction of the main block's hard-class logits
+            out = out + self.meanet.main.forward_head(main_features.detach())[:, hard].detach()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_unit_float(x)

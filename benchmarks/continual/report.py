@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 from benchmarks.continual.budget import summarize as summarize_budget
 from benchmarks.continual.metrics import mean_std
@@ -27,7 +28,9 @@ COLUMNS = (
 )
 BUDGET_COLUMNS = (
     ("trained_edge_images", "edge training", 1.0, "{:,.0f}", "images"),
+    ("trained_edge_macs", "edge training", 1e-12, "{:.2f}", "TMAC"),
     ("trained_cloud_images", "cloud training", 1.0, "{:,.0f}", "images"),
+    ("trained_cloud_macs", "cloud training", 1e-12, "{:.2f}", "TMAC"),
     ("bytes_up_per_experience", "up/experience", 1e-6, "{:.2f}", "MB"),
     ("bytes_down_per_experience", "down/experience", 1e-6, "{:.2f}", "MB"),
 )
@@ -85,6 +88,59 @@ def parts_summary(results: dict[str, Any]) -> dict[str, Any]:
         for key, _ in PARTS:
             row[key] = mean_std([c["reference_accuracy"].get(key) for c in finals])
         row["cloud_fraction"] = mean_std([c["cloud_fraction"] for c in finals])
+        out[name] = row
+    return out
+
+
+ROUTES = (("meanet", "MEANet routing"), ("early_exit", "confidence early exit"), ("random", "random offload"))
+"""The routings compared at the same offload fraction (``benchmarks.continual.routing``)."""
+
+
+def _finals(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The last experience's cost record of ``name`` in every seed that ran it."""
+    return [
+        run[name]["experiences"][-1]["costs"]
+        for run in results["runs"].values()
+        if run.get(name, {}).get("experiences")
+    ]
+
+
+def routing_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """For each MEANet method whose results hold the routing comparison, after the last experience (mean ± std over
+    the seeds): accuracy, cloud fraction and energy of MEANet routing, confidence early exit and random offload at
+    the same offload fraction; accuracy on the hard-class inputs (main alone, main + extension, the edge as run);
+    in how many experiences the validation gate kept the extension; the accuracy-energy curves (seed means)."""
+    out: dict[str, Any] = {}
+    for name in results["summary"]:
+        finals = [c for c in _finals(results, name) if "routing" in c]
+        if not finals:
+            continue
+        row: dict[str, Any] = {}
+        for key, _ in ROUTES:
+            for field in ("accuracy", "cloud_fraction", "energy_joule"):
+                row[f"{key}_{field}"] = mean_std([c["routing"][key][field] for c in finals])
+        for field in ("main_only", "main_plus_extension", "edge_as_run"):
+            row[f"hard_{field}"] = mean_std([c["routing"]["hard_classes"][field] for c in finals])
+        kept = []
+        for run in results["runs"].values():
+            experiences = run.get(name, {}).get("experiences", [])
+            flags = [e["costs"].get("policy", {}).get("use_extension", True) for e in experiences]
+            if experiences:
+                kept.append(sum(bool(f) for f in flags))
+        row["extension_kept"] = mean_std(kept)
+        row["experiences"] = len(next(iter(results["runs"].values())).get(name, {}).get("experiences", []))
+        with_curves = [c["routing"]["curves"] for c in finals if "curves" in c["routing"]]
+        if with_curves:
+            row["curves"] = {
+                kind: [
+                    {
+                        key: float(np.mean([curve[kind][i][key] for curve in with_curves]))
+                        for key in ("target", "accuracy", "cloud_fraction", "energy_joule")
+                    }
+                    for i in range(len(with_curves[0][kind]))
+                ]
+                for kind in ("meanet", "early_exit")
+            }
         out[name] = row
     return out
 
@@ -156,6 +212,50 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [_cell(row[key], 100.0, "{:.1f}", seeds) for key, _ in PARTS]
             cells.append(_cell(row["cloud_fraction"], 100.0, "{:.1f}", seeds))
             lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
+    routing = results.get("routing") or routing_summary(results)
+    if routing:
+        cloud_only = summary.get("cloud-only", {}).get("energy_per_inference_joule", {}).get("mean")
+        lines += [
+            "",
+            "Routing against what a user would pick instead, on the same main block and cloud model, at the same "
+            "offload fraction (the inputs MEANet sent): confidence early exit offloads the least confident inputs "
+            "by the main block's max-probability, with no extension; random offload is the exact expectation over "
+            "random choices. Accuracy (%) and edge energy per inference (mJ) after the last experience"
+            + (f"; cloud-only spends {cloud_only * 1e3:.2f} mJ" if cloud_only else "")
+            + ":",
+            "",
+            "| method | cloud fraction (%) | "
+            + " | ".join(f"{title} (%)" for _, title in ROUTES)
+            + " | MEANet - early exit (points) | energy (mJ) | energy / cloud-only's |",
+            "|---|---:|" + "---:|" * (len(ROUTES) + 3),
+        ]
+        for name, row in routing.items():
+            cells = [_cell(row[f"{key}_accuracy"], 100.0, "{:.1f}", seeds) for key, _ in ROUTES]
+            gain = 100 * (row["meanet_accuracy"]["mean"] - row["early_exit_accuracy"]["mean"])
+            energy = row["meanet_energy_joule"]["mean"]
+            ratio = f"{energy / cloud_only:.2f}" if cloud_only else "n/a"
+            lines.append(
+                f"| {name} | {_cell(row['meanet_cloud_fraction'], 100.0, '{:.1f}', seeds)} | "
+                + " | ".join(cells)
+                + f" | {gain:+.1f} | {_cell(row['meanet_energy_joule'], 1e3, '{:.2f}', seeds)} | {ratio} |"
+            )
+        lines += [
+            "",
+            "The hard classes: accuracy (%) on the test inputs whose true class is hard, after the last experience, "
+            "of the main block alone, of main + extension (every hard top-1 answered by the extension) and of the "
+            "edge as the policy runs it (the extension only where the validation gate keeps it); in how many "
+            "experiences the gate kept the extension:",
+            "",
+            "| method | main block alone | main + extension | edge as run | extension kept (experiences) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, row in routing.items():
+            cells = [
+                _cell(row[f"hard_{f}"], 100.0, "{:.1f}", seeds)
+                for f in ("main_only", "main_plus_extension", "edge_as_run")
+            ]
+            kept = _cell(row["extension_kept"], 1.0, "{:.1f}", seeds)
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {kept} of {row['experiences']} |")
     lines += [
         "",
         "Average accuracy (%) over the experiences seen so far, after each experience:",
@@ -199,7 +299,24 @@ def plot_accuracy_per_experience(results: dict[str, Any], path: Path) -> Path:
 
 
 def plot_accuracy_vs_energy(results: dict[str, Any], path: Path) -> Path:
+    """Each method a point (final average accuracy against edge energy per inference); each MEANet method also a
+    curve (its calibrated policy refitted for a sweep of cloud fractions, after the last experience, on the test
+    images of every experience) beside confidence early exit on the same models."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    routing = results.get("routing") or routing_summary(results)
+    for name, row in routing.items():
+        if "curves" not in row:
+            continue
+        for kind, style, label in (("meanet", "-", name), ("early_exit", ":", f"{name}: early exit")):
+            curve = row["curves"][kind]
+            ax.plot(
+                [p["energy_joule"] * 1e3 for p in curve],
+                [p["accuracy"] * 100 for p in curve],
+                style,
+                marker=".",
+                linewidth=1,
+                label=f"{label} (cloud fraction swept)",
+            )
     for name, stats in results["summary"].items():
         energy, acc = stats["energy_per_inference_joule"], stats["final_average_accuracy"]
         if energy["mean"] is None or acc["mean"] is None:
@@ -221,6 +338,8 @@ def plot_accuracy_vs_energy(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("final average accuracy (%)")
     ax.set_title("Accuracy against energy")
     ax.grid(alpha=0.3)
+    if routing:
+        ax.legend(fontsize=6, loc="lower right")
     return _save(fig, path)
 
 
@@ -236,6 +355,7 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> l
     out.mkdir(parents=True, exist_ok=True)
     results["budget"] = budget_summary(results)
     results["parts"] = parts_summary(results)
+    results["routing"] = routing_summary(results)
     write_json(results, out / "results.json")
     (out / "results.md").write_text(markdown(results))
     paths = [out / "results.json", out / "results.md"]

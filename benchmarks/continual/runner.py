@@ -140,7 +140,7 @@ def run_benchmark(
             path = seed_dir / f"{name}.json"
             if path.is_file():
                 saved = json.loads(path.read_text())
-                if saved.get("fingerprint") != cfg.fingerprint(name):
+                if not cfg.matches(saved.get("fingerprint") or {}, name):
                     raise BenchConfigError(
                         f"{path} holds a result computed with other settings; pass another --out, or delete "
                         f"{seed_dir} to recompute"

@@ -8,7 +8,9 @@ what the edges do (edges never touch the main block), so it is computed once per
 edge-only, MEANet-static and the four MEANet-FL variants; each method's wall time counts the shared stages it uses. The
 ``meanet-fl-main-*`` methods, whose edges do train the main block (main rounds), keep their own main block and take only
 the cloud model from here. Snapshots (weights, hard classes, the main block's and the cloud model's logits on the
-validation and test images seen so far, stage seconds) are cached in ``DIR/seed-S/cloud/`` so a rerun does not retrain.
+validation and test images seen so far, stage seconds) are cached in ``DIR/seed-S/cloud/`` so a rerun does not retrain;
+the hard classes are chosen again from the cached logits whenever a snapshot is loaded, so the hard-class settings
+never retrain it.
 
 **Evaluation.** Every pass over images runs an inference copy of the model (``meanet_core.fastpath``: BatchNorm
 folded into the convolutions, channels-last weights and inputs; the same logits up to float rounding, about twice as
@@ -58,6 +60,13 @@ def stage(cfg: BenchConfig, lr: float | None = None) -> StageConfig:
     return StageConfig(epochs=cfg.epochs, lr=lr or cfg.lr, batch_size=cfg.batch_size, precision=cfg.precision)
 
 
+def cloud_stage(cfg: BenchConfig, own: bool = False) -> StageConfig:
+    """The cloud model's schedule: ``cloud_epochs`` (default ``epochs``); for a MEANet-FL method's own cloud model
+    (``own``) also its learning rate ``cloud_lr`` (default ``lr``)."""
+    lr = (cfg.cloud_lr or cfg.lr) if own else cfg.lr
+    return replace(stage(cfg), epochs=cfg.cloud_epochs or cfg.epochs, lr=lr)
+
+
 @dataclass
 class Snapshot:
     """The cloud after experience ``t``."""
@@ -77,6 +86,14 @@ class Snapshot:
         return {"format": FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
 
 
+def _candidates(cfg: BenchConfig, scenario: Scenario, t: int) -> tuple[int, ...]:
+    """The classes the hard ones are chosen among after experience ``t``: the seen ones, or (``hard_candidates =
+    "new"``) the experience's own, whose images the edges hold."""
+    exp = scenario.experiences[t]
+    new = tuple(sorted({int(c) for c in exp.train.y.unique().tolist()}))
+    return new if cfg.hard_candidates == "new" and len(new) >= 2 else exp.seen_classes
+
+
 def choose_hard_classes(cfg: BenchConfig, scenario: Scenario, t: int, val_main: torch.Tensor) -> list[int]:
     """The hard classes after experience ``t``, from a main block's logits ``val_main`` on ``scenario.val_data(t)``
     (the cloud's validation images of the classes seen so far): ``cfg.hard_fraction`` of the seen classes, by
@@ -87,7 +104,7 @@ def choose_hard_classes(cfg: BenchConfig, scenario: Scenario, t: int, val_main: 
         scenario.num_classes,
         method=cfg.hard_method,
         fraction=cfg.hard_fraction,
-        candidates=scenario.experiences[t].seen_classes,
+        candidates=_candidates(cfg, scenario, t),
     )
 
 
@@ -121,10 +138,12 @@ class CloudTrajectory:
         if path is not None and path.is_file():
             saved = safe_load(path)
             extra = saved.get("extra", {})
-            if extra.get("fingerprint") == self.cfg.fingerprint() and "trained_images" in extra:
+            if self.cfg.matches(extra.get("fingerprint") or {}) and "trained_images" in extra:
                 saved.pop("format")
-                self._snapshots[t] = Snapshot(**saved)
-                return self._snapshots[t]
+                snap = Snapshot(**saved)
+                snap.hard_classes = choose_hard_classes(self.cfg, self.scenario, t, snap.val_main)
+                self._snapshots[t] = snap
+                return snap
         self._snapshots[t] = snap = self._compute(t)
         if path is not None:
             atomic_save(snap.as_payload(), path)
@@ -146,7 +165,7 @@ class CloudTrajectory:
         seconds["main"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with count_training_images(cloud.normalize) as cloud_images:
-            train_cloud(cloud, data, replace(stage(cfg), epochs=cfg.cloud_epochs or cfg.epochs), **kw)
+            train_cloud(cloud, data, cloud_stage(cfg), **kw)
         seconds["cloud"] = time.perf_counter() - t0
         model.eval()
         cloud.eval()

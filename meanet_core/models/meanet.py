@@ -67,7 +67,12 @@ class AdaptiveBlock(nn.Module):
 
 
 class ExtensionBlock(nn.Module):
-    """Merges the (detached) main-block features with the adaptive features and classifies the hard classes."""
+    """Merges the (detached) main-block features with the adaptive features and classifies the hard classes.
+
+    In a residual MEANet (the default) its output is a *correction* added to the main block's logits of the hard
+    classes (:meth:`MEANet.forward_extension`), and a new hard-class set starts it at zero: the extension then answers
+    exactly as the main block does, and training can only move it where the hard-class data says so.
+    """
 
     def __init__(self, main_channels: int, adaptive_channels: int, width: int, num_blocks: int, num_hard: int):
         super().__init__()
@@ -100,6 +105,7 @@ class MEANet(nn.Module):
 
     hard_classes: torch.Tensor
     hard_index: torch.Tensor
+    extension_residual: torch.Tensor
 
     def __init__(
         self,
@@ -113,6 +119,7 @@ class MEANet(nn.Module):
         adaptive_width: int = 16,
         extension_width: int | None = None,
         extension_blocks: int = 2,
+        residual_extension: bool = True,
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -128,6 +135,10 @@ class MEANet(nn.Module):
         self.extension = ExtensionBlock(
             main.feature_channels, self.adaptive.out_channels, width, extension_blocks, len(hard_classes)
         )
+        # (1,) 1 = the extension's logits are a correction of the main block's hard-class logits (a buffer, so every
+        # checkpoint and broadcast says how to read its extension; states saved before it existed load as 0)
+        self.register_buffer("extension_residual", torch.tensor([int(residual_extension)], dtype=torch.long))
+        self._residual = bool(residual_extension)  # the buffer's value, readable on the meta device too
         self.register_buffer("hard_classes", torch.empty(0, dtype=torch.long))
         self.register_buffer("hard_index", torch.full((num_classes,), -1, dtype=torch.long))
         self._main_frozen = False
@@ -146,7 +157,29 @@ class MEANet(nn.Module):
         index[self.hard_classes] = torch.arange(len(classes), device=device)
         self.hard_index = index
         if changed or self.extension.fc.out_features != max(len(classes), 1):
-            self.extension.fc = nn.Linear(self.extension.width, max(len(classes), 1)).to(device)
+            fc = nn.Linear(self.extension.width, max(len(classes), 1))
+            if self.residual_extension:  # the correction starts at zero: the extension answers as the main block
+                nn.init.zeros_(fc.weight)
+                nn.init.zeros_(fc.bias)
+            self.extension.fc = fc.to(device)
+
+    @property
+    def residual_extension(self) -> bool:
+        """Whether the extension corrects the main block's hard-class logits (else it classifies on its own)."""
+        return self._residual
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        key = prefix + "extension_residual"
+        if key not in state_dict:  # a state saved before residual extensions: its extension classifies on its own
+            state_dict[key] = torch.zeros(1, dtype=torch.long)
+        value = state_dict[key]
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+            self._residual = bool(value.reshape(-1)[0])
 
     @property
     def num_hard(self) -> int:
@@ -185,9 +218,14 @@ class MEANet(nn.Module):
         return MainOutput(self.main.forward_head(features), features)
 
     def forward_extension(self, x: torch.Tensor, main_features: torch.Tensor) -> torch.Tensor:
-        """Extension exit: logits over the hard classes, from the raw input and the main block's features."""
+        """Extension exit: logits over the hard classes, from the raw input and the main block's features (in a
+        residual MEANet, the main block's logits of the hard classes plus the extension's correction)."""
+        features = main_features.detach()
         adaptive = self.adaptive(self.normalize(x))  # (B, Ca, h, w)
-        return self.extension(main_features.detach(), adaptive)
+        out = self.extension(features, adaptive)  # (B, H)
+        if self.residual_extension:
+            out = out + self.main.forward_head(features)[:, self.hard_classes].detach()  # (B, H)
+        return out
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every edge branch on every sample (training and the all-branches baseline)."""

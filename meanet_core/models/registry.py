@@ -78,8 +78,13 @@ def build_meanet(
     extension_width: int | None = None,
     extension_blocks: int = 2,
     input_size: int | None = None,
+    residual_extension: bool = True,
 ) -> MEANet:
     """A MEANet on the registered backbone ``name`` (see ``MEANET_ARCHS``).
+
+    ``residual_extension`` (default): the extension's logits correct the main block's logits of the hard classes and
+    start at zero, so a fresh extension answers as the main block does (``False``: it classifies on its own, as
+    MEANets did before).
 
     ``input_size``: the side of the images it takes (trains on, is evaluated and served at); default the
     architecture's native size. Every backbone pools globally, so any size works; checkpoints record it.
@@ -98,6 +103,7 @@ def build_meanet(
         adaptive_width=adaptive_width,
         extension_width=extension_width,
         extension_blocks=extension_blocks,
+        residual_extension=residual_extension,
     )
 
 

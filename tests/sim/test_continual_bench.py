@@ -27,6 +27,8 @@ from benchmarks.continual.config import (
 )
 from benchmarks.continual.methods import Context, ExperienceOutcome, Method, build_method
 from benchmarks.continual.runner import run_benchmark
+from benchmarks.continual.targets import TARGETS
+from benchmarks.continual.targets import main as targets_main
 from meanet_cli.main import app
 
 pytestmark = pytest.mark.sim
@@ -129,6 +131,74 @@ def test_the_parts_table_shows_what_the_extension_and_the_cloud_add(bench_out: P
         assert parts[name]["cloud_only"]["mean"] == pytest.approx(runs["cloud-only"]["final_average_accuracy"])
     table = (bench_out / "results.md").read_text()
     assert "| method | MEANet with cloud | main block alone | main + extension, no cloud |" in table
+
+
+def test_routing_is_set_beside_early_exit_and_random_offload(bench_out: Path) -> None:
+    results = json.loads((bench_out / "results.json").read_text())
+    runs, routing = results["runs"]["0"], results["routing"]
+    routed = [m for m in TESTED if m.startswith("meanet-")]
+    assert list(routing) == routed
+    for name in routed:
+        final = runs[name]["experiences"][-1]["costs"]["routing"]
+        assert final["meanet"]["accuracy"] == pytest.approx(runs[name]["final_average_accuracy"])
+        # the baselines offload exactly as many inputs as MEANet did, and none runs the extension
+        for base in ("early_exit", "random"):
+            assert final[base]["cloud_fraction"] == pytest.approx(final["meanet"]["cloud_fraction"])
+            assert 0.0 <= final[base]["accuracy"] <= 1.0
+        hard = final["hard_classes"]
+        assert hard["inputs"] > 0 and all(0 <= hard[k] <= 1 for k in ("main_only", "main_plus_extension"))
+        # the accuracy-energy curves after the last experience: energy grows with the cloud fraction
+        for kind in ("meanet", "early_exit"):
+            curve = final["curves"][kind]
+            assert len(curve) >= 5 and curve[0]["cloud_fraction"] <= curve[-1]["cloud_fraction"]
+            assert curve[0]["energy_joule"] <= curve[-1]["energy_joule"]
+        assert "curves" not in runs[name]["experiences"][0]["costs"]["routing"]  # only after the last experience
+    table = (bench_out / "results.md").read_text()
+    assert (
+        "| method | cloud fraction (%) | MEANet routing (%) | confidence early exit (%) | random offload (%)" in table
+    )
+    assert "| method | main block alone | main + extension | edge as run | extension kept (experiences) |" in table
+    assert "cloud training (TMAC)" in table
+
+
+def test_the_targets_script_reads_the_run(bench_out: Path, tmp_path: Path) -> None:
+    report = targets_main([str(bench_out), "--method", "meanet-fl-main-replay", "--json", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text()) == report
+    (values,) = report["seeds"].values()
+    run = json.loads((bench_out / "results.json").read_text())["runs"]["0"]
+    last = run["meanet-fl-main-replay"]["experiences"][-1]["costs"]
+    ref = last["reference_accuracy"]
+    assert values["cloud_minus_main"] == pytest.approx(100 * (ref["cloud_only"] - ref["main_only"]))
+    point = next(p for p in last["routing"]["curves"]["meanet"] if p["target"] == 0.15)
+    assert values["energy_over_cloud_only"] == pytest.approx(
+        point["energy_joule"] / run["cloud-only"]["energy_per_inference_joule"]
+    )
+    assert [row["key"] for row in report["targets"]] == [key for key, *_ in TARGETS]
+    with pytest.raises(SystemExit, match="no 'meanet-fl-lwf-x' result"):
+        targets_main([str(bench_out), "--method", "meanet-fl-lwf-x"])
+
+
+def test_a_cloud_grown_from_the_main_block_distilling_it_and_labelled_offloads(tmp_path: Path) -> None:
+    """MEANet-FL's own cloud model: grown from its main block, distilling it, with 10 labelled offloaded images per
+    experience; the extension distils the cloud model."""
+    args = [*TINY, "--methods", "meanet-fl-main-replay,meanet-fl-naive", "--cloud-init", "main", "--cloud-distill"]
+    args += ["1", "--extension-distill", "1", "--offload-labels", "10", "--cloud-lr", "0.02", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, ["bench", "continual", *args])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    for name in ("meanet-fl-main-replay", "meanet-fl-naive"):
+        exps = results["runs"]["0"][name]["experiences"]
+        assert [e["extra"]["offloaded_labelled"] for e in exps] == [10, 10]
+        budgets = [e["extra"]["budget"] for e in exps]
+        assert [b["labelled"] for b in budgets] == [10, 10]
+        assert budgets[1]["cloud_stored"] == budgets[0]["cloud_new"] + budgets[1]["cloud_new"] + 20
+        assert all(b["trained_cloud_macs"] > 0 for b in budgets)
+    assert "10 offloaded edge images labelled at the cloud per exp" in (tmp_path / "results.md").read_text()
+    # the cloud-init setting needs a cloud model that can be grown from the main block
+    bad = CliRunner().invoke(
+        app, ["bench", "continual", *TINY, "--model", "mobilenetv2_cifar", "--cloud-init", "main", "--out", "x"]
+    )
+    assert bad.exit_code == 2 and "cannot grow" in bad.output
 
 
 def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(bench_out: Path) -> None:

@@ -115,6 +115,7 @@ def test_edges_with_their_own_data_offload_to_the_real_cloud_service(
     run_config: dict[str, object] = {
         "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": 2,
         "experiences": 1, "rounds-per-experience": 1, "main-rounds": 0, "cloud-epochs": 1, "local-epochs": 1,
+        "cloud-model-epochs": 1, "extension-epochs": 1,
         "batch-size": 64, "limit-train": 400, "report-dir": str(report_dir), "cloud-url": url,
         # the paper's rule: a main-block answer less sure than this normalised entropy goes to the cloud; after one
         # cloud epoch most are (the calibrated rule can keep every input of an edge's classes on the extension)

@@ -30,6 +30,7 @@ def tiny_config(report: Path, **kw: object) -> dict[str, object]:
     base: dict[str, object] = {
         "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": NUM_CLIENTS,
         "experiences": 1, "rounds-per-experience": 1, "main-rounds": 0, "cloud-epochs": 3, "local-epochs": 1,
+        "cloud-model-epochs": 1, "extension-epochs": 1,
         "batch-size": 32, "limit-train": 600, "cloud-share": 0.5, "report-dir": str(report),
     }  # fmt: skip
     return {**base, **kw}

@@ -36,6 +36,7 @@ def _config(report: Path, **kw: object) -> dict[str, object]:
     base: dict[str, object] = {
         "dataset": "cifar100-mini", "data-dir": str(DATA), "model": "resnet20_cifar", "cloud-model": "resnet20_cifar",
         "experiences": 2, "rounds-per-experience": 2, "main-rounds": 0, "cloud-epochs": 5, "local-epochs": 1,
+        "cloud-model-epochs": 2, "extension-epochs": 1,
         "batch-size": 32, "cloud-share": 0.5, "report-dir": str(report),
     }  # fmt: skip
     return {**base, **kw}
@@ -120,12 +121,14 @@ def _check_report(report_dir: Path, num_clients: int, experiences: int, rounds: 
     assert per_edge == num_clients * sum(bool(r.get("client_evaluation")) for r in report["rounds"])  # every edge
     # two headers, one row per experience and round; with main rounds, a header and one row per experience (the main
     # block's validation accuracy before and after them); a header and one row per kind of round; then the per-edge
-    # table: a header, one row per edge evaluation
+    # table: a header, one row per edge evaluation; the hard classes and the training budget: a header and one row
+    # per experience each
     kinds = 2 if main_rounds else 1
     staged = 1 + experiences if main_rounds else 0
     assert len(rows) == 2 + experiences + staged + experiences * (rounds + main_rounds) + 1 + kinds + (
         1 + per_edge if per_edge else 0
-    )
+    ) + 2 * (1 + experiences)
+    assert "| experience | hard-class test inputs | main only | main + extension | edge as run |" in "\n".join(rows)
     return report
 
 

@@ -33,7 +33,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 BEGIN, END = "<!-- deploy-by-hand: begin", "<!-- deploy-by-hand: end -->"
 TINY = (
     'dataset="digits" model="resnet20_cifar" cloud-model="resnet20_cifar" experiences=1 rounds-per-experience=1 '
-    "cloud-epochs=1 local-epochs=1 batch-size=64 limit-train=400"
+    "cloud-epochs=1 local-epochs=1 batch-size=64 limit-train=400 cloud-model-epochs=1 extension-epochs=1"
 )
 if "main-rounds" in tomllib.loads((app_dir() / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]:
     TINY += " main-rounds=0"  # no rounds where the edges train the main block: the smallest run is one round

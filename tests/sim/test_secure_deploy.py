@@ -37,14 +37,17 @@ def test_a_signed_run_over_tls_with_authenticated_supernodes_finishes(tmp_path: 
     run_config: dict[str, object] = {
         "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": 2,
         "experiences": 1, "rounds-per-experience": 1, "cloud-epochs": 1, "local-epochs": 1, "batch-size": 64,
+        "cloud-model-epochs": 1, "extension-epochs": 1,
         "limit-train": 400, "report-dir": str(report),
     }  # fmt: skip
     run = run_deployment(run_config, 2, timeout=400, home=tmp_path / "flwr", secure=certs)
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
     result = json.loads((report / "report.json").read_text())
-    (rnd,) = result["rounds"]
-    assert rnd["accepted"] == 2 and rnd["dropped"] == [], rnd  # both edges verified the signed broadcast and trained
-    assert rnd["client_evaluation"], rnd  # and verified the signed evaluation broadcast
+    rounds = result["rounds"]  # main rounds (the app's default) and the edge round, whatever their number
+    assert rounds and [r["phase"] for r in rounds][-1] == "edge", rounds
+    for rnd in rounds:  # both edges verified every signed broadcast and trained
+        assert rnd["accepted"] == 2 and rnd["dropped"] == [], rnd
+    assert rounds[-1]["client_evaluation"], rounds[-1]  # and verified the signed evaluation broadcast
     # the server signed with the key from `meanet certs` (whose public key the SuperNodes pinned)
     assert (report / "broadcast-signing.pub").read_bytes() == (certs / "broadcast-signing.pub").read_bytes()
     assert not (report / "broadcast-signing.key").exists()

@@ -50,10 +50,10 @@ class TinyBackbone(Backbone):
         return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
 
 
-def tiny_meanet(hard: list[int]) -> MEANet:
+def tiny_meanet(hard: list[int], residual: bool = True) -> MEANet:
     torch.manual_seed(0)
     return MEANet("tiny", TinyBackbone(K), K, hard, (0.5,) * 3, (0.25,) * 3, 8, adaptive_width=4,
-                  extension_width=8, extension_blocks=0)  # fmt: skip
+                  extension_width=8, extension_blocks=0, residual_extension=residual)  # fmt: skip
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -74,10 +74,10 @@ def toy_data(classes: list[int], per_class: int, seed: int) -> ImageTensors:
     return ImageTensors((PROTOTYPES[y] + noise).clamp(0, 255).to(torch.uint8), y)
 
 
-def run_stream(kind: str, **kw: Any) -> tuple[EdgeClassSpace, Any]:
+def run_stream(kind: str, residual: bool = True, **kw: Any) -> tuple[EdgeClassSpace, Any]:
     """Train ``kind`` on the two experiences, the hard set changing in between (no broadcast: the edge keeps its
     own class rows, as ``EdgeClassSpace`` does across a hard-set change)."""
-    meanet = tiny_meanet(H0)
+    meanet = tiny_meanet(H0, residual)
     edge = EdgeClassSpace(meanet)
     strategy = make_strategy(kind, edge, lr=0.1, epochs=8, batch_size=16, seed=0, **kw)
     torch.manual_seed(0)
@@ -159,7 +159,9 @@ def test_lwf_distils_over_the_shared_hard_classes_and_forgets_less_than_naive(
     edge, strategy = run_stream("lwf", lwf_alpha=1.0)
     true_lp, _ = old_class_scores(edge)
     assert true_lp > naive_scores[0] + 1.0, (true_lp, naive_scores)
-    # the penalty depends only on the extension: shifting the main block's logits leaves it unchanged
+    # with an extension that classifies on its own (not a correction of the main block's logits), the penalty
+    # depends only on the extension: shifting the main block's logits leaves it unchanged
+    edge, strategy = run_stream("lwf", residual=False, lwf_alpha=1.0)
     lwf = next(p.lwf for p in strategy.plugins if hasattr(p, "lwf"))
     assert isinstance(lwf, ClassSpaceLwF)
     x = toy_data(OLD + NEW, 4, 3).x

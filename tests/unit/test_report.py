@@ -64,7 +64,7 @@ def test_markdown_summary_has_one_row_per_evaluated_experience_and_round() -> No
     # what each column saw
     assert "trained on the cloud images (3 epoch(s)" in text
     assert "and on the edges' images of the experience in 1 main round(s)" in text
-    assert "resnet56_cifar" in text and "(9 epoch(s))" in text
+    assert "resnet56_cifar" in text and "(9 epoch(s) per experience" in text
     assert "Whole run: 600 s." in text
 
 

@@ -44,6 +44,17 @@ def test_precision_split_ranks_never_predicted_classes_last() -> None:
     assert select_hard_classes(everything_zero, np.array([0, 0, 1, 1, 2, 2]), 3, count=2) == [0, 1]
 
 
+def test_cluster_split_picks_the_classes_confused_with_each_other() -> None:
+    # classes 1 and 3 swap images (3 errors between them), 4 goes to 2 once, 0 and 5 are clean; 2's errors are
+    # with 4, not with the chosen pair
+    target = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 5])
+    pred = np.array([0, 0, 3, 3, 1, 2, 2, 1, 3, 3, 2, 4, 5, 5])
+    assert select_hard_classes(pred, target, 6, count=2, method="cluster") == [1, 3]
+    assert select_hard_classes(pred, target, 6, count=3, method="cluster") == [1, 2, 3]  # ties: 2 and 4 have errors
+    # ids are class ids, not positions among the candidates
+    assert select_hard_classes(pred, target, 6, count=2, method="cluster", candidates=[3, 4, 1, 5]) == [1, 3]
+
+
 def test_split_rejects_bad_arguments() -> None:
     y = np.array([0, 1, 2])
     with pytest.raises(ValueError, match="unknown hard-class method"):
