@@ -33,14 +33,14 @@ from typing import Any
 
 import torch
 
-from meanet_core.checkpoint import CheckpointError, safe_load
 from meanet_core.config import FederationConfig
-from meanet_core.engine import AdaptiveEngine, LocalCloud
-from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routing
+from meanet_core.data.streams import concat, stream_for
+from meanet_core.inference.engine import AdaptiveEngine, LocalCloud
+from meanet_core.inference.evaluation import calibrate_for_cloud_fraction, evaluate_routing
+from meanet_core.inference.policies import PaperPolicy
 from meanet_core.models import CloudModel, MEANet, build_cloud, build_meanet
-from meanet_core.policies import PaperPolicy
-from meanet_core.streams import concat, stream_for
-from meanet_core.training import train_cloud
+from meanet_core.training.checkpoint import CheckpointError, safe_load
+from meanet_core.training.stages import train_cloud
 
 
 def load_run(run: Path, data_dir: str | None = None) -> tuple[FederationConfig, dict[str, Any], int]:

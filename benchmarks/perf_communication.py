@@ -7,7 +7,7 @@ once per variant, side by side in one invocation, with the same config and seed,
 ``report.json``:
 
 - ``float32 + full broadcasts``: what MEANet-FL sent before (the edge blocks up as float32, the whole state down);
-- ``float32`` / ``fp16`` / ``int8``: the upload encoding (:mod:`meanet_core.compression`), with delta broadcasts
+- ``float32`` / ``fp16`` / ``int8``: the upload encoding (:mod:`meanet_core.wire.compression`), with delta broadcasts
   (the main block is left out of the broadcast to an edge that holds it: every round after an experience's first).
 
 Bytes are those of the arrays in the Flower messages (``ArrayRecord.count_bytes``), per edge and round, against

@@ -11,7 +11,8 @@ image, images per second, speed-up over every-branch, the speed-up the MACs pred
 optimised variant its speed-up over the same mode on the plain model and how many labels agree with it. Rows of the
 plain model keep the mode's name (``engine_calibrated``); the others add the variant (``engine_calibrated+fused+cl``).
 
-Variants (see :func:`meanet_core.fastpath.optimize_for_inference`): ``base`` the model as loaded; ``cl`` channels-last
+Variants (see :func:`meanet_core.inference.fastpath.optimize_for_inference`): ``base`` the model as loaded; ``cl``
+channels-last
 weights and inputs; ``fused`` BatchNorm folded into the convolutions; ``fused+cl`` both; ``compile`` both plus
 ``torch.compile`` (its compilation time, ``setup_seconds`` + ``warmup_seconds``, is reported apart from the timing).
 """
@@ -28,14 +29,14 @@ from typing import Any
 
 import torch
 
-from meanet_core.checkpoint import load_cloud, load_meanet
 from meanet_core.config import TrainConfig, from_dict
-from meanet_core.engine import AdaptiveEngine, LocalCloud, Predictions, input_memory_format, to_model_input
-from meanet_core.evaluation import branch_outputs, fit_calibrated
-from meanet_core.fastpath import optimize_for_inference
+from meanet_core.inference.engine import AdaptiveEngine, LocalCloud, Predictions, input_memory_format, to_model_input
+from meanet_core.inference.evaluation import branch_outputs, fit_calibrated
+from meanet_core.inference.fastpath import optimize_for_inference
+from meanet_core.inference.policies import PaperPolicy, Policy
 from meanet_core.models import CloudModel, MEANet
 from meanet_core.pipeline import load_splits
-from meanet_core.policies import PaperPolicy, Policy
+from meanet_core.training.checkpoint import load_cloud, load_meanet
 
 MODES = ("all_branches", "engine_paper", "engine_calibrated", "main_only", "cloud_only")
 VARIANTS: dict[str, dict[str, bool] | None] = {

@@ -34,10 +34,10 @@ import torch
 
 from fl_client.offload import RemoteCloud
 from fl_server.offload.service import load_cloud_from_run
-from meanet_core.checkpoint import atomic_save, cloud_payload
-from meanet_core.engine import LocalCloud
+from meanet_core.inference.engine import LocalCloud
 from meanet_core.models import CloudModel, build_cloud
-from meanet_core.tls import DevCertificates, write_dev_certificates
+from meanet_core.training.checkpoint import atomic_save, cloud_payload
+from meanet_core.trust.tls import DevCertificates, write_dev_certificates
 
 TOKEN = "benchmark-token-" + os.urandom(8).hex()
 

@@ -11,7 +11,7 @@ Each scenario here runs what such a process runs, in a fresh ``python`` subproce
 - ``config``: parsing the run config (:class:`~meanet_core.config.FederationConfig`) and the partition id;
 - ``data``: :func:`fl_client.data.edge_data`, the handler's call for its images (the shared stream's slice, or the
   SuperNode's own ``data-dir``);
-- ``model``: :func:`meanet_core.broadcast.model_from_broadcast` on a broadcast state (read from disk first, as
+- ``model``: :func:`meanet_core.trust.broadcast.model_from_broadcast` on a broadcast state (read from disk first, as
   Flower hands the handler its arrays; that read is not counted).
 
 Scenarios: ``cifar100`` (the app's default run config, 3 edges, 2 experiences; needs ``MEANET_DATA_DIR``), ``digits``
@@ -48,7 +48,7 @@ import fl_client.app
 t3 = time.perf_counter()
 import dataclasses
 from fl_client.data import client_index, edge_data
-from meanet_core.broadcast import model_from_broadcast
+from meanet_core.trust.broadcast import model_from_broadcast
 from meanet_core.config import FederationConfig
 known = {f.name.replace("_", "-") for f in dataclasses.fields(FederationConfig)}  # a baseline may know fewer keys
 cfg = FederationConfig.from_run_config({k: v for k, v in spec["run_config"].items() if k in known})

@@ -3,7 +3,8 @@
     python benchmarks/perf_training.py --images 5120 --json perf_training.json
 
 Modes, each training a fresh main block (same seed) for one pass over the same CIFAR-100 images:
-- ``meanet_fit``: ``meanet_core.training.train_main`` (in-memory uint8 batches, batched augmentation, one-cycle LR,
+- ``meanet_fit``: ``meanet_core.training.stages.train_main`` (in-memory uint8 batches, batched augmentation, one-cycle
+LR,
   progress bar off, NaN check, per-epoch records), channels-last as the cloud trains;
 - ``meanet_fit_contiguous``: the same without channels-last (the layout's before/after);
 - ``plain_tensor_loop``: a bare loop over the same ``TensorBatches`` with SGD, no scheduler, no bookkeeping
@@ -16,7 +17,7 @@ Modes, each training a fresh main block (same seed) for one pass over the same C
 - ``plain_tensor_loop_compiled`` (with ``--compile``): the bare loop with ``torch.compile`` on the main block; its
   first pass (compilation included) is reported apart from the best pass.
 - ``meanet_fit_bf16`` / ``avalanche_naive_bf16`` (with ``--bf16``, the latter with ``--avalanche`` too): the same under
-  bfloat16 autocast (``meanet_core.precision``), as ``meanet bench continual --precision bf16`` trains.
+  bfloat16 autocast (``meanet_core.training.precision``), as ``meanet bench continual --precision bf16`` trains.
 Rounds are interleaved (``--repeats``), the best time kept. Prints a table and writes JSON.
 """
 
@@ -35,7 +36,7 @@ import torchvision.transforms.v2 as T
 
 from meanet_core.data import ImageTensors, TensorBatches, load_dataset
 from meanet_core.models import MEANet, build_meanet
-from meanet_core.training import StageConfig, train_main
+from meanet_core.training.stages import StageConfig, train_main
 
 
 class PerSampleDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):

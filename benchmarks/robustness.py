@@ -41,9 +41,9 @@ import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from meanet_core.broadcast import digest
 from meanet_core.config import FederationConfig
 from meanet_core.keys import ARRAYS, EDGE_INFO, EXPERIENCE, MAIN_DIGEST, METRICS, NUM_EXAMPLES, is_edge_key
+from meanet_core.trust.broadcast import digest
 from strategies import MEANetStrategy
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -63,7 +63,14 @@ def rule_settings() -> dict[str, dict[str, Any]]:
         "claim_factor": d.claim_factor or None,
         "max_claim": d.max_claim or None,
     }
-    rows: dict[str, dict[str, Any]] = {"mean + ceiling only (before)": {"aggregation": "mean", "max_norm_ratio": 1.0}}
+    rows: dict[str, dict[str, Any]] = {
+        "mean + ceiling only (before)": {
+            "aggregation": "mean",
+            "max_norm_ratio": 1.0,
+            "norm_bound_factor": None,
+            "claim_factor": None,
+        }
+    }
     for rule in ("fltrust", "multi-krum", "trimmed-mean", "median", "mean"):
         name = f"{rule} (default)" if rule == d.aggregation else rule
         rows[name] = {"aggregation": rule, **bounds, "krum_malicious": d.krum_malicious, "trim_fraction": 0.2}

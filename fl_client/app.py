@@ -16,7 +16,7 @@ answers, flagged as fallbacks). The reply counts the inputs offloaded, the fallb
 
 Both check the cloud's signature on the broadcast against the pinned public key **before** loading anything, and
 refuse (an error reply, with the reason logged) an unsigned, tampered or replayed broadcast: see
-:mod:`meanet_core.signing` and :func:`verify`.
+:mod:`meanet_core.trust.signing` and :func:`verify`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,20 @@ from fl_client.offload import RemoteCloud
 from fl_client.predict import EdgeOnly
 from fl_client.transport import broadcast_state, encode_reply
 from meanet_core import keys
-from meanet_core.broadcast import digest, model_from_broadcast, scoped_state
 from meanet_core.config import FederationConfig
-from meanet_core.engine import AdaptiveEngine, CloudBackend, LocalCloud, Predictions
-from meanet_core.evaluation import summarize
+from meanet_core.inference.engine import AdaptiveEngine, CloudBackend, LocalCloud, Predictions
+from meanet_core.inference.evaluation import summarize
+from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.models import build_cloud
-from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
-from meanet_core.signing import VERIFY_KEY_FILE, BroadcastPosition, BroadcastRejected, load_verify_key, verify_broadcast
-from meanet_core.training import train_extension, train_main
+from meanet_core.training.stages import train_extension, train_main
+from meanet_core.trust.broadcast import digest, model_from_broadcast, scoped_state
+from meanet_core.trust.signing import (
+    VERIFY_KEY_FILE,
+    BroadcastPosition,
+    BroadcastRejected,
+    load_verify_key,
+    verify_broadcast,
+)
 
 app = ClientApp()
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from fl_client.offload import RemoteCloud
 from fl_client.predict import EdgeOnly, connect_cloud
-from meanet_core.engine import CloudBackend
+from meanet_core.inference.engine import CloudBackend
 from meanet_core.models import MEANet
 
 REMOTE, LOCAL, NONE = "remote", "local", "none"

@@ -8,7 +8,8 @@ Two sources (:func:`edge_data`):
   names from the broadcast's ``class-names`` (else the run config's dataset), the image side from the run config's
   dataset;
 * otherwise (simulation) this client's ``partition-id`` slice of the shared stream and its share of the test
-  images (:func:`meanet_core.streams.edge_slice`: exactly what the cloud's :func:`~meanet_core.streams.stream_for`
+  images (:func:`meanet_core.data.streams.edge_slice`: exactly what the cloud's
+  :func:`~meanet_core.data.streams.stream_for`
   deals this client, read without building the stream: only this client's rows of the source).
 """
 
@@ -20,9 +21,9 @@ from typing import Any
 import torch
 
 from fl_client.local_data import class_names_for, federation_image_size, node_data_dir, read_edge_data
-from meanet_core import streams
 from meanet_core.config import FederationConfig
-from meanet_core.streams import EdgeView
+from meanet_core.data import streams
+from meanet_core.data.streams import EdgeView
 
 
 def client_index(node_config: dict[str, object], cfg: FederationConfig) -> int:

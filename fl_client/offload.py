@@ -1,7 +1,7 @@
 """The edge's offload client: the cloud service as a ``CloudBackend`` of the adaptive inference engine.
 
 ``AdaptiveEngine(model, policy, RemoteCloud("https://cloud:8443", token=..., ca_certfile="ca.pem"))`` sends the
-complex samples of each inference batch in one request (a uint8 :mod:`meanet_core.payload` frame). Each call has a
+complex samples of each inference batch in one request (a uint8 :mod:`meanet_core.wire.payload` frame). Each call has a
 deadline; transient failures (timeouts, refused connections, 408/429/5xx answers) are retried a bounded number of
 times with exponential back-off inside that deadline. When the cloud still does not answer, or answers with an error,
 the reply marks every sample ``ok=False``: the engine keeps the edge's own best prediction for them and flags them as
@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import torch
 
-from meanet_core.engine import CloudBackend, CloudReply, to_uint8
-from meanet_core.payload import IMAGES_CONTENT_TYPE, PayloadError, decode_labels, encode_images
+from meanet_core.inference.engine import CloudBackend, CloudReply, to_uint8
+from meanet_core.wire.payload import IMAGES_CONTENT_TYPE, PayloadError, decode_labels, encode_images
 
 log = logging.getLogger("meanet.edge.offload")
 TOKEN_ENV = "MEANET_CLOUD_TOKEN"

@@ -1,6 +1,6 @@
 """Adaptive inference on an edge device outside federation rounds: what ``meanet edge predict`` runs.
 
-A verified edge model (:func:`meanet_core.edge_model.load_edge_model`) routes new inputs through
+A verified edge model (:func:`meanet_core.inference.edge_model.load_edge_model`) routes new inputs through
 ``AdaptiveEngine``: the main block on every input, the extension on those the policy sends there, the complex ones
 to the cloud service (:class:`fl_client.offload.RemoteCloud`), or to nowhere (:class:`EdgeOnly`) when the device has
 no cloud. Whatever the cloud does, every input gets one row in the CSV: an input the cloud was asked about but did
@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from fl_client.inputs import Batch, Inputs
 from fl_client.offload import RemoteCloud
-from meanet_core.cost import CostConfig
 from meanet_core.data.images import BadImageError, SkippedImage, check_bad_images, list_bad
-from meanet_core.edge_model import EdgeModel, describe_policy
-from meanet_core.engine import (
+from meanet_core.inference.cost import CostConfig
+from meanet_core.inference.edge_model import EdgeModel, describe_policy
+from meanet_core.inference.engine import (
     EXIT_CLOUD,
     EXIT_NAMES,
     AdaptiveEngine,
@@ -40,9 +40,9 @@ from meanet_core.engine import (
     CloudReply,
     Predictions,
 )
-from meanet_core.evaluation import summarize
+from meanet_core.inference.evaluation import summarize
+from meanet_core.inference.policies import Policy
 from meanet_core.models import MEANet
-from meanet_core.policies import Policy
 
 log = logging.getLogger("meanet.edge.predict")
 CSV_COLUMNS = (

@@ -5,7 +5,7 @@
   its digest), it sends only the rest and the digest of the main block to use (:data:`~meanet_core.keys.HELD_MAIN`,
   covered by the signature). :func:`broadcast_state` rebuilds the full state from the cache, or refuses with a reason
   when the edge does not hold that block (then the cloud sends the full state in the next round).
-* **Up: compressed updates.** :func:`encode_reply` encodes the trained edge arrays (:mod:`meanet_core.compression`)
+* **Up: compressed updates.** :func:`encode_reply` encodes the trained edge arrays (:mod:`meanet_core.wire.compression`)
   and keeps the error-feedback residual for the next round of the same experience.
 """
 
@@ -21,8 +21,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.common import log
 
 from meanet_core import keys
-from meanet_core.broadcast import digest, main_state
-from meanet_core.compression import encode_update
+from meanet_core.trust.broadcast import digest, main_state
+from meanet_core.wire.compression import encode_update
 
 Arrays = dict[str, npt.NDArray[Any]]
 

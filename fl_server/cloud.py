@@ -38,18 +38,18 @@ from flwr.serverapp import Grid
 
 from fl_server.offload.handoff import SERVING_FILE, serving_version, write_serving_model
 from meanet_core import keys
-from meanet_core.broadcast import digest, edge_state, main_state
-from meanet_core.checkpoint import FORMAT, atomic_save, load_server_state, load_state
 from meanet_core.config import FederationConfig
 from meanet_core.data import ImageTensors
-from meanet_core.evaluation import calibrate_for_cloud_fraction, evaluate_routing
+from meanet_core.data.streams import Experience, concat, stream_for
+from meanet_core.inference.evaluation import calibrate_for_cloud_fraction, evaluate_routing
+from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.keys import is_edge_key
 from meanet_core.models import MEANet, build_cloud, build_meanet, describe_cloud, describe_meanet, grow_from_main
-from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
-from meanet_core.precision import resolve_precision
-from meanet_core.signing import ensure_signing_key
-from meanet_core.streams import Experience, concat, stream_for
-from meanet_core.training import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
+from meanet_core.training.checkpoint import FORMAT, atomic_save, load_server_state, load_state
+from meanet_core.training.precision import resolve_precision
+from meanet_core.training.stages import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
+from meanet_core.trust.broadcast import digest, edge_state, main_state
+from meanet_core.trust.signing import ensure_signing_key
 from strategies.signed import SignedMEANetStrategy
 
 log = logging.getLogger("meanet.server")

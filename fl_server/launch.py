@@ -3,8 +3,8 @@
 Used by ``meanet federate`` (meanet_cli), the tests and the benchmarks: it sits below them all. Every process started
 here runs in its own session and is ended (SIGTERM, then SIGKILL) whatever happens. Flower's ``flwr run --stream``
 exits 0 even when the run failed, so the status is read back with ``flwr ls`` (polled until the run has finished);
-``python -m fl_server.launch status CONNECTION`` does the same for a run started by hand (the README's deployment),
-with an exit status that says whether it completed.
+``python -m fl_server.launch status CONNECTION`` does the same for a run started by hand (docs/deployment.md,
+"Secure deployment by hand"), with an exit status that says whether it completed.
 
 ``secure=DIR`` (a folder written by ``meanet certs``) runs the secure path instead of ``--insecure``: the SuperLink
 serves TLS (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) and, for deployment, authenticates SuperNodes

@@ -1,6 +1,7 @@
 """``meanet export`` and ``meanet edge predict``: a run's edge model onto a device, and adaptive inference there.
 
-Thin: :mod:`meanet_core.export` writes the signed file, :mod:`fl_client.predict` runs the engine. Mistakes in the
+Thin: :mod:`meanet_core.inference.export` writes the signed file, :mod:`fl_client.predict` runs the engine. Mistakes
+in the
 input raise ValueError / OSError with a message; ``meanet_cli.main`` registers these commands behind its
 ``error: ...`` handler.
 """
@@ -24,8 +25,8 @@ def export_model(
     ),
 ) -> None:
     """Write a run's edge model as a signed, weights-only file for an edge device (meanet edge predict)."""
-    from meanet_core.edge_model import describe_policy
-    from meanet_core.export import export, from_report_dir, from_train_run, read_class_names
+    from meanet_core.inference.edge_model import describe_policy
+    from meanet_core.inference.export import export, from_report_dir, from_train_run, read_class_names
 
     if report_dir is not None and run is None:
         source = from_report_dir(report_dir)
@@ -78,8 +79,8 @@ def edge_predict(
 
     from fl_client.inputs import open_inputs
     from fl_client.predict import connect_cloud, format_summary, predict_to_csv
-    from meanet_core.cost import CostConfig
-    from meanet_core.edge_model import load_edge_model
+    from meanet_core.inference.cost import CostConfig
+    from meanet_core.inference.edge_model import load_edge_model
 
     if threads:
         torch.set_num_threads(threads)

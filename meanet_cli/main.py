@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any
 
 import typer
 
+from meanet_cli.bench import bench_app
 from meanet_cli.edge import edge_predict, export_model
+from meanet_cli.errors import EchoHandler as _EchoHandler
+from meanet_cli.errors import comma_list as _csv
+from meanet_cli.errors import fail as _fail
+from meanet_cli.errors import user_errors as _user_errors
 
 # Tracebacks never show local variables: they can hold tokens, keys and paths.
 app = typer.Typer(
@@ -20,44 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-class _EchoHandler(logging.Handler):
-    """The library's warnings (``meanet.*`` loggers) as ``warning: ...`` lines on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.secho(f"{record.levelname.lower()}: {record.getMessage()}", fg=typer.colors.YELLOW, err=True)
-
-
-def _user_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """A command whose user-facing errors end as ``error: ...`` and exit code 2, never as a traceback.
-
-    The project raises ValueError (ConfigError, CheckpointError, BadImageError, ...) and OSError (FileNotFoundError,
-    PermissionError, ...) with messages that say what was expected, what was found and the fix.
-    """
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        logger = logging.getLogger("meanet")
-        if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-            logger.addHandler(_EchoHandler(logging.WARNING))
-        try:
-            return command(*args, **kwargs)
-        except OSError as e:
-            if e.filename and e.strerror:  # from the system: "PATH: No such file or directory"
-                _fail(f"{e.filename}: {e.strerror}")
-            _fail(str(e) or type(e).__name__)
-        except ValueError as e:
-            _fail(str(e) or type(e).__name__)
-
-    return run
 
 
 @app.command()
@@ -138,11 +103,11 @@ def evaluate(
     """Run the adaptive inference engine on the test set; write a JSON report and plots."""
     import torch
 
-    from meanet_core.checkpoint import CheckpointError, load_cloud, load_meanet
     from meanet_core.config import TrainConfig, from_dict
-    from meanet_core.cost import CostConfig
-    from meanet_core.evaluation import evaluate as run_evaluation
+    from meanet_core.inference.cost import CostConfig
+    from meanet_core.inference.evaluation import evaluate as run_evaluation
     from meanet_core.pipeline import load_splits
+    from meanet_core.training.checkpoint import CheckpointError, load_cloud, load_meanet
 
     if threads:
         torch.set_num_threads(threads)
@@ -259,7 +224,7 @@ def federate(
     ),
     deployment: bool = typer.Option(False, help="deployment engine (SuperLink + SuperNodes) instead of simulation"),
     config: list[str] = typer.Option(
-        [], "--config", "-c", help="run-config override KEY=VALUE (repeatable; keys of [tool.flwr.app.config])"
+        [], "--config", "-c", help="run-config override KEY=VALUE (repeatable; the keys: docs/configuration.md)"
     ),
     timeout: float = typer.Option(3600, help="seconds before the run is abandoned"),
     secure: Path | None = typer.Option(
@@ -302,7 +267,7 @@ def federate(
     cfg = FederationConfig.from_run_config({**defaults, **overrides})  # a ConfigError names the bad key
     if cfg.report_path().exists() and not cfg.report_path().is_dir():
         _fail(f"the report folder {cfg.report_path()} is a file; pass --report-dir with a folder")
-    from meanet_core.checkpoint import CheckpointError, load_server_state
+    from meanet_core.training.checkpoint import CheckpointError, load_server_state
 
     state = cfg.report_path() / "state.pt"
     if state.is_file() and fresh:
@@ -383,7 +348,7 @@ def cloud_serve(
 
     from fl_server.offload.handoff import ServedModel, load_served, prepare
     from fl_server.offload.service import ServiceConfig, check_security, load_cloud_from_run, serve
-    from meanet_core.checkpoint import CheckpointError
+    from meanet_core.training.checkpoint import CheckpointError
 
     if threads:
         torch.set_num_threads(threads)
@@ -484,7 +449,7 @@ def certs(
     force: bool = typer.Option(False, "--force", help="overwrite files already in --out"),
 ) -> None:
     """Write a CA, TLS certificates, SuperNode auth keys and the broadcast signing key for a secure deployment."""
-    from meanet_core.certs import CertsError, write_deployment_keys
+    from meanet_core.trust.certs import CertsError, write_deployment_keys
 
     try:
         written = write_deployment_keys(out, hosts=_csv(host, "host"), supernodes=supernodes, days=days, force=force)
@@ -506,123 +471,13 @@ def certs(
         f"{d}/supernode-I.key --superlink HOST:8000 "
         f"--node-config 'partition-id=I num-partitions=N verify-key=\"{d}/broadcast-signing.pub\"'"
     )
-    typer.echo(f'run config of the cloud: signing-key="{d}/broadcast-signing.key" (README: "Secure deployment")')
+    typer.echo(
+        f'run config of the cloud: signing-key="{d}/broadcast-signing.key"'
+        ' (docs/deployment.md, "Secure deployment by hand")'
+    )
 
 
-bench_app = typer.Typer(
-    help="Benchmarks: continual learning (Avalanche) with baselines side by side.", no_args_is_help=True
-)
 app.add_typer(bench_app, name="bench")
-
-
-def _csv(value: str, what: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        _fail(f"--{what} takes a comma-separated list; got {value!r}")
-    return items
-
-
-@bench_app.command("continual")
-@_user_errors
-def bench_continual(
-    out: Path = typer.Option(..., "--out", help="folder for results.json, results.md, the plots and checkpoints"),
-    scenario: str = typer.Option(
-        "split-cifar100", help="split-cifar100 | drift-cifar100 (tiny: split-cifar100-mini, split-digits, ...)"
-    ),
-    experiences: int = typer.Option(10, help="experiences in the stream"),
-    methods: str = typer.Option("all", help="comma list of methods, or all (see the table in the docs)"),
-    clients: int = typer.Option(3, help="simulated edge clients per experience"),
-    partition: str = typer.Option("iid", help="iid | dirichlet: how each experience is split over the clients"),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration (small = skewed)"),
-    epochs: int = typer.Option(1, help="training epochs per experience, the same for every method"),
-    seeds: str = typer.Option("0", help="comma list of seeds, e.g. 0,1,2: the report gives mean ± std"),
-    limit_train: int | None = typer.Option(None, help="a seeded subset of this many training images"),
-    limit_test: int | None = typer.Option(None, help="at most this many test images per experience"),
-    target_cloud_fraction: float = typer.Option(0.2, help="MEANet routing: at most this share offloaded"),
-    cloud_share: float = typer.Option(0.3, help="share of each experience's images that the cloud receives"),
-    model: str = typer.Option("resnet20_cifar", help="edge backbone for every method"),
-    cloud_model: str = typer.Option("resnet32_cifar", help="cloud model (cloud-only and MEANet)"),
-    batch_size: int = typer.Option(64),
-    lr: float = typer.Option(0.05, help="peak learning rate (one-cycle) of every training stage"),
-    edge_lr: float = typer.Option(0.01, help="peak learning rate of the edges' fine-tuning"),
-    main_rounds: int = typer.Option(
-        1, help="main rounds per experience of meanet-fl-main-* (the edges train the main block; 0: none)"
-    ),
-    cloud_epochs: int | None = typer.Option(
-        None, help="the cloud model's epochs per experience (default: --epochs): its compute advantage"
-    ),
-    cloud_lr: float | None = typer.Option(None, help="the cloud model's peak learning rate (default: --lr)"),
-    cloud_init: str = typer.Option(
-        "scratch",
-        help="MEANet-FL's cloud model: scratch | main (grown from the main block at the first experience) "
-        "| main-every (at every experience)",
-    ),
-    cloud_distill: float = typer.Option(
-        0.0, help="MEANet-FL's cloud model distils the main block's logits with this weight (0: off)"
-    ),
-    extension_epochs: int | None = typer.Option(
-        None, help="the extension's epochs, at the cloud and in the edge round (default: --epochs)"
-    ),
-    extension_distill: float = typer.Option(
-        0.0, help="the extension distils the cloud model's hard-class logits with this weight (0: off)"
-    ),
-    hard_method: str = typer.Option(
-        "precision", help="how MEANet picks its hard classes: precision | confusion | cluster (confused together)"
-    ),
-    hard_candidates: str = typer.Option("seen", help="hard classes among the seen ones | new (this experience's)"),
-    hard_fraction: float = typer.Option(0.2, help="share of the candidate classes that are hard"),
-    offload_labels: int = typer.Option(
-        0, help="MEANet-FL: per experience, label this many of the edges' least confident images at the cloud"
-    ),
-    precision: str = typer.Option(
-        "auto", help="fp32 | bf16 (bfloat16 autocast: faster where native) | auto (bf16 where the CPU has it natively)"
-    ),
-    data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
-    progress: bool = typer.Option(True, help="progress bars"),
-    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
-    quick: bool = typer.Option(
-        False, "--quick", help="every method on a small seeded subset of the images (about 10 min on 2 cores)"
-    ),
-) -> None:
-    """Run continual-learning methods on one scenario, side by side; write a JSON, a markdown table and plots."""
-    import torch
-
-    from benchmarks.continual.config import METHODS, QUICK, BenchConfig, BenchConfigError
-    from benchmarks.continual.runner import run_benchmark
-
-    if threads:
-        torch.set_num_threads(threads)
-    if quick:
-        limit_train = QUICK["limit_train"] if limit_train is None else limit_train
-        limit_test = QUICK["limit_test"] if limit_test is None else limit_test
-        typer.echo(
-            f"quick mode: --limit-train {limit_train} --limit-test {limit_test} (a seeded subset of the images, the "
-            "same stream, methods and schedule): a check that every method runs and a first look in about 10 "
-            "minutes on 2 cores, not the numbers of the full benchmark (drop --quick for those)"
-        )
-    names = list(METHODS) if methods.strip() == "all" else _csv(methods, "methods")
-    try:
-        seed_list = tuple(int(s) for s in _csv(seeds, "seeds"))
-    except ValueError:
-        _fail(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}")
-        return
-    try:
-        cfg = BenchConfig(
-            scenario=scenario, experiences=experiences, methods=tuple(names), seeds=seed_list, clients=clients,
-            partition=partition, alpha=alpha, epochs=epochs, limit_train=limit_train, limit_test=limit_test,
-            target_cloud_fraction=target_cloud_fraction, cloud_share=cloud_share, model=model,
-            cloud_model=cloud_model, batch_size=batch_size, lr=lr, edge_lr=edge_lr, main_rounds=main_rounds,
-            cloud_epochs=cloud_epochs, cloud_lr=cloud_lr, cloud_init=cloud_init, cloud_distill=cloud_distill,
-            extension_epochs=extension_epochs, extension_distill=extension_distill, offload_labels=offload_labels,
-            hard_method=hard_method, hard_candidates=hard_candidates, hard_fraction=hard_fraction,
-            precision=precision,
-            data_dir=data_dir,
-        )  # fmt: skip
-        run_benchmark(cfg, out, progress=progress, log=typer.echo)
-    except (BenchConfigError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
-        return
-    typer.echo((out / "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meanet_core.compression import ENCODINGS
 from meanet_core.data import BAD_IMAGE_POLICIES, DATASETS
 from meanet_core.faults import FAULT_KINDS, parse_faults
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS, build_cloud, build_meanet, can_grow
-from meanet_core.precision import PRECISIONS, resolve_precision
-from meanet_core.training import HARD_METHODS, StageConfig
+from meanet_core.training.precision import PRECISIONS, resolve_precision
+from meanet_core.training.stages import HARD_METHODS, StageConfig
+from meanet_core.wire.compression import ENCODINGS
 
 T = TypeVar("T")
 
@@ -71,16 +71,16 @@ class TrainConfig:
     epochs: int = 30
     cloud_epochs: int | None = None
     extension_epochs: int | None = None
-    batch_size: int = 128
+    batch_size: int = 128  # images per training step (every stage)
     lr: float = 0.1
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
+    weight_decay: float = 5e-4  # SGD weight decay (every stage)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0 = off)
     hard_method: str = "precision"
     hard_fraction: float = 0.2
     hard_count: int | None = None
     val_fraction: float = 0.1
     limit_train: int | None = None
-    seed: int = 0
+    seed: int = 0  # seeds the split, the initial weights and the data order
     data_dir: str | None = None
     image_size: int = 224
     channels_last: bool = True
@@ -202,8 +202,8 @@ class FederationConfig:
     cloud_distill: float = 0.0  # the cloud model also distils the main block's logits with this weight (0 = off)
     extension_epochs: int = 0  # the edges' epochs per edge round (adaptive + extension); 0 = local_epochs
     extension_distill: float = 0.0  # the cloud's extension training distils the cloud model's hard-class logits
-    lr: float = 0.05
-    batch_size: int = 64
+    lr: float = 0.05  # learning rate of every local and cloud stage
+    batch_size: int = 64  # images per training step on the edges and the cloud
     partition: str = "iid"
     alpha: float = 0.5
     cloud_share: float = 0.3
@@ -223,11 +223,11 @@ class FederationConfig:
     max_claim: float = 0.0  # an example count weighs at most this; 0 = no cap
     krum_malicious: int = 1  # multi-krum: clients assumed malicious (f); n - f updates are kept
     trust_samples: int = 512  # fltrust: the cloud's validation images (hard classes) behind its reference update
-    upload_encoding: str = "int8"  # float32 | fp16 | int8: how edges upload their blocks (meanet_core.compression)
+    upload_encoding: str = "int8"  # float32 | fp16 | int8: how edges upload their blocks (meanet_core.wire.compression)
     delta_broadcast: bool = True  # leave the main block out of a broadcast to an edge that already holds it
     limit_train: int = 0  # 0 = every training image
     faults: str = ""  # fault injection for tests and demos, e.g. "0:nan,1:scale=100" (meanet_core.faults); "" = none
-    seed: int = 0
+    seed: int = 0  # seeds the partition, the initial weights and the data order
     report_dir: str = "meanet-federation"  # relative: under $MEANET_RUNS_DIR (default ~/.meanet/runs)
     data_dir: str = ""  # "": $MEANET_DATA_DIR
     signing_key: str = ""  # the cloud's Ed25519 private key (PEM); "": REPORT_DIR/broadcast-signing.key, made once
@@ -244,7 +244,7 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         from meanet_core.data import PARTITION_SCHEMES
-        from meanet_core.streams import STREAMS
+        from meanet_core.data.streams import STREAMS
 
         def bad(key: str, msg: str) -> ConfigError:
             return ConfigError(f"run config {key.replace('_', '-')}: {msg}")

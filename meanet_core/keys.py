@@ -81,7 +81,7 @@ CLIENT = "client"
 """Edge-info entry: the client's partition index."""
 
 BROADCAST_SIGNATURE = "broadcast-signature"
-"""Config entry (bytes): the cloud's Ed25519 signature over the broadcast (see :mod:`meanet_core.signing`)."""
+"""Config entry (bytes): the cloud's Ed25519 signature over the broadcast (see :mod:`meanet_core.trust.signing`)."""
 
 BROADCAST_ROUND = "broadcast-round"
 """Config entry: the signed round of edge fine-tuning within the experience (1, 2, ...; a resumed server goes on
@@ -93,10 +93,10 @@ BROADCAST_STATE = "meanet-broadcast"
 
 ENCODING = "encoding"
 """Edge-info entry: how the reply's arrays are encoded (``float32``, ``fp16``, ``int8``; see
-:mod:`meanet_core.compression`). Absent: ``float32``."""
+:mod:`meanet_core.wire.compression`). Absent: ``float32``."""
 
 ENCODE_SECONDS = "encode-seconds"
-"""Edge-info entry: seconds the edge spent encoding its update (:mod:`meanet_core.compression`)."""
+"""Edge-info entry: seconds the edge spent encoding its update (:mod:`meanet_core.wire.compression`)."""
 
 SCOPE = "scope"
 """Config entry of a training instruction: which blocks the edges train and send back, one of :data:`SCOPES`.

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from meanet_core.checkpoint import FORMAT, atomic_save, cloud_payload, meanet_payload, safe_load
 from meanet_core.config import TrainConfig
 from meanet_core.data import DatasetSplits, load_dataset
 from meanet_core.models import build_cloud, build_meanet, describe_cloud, describe_meanet
-from meanet_core.training import (
+from meanet_core.training.checkpoint import FORMAT, atomic_save, cloud_payload, meanet_payload, safe_load
+from meanet_core.training.stages import (
     predict_logits,
     select_hard_classes,
     train_cloud,

@@ -27,12 +27,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
-from flwr.serverapp.strategy import FedAvg
 
-from meanet_core.broadcast import digest
 from meanet_core.keys import (
     ARRAYS,
-    CLOUD_ARRAYS,
     CONFIG,
     EDGE_PREFIXES,
     EXPERIENCE,
@@ -42,8 +39,8 @@ from meanet_core.keys import (
     SCOPES,
     TRAIN_SECONDS,
     in_scope,
-    is_main_key,
 )
+from meanet_core.trust.broadcast import digest
 from strategies.aggregation import (
     Arrays,
     aggregate_metrics,
@@ -51,19 +48,19 @@ from strategies.aggregation import (
     update_norm_ratio,
     validate_update,
 )
+from strategies.bounds import UpdateBounds
 from strategies.broadcasts import DeltaBroadcasts, mean_array_bytes
+from strategies.evaluation import EdgeEvaluation
 from strategies.replies import (
     Reply,
     TrainRoundReport,
     client_index,
-    evaluation_per_node,
     main_digest,
-    offload_totals,
     read_reply,
     short_error,
     train_interval,
 )
-from strategies.robust import RULES, Claim, apply_rule, bound_claims, round_norm_bound
+from strategies.robust import RULES, apply_rule
 
 ReferenceFn = Callable[[Arrays], Arrays]
 """``sent full state -> edge arrays``: the server's own update of the edge blocks on its clean data (FLTrust)."""
@@ -71,7 +68,7 @@ ReferenceFn = Callable[[Arrays], Arrays]
 __all__ = ["MEANetStrategy", "TrainRoundReport"]
 
 
-class MEANetStrategy(DeltaBroadcasts, FedAvg):
+class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation):
     """FedAvg over MEANet's edge blocks, with per-update validation and robust aggregation options.
 
     Parameters
@@ -88,7 +85,7 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
     evaluate_metrics_aggr_fn : callable, optional
         As in FedAvg: ``aggregate_evaluate`` is FedAvg's, an example-weighted average by default; the result is also
         stored in the round's report (``last_round["client_evaluation"]``).
-    aggregation : str (default: ``"mean"``)
+    aggregation : str (default: ``"trimmed-mean"``)
         ``"mean"`` (example-weighted average, with bounded claims), ``"median"`` (coordinate-wise median),
         ``"trimmed-mean"``, ``"multi-krum"`` (Flower's Multi-Krum selection, then the weighted mean of the selected)
         or ``"fltrust"`` (cosine trust scores against ``reference_fn``'s update; needs ``reference_fn``). The median,
@@ -98,14 +95,15 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         from each end when there are three updates or more, see :func:`strategies.aggregation.trimmed_count`).
     max_norm_ratio : float, optional
         The absolute ceiling of the norm bound: drop an update whose change ``||update - sent||`` exceeds
-        ``max_norm_ratio * ||sent||`` (over the floating edge arrays). ``None`` (default): no ceiling. Edge rounds
+        ``max_norm_ratio * ||sent||`` (over the floating edge arrays). Default 1.0; ``None``: no ceiling. Edge rounds
         only: in a main round the relative bound (``norm_bound_factor``) alone applies, since a main block trained
         from scratch moves further than its own norm in its first round.
     norm_bound_factor : float, optional
         The bound that follows the round: drop an update whose norm ratio exceeds this multiple of the lower median
-        ratio of the round's valid updates (never above ``max_norm_ratio``). ``None`` (default): off.
+        ratio of the round's valid updates (never above ``max_norm_ratio``). Default 3.0; ``None``: off.
     claim_factor : float, optional
-        Weigh an example count at most this multiple of the median count of the round's other clients.
+        Weigh an example count at most this multiple of the median count of the round's other clients. Default 2.0;
+        ``None``: off.
     max_claim : float, optional
         Weigh an example count at most this much. An edge's count may also never exceed the count it reported earlier
         in the same experience (the instruction config's ``experience``). Clipped claims are recorded with the reason.
@@ -120,6 +118,16 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         Leave the main block out of the instructions to an edge that reported holding it (its last training reply's
         digest is the current one): such an instruction carries the rest and the digest of the main block to use
         (``held-main-digest``). Every other edge gets the full state. :attr:`bytes_sent` says what each costs.
+
+    Safe by default: built bare, ``MEANetStrategy()`` holds against a lying client (an inflated example count behind
+    a step inside the bounds) with no extra argument: the trimmed mean ignores the counts for the arrays, the round's
+    norm bound (3 x the median ratio, under a ceiling of 1.0) drops a step further than the honest ones, and claims
+    weigh at most 2 x the others' median in the metrics. Pass ``None`` to switch a bound off.
+
+    For FLTrust (what ``meanet federate`` and the Flower app use), pass ``aggregation="fltrust"`` and a
+    ``reference_fn`` that trains the edge blocks on the server's own clean data from the sent state and returns the
+    edge arrays (the app's is ``fl_server.cloud``'s server update on the cloud's validation images), e.g.
+    ``MEANetStrategy(aggregation="fltrust", reference_fn=my_server_update)``.
 
     Attributes
     ----------
@@ -160,11 +168,11 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         configrecord_key: str = CONFIG,
         train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-        aggregation: str = "mean",
+        aggregation: str = "trimmed-mean",
         trim_fraction: float = 0.2,
-        max_norm_ratio: float | None = None,
-        norm_bound_factor: float | None = None,
-        claim_factor: float | None = None,
+        max_norm_ratio: float | None = 1.0,
+        norm_bound_factor: float | None = 3.0,
+        claim_factor: float | None = 2.0,
         max_claim: float | None = None,
         krum_malicious: int = 1,
         reference_fn: ReferenceFn | None = None,
@@ -425,72 +433,6 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         )
         return arrays, metrics
 
-    def _norm_bound(
-        self,
-        candidates: list[tuple[Message, Reply]],
-        reference: Arrays,
-        norm_ratios: dict[int, float],
-        clients: dict[int, int],
-        dropped: list[tuple[int, str]],
-        server_round: int,
-    ) -> tuple[list[tuple[Message, Reply]], float | None, float | None]:
-        """The candidates within the round's norm bound (``norm_bound_factor`` x the round's lower median ratio,
-        under the ceiling ``max_norm_ratio``); the others are dropped with the reason. Returns the kept ones, the
-        bound in force and the relative bound (``None`` when off)."""
-        ratios = [norm_ratios[msg.metadata.src_node_id] for msg, _ in candidates]
-        ceiling = self.max_norm_ratio if self.scope == "edge" else None  # a main block may move past its norm
-        bound = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=ceiling)
-        relative = round_norm_bound(ratios, factor=self.norm_bound_factor, ceiling=None) if ratios else None
-        if ratios:
-            log(
-                INFO,
-                "aggregate_train: round %d: norm bound %s (relative: %s; ceiling: %s); ratios %s",
-                server_round,
-                "off" if bound is None else f"{bound:.4g}",
-                "off" if relative is None else f"{self.norm_bound_factor:g} x the median ratio",
-                "none" if ceiling is None else f"{ceiling:g}",
-                ", ".join(f"{x:.3g}" for x in ratios),
-            )
-        kept: list[tuple[Message, Reply]] = []
-        for msg, r in candidates:
-            node_id = msg.metadata.src_node_id
-            too_far = (
-                None
-                if bound is None
-                else validate_update(r["arrays"], reference, max_norm_ratio=bound, scope=self.scope)
-            )
-            if too_far is None:
-                kept.append((msg, r))
-                continue
-            if relative is not None and self.norm_bound_factor and bound == relative:
-                too_far += (
-                    f" (the round's bound: {self.norm_bound_factor:g} x the median ratio of its valid updates, "
-                    f"{relative / self.norm_bound_factor:.4g}; ceiling {self.max_norm_ratio})"
-                )
-            self._drop(dropped, server_round, node_id, clients.get(node_id), too_far)
-        return kept, bound, relative
-
-    def _weigh_claims(
-        self, nodes: list[int], replies: list[Reply], server_round: int
-    ) -> tuple[list[Claim], list[tuple[int, str]]]:
-        """Example counts are claims: bound each by what the server knows (:func:`~strategies.robust.bound_claims`)
-        and weigh each reply by what is allowed (``reply["weight"]`` is replaced). Returns every claim and the
-        ``(node, reason)`` of the clipped ones."""
-        claims = bound_claims(
-            [r["weight"] for r in replies],
-            [self._claims.get(node) for node in nodes],
-            median_factor=self.claim_factor,
-            cap=self.max_claim,
-        )
-        clipped: list[tuple[int, str]] = []
-        for node, r, claim in zip(nodes, replies, claims, strict=True):
-            r["weight"] = claim.allowed
-            self._claims[node] = claim.allowed
-            if claim.reason is not None:
-                clipped.append((node, claim.reason))
-                log(WARNING, "aggregate_train: round %d: node %d %s", server_round, node, claim.reason)
-        return claims, clipped
-
     def _aggregate_arrays(
         self, accepted: list[tuple[Message, Reply]], reference: Arrays, report: TrainRoundReport
     ) -> Arrays:
@@ -514,65 +456,6 @@ class MEANetStrategy(DeltaBroadcasts, FedAvg):
         if self.aggregation == "trimmed-mean" and trimmed_count(len(nodes), self.trim_fraction) == 0:
             log(WARNING, "aggregate_train: trimmed-mean: %s", result.note)
         return result.arrays
-
-    def _drop(
-        self, dropped: list[tuple[int, str]], server_round: int, node: int, client: int | None, reason: str
-    ) -> None:
-        dropped.append((node, reason))
-        log(
-            WARNING,
-            "aggregate_train: round %d: dropped the update from node %d%s: %s",
-            server_round,
-            node,
-            "" if client is None else f" (client {client})",
-            reason,
-        )
-
-    # ------------------------------------------------------------------------------------------------- evaluate
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """FedAvg's evaluation instructions, plus :attr:`cloud_arrays` under ``"cloud-arrays"`` when it is set.
-
-        ``aggregate_evaluate`` is FedAvg's own: an average of the replies' metrics weighted by ``num-examples``.
-        """
-        if not self.evaluates(server_round):
-            return []  # Flower's Strategy.start sends nothing and aggregates nothing this round
-        self.sent_main_digest = digest({k: v.numpy() for k, v in arrays.items() if is_main_key(k)})
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        if self.cloud_arrays is not None:
-            for msg in messages:  # the full and the delta instructions each share one RecordDict: harmless
-                msg.content[CLOUD_ARRAYS] = self.cloud_arrays
-        self.bytes_sent[MessageType.EVALUATE] = mean_array_bytes(messages)
-        self._evaluate_sent_at = time.perf_counter()
-        return messages
-
-    def evaluates(self, server_round: int) -> bool:
-        """Whether the edges evaluate after ``server_round`` (:attr:`evaluate_rounds`; every round when unset)."""
-        return self.evaluate_rounds is None or self.evaluate_rounds(server_round)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """FedAvg's weighted average of the evaluation metrics, also kept in the round's report, with each node's own
-        metrics (``client_evaluation_per_node``: node id -> metrics, client index, cloud backend) and the offload counts
-        summed over the nodes (``client_offload_totals``).
-
-        Flower evaluates right after each training round and before the ServerApp's ``evaluate_fn``, so a server
-        that checkpoints its round records there (``fl_server.cloud``) saves them with their client evaluation.
-        """
-        if self._evaluate_sent_at is not None:
-            self.last_evaluation_seconds[server_round] = time.perf_counter() - self._evaluate_sent_at
-            self._evaluate_sent_at = None
-        replies = list(replies)
-        metrics = super().aggregate_evaluate(server_round, replies)
-        report = self.round_reports.get(server_round)
-        if report is not None:
-            if metrics is not None:
-                report["client_evaluation"] = dict(metrics.items())
-            # per edge: what each one evaluated, offloaded, fell back on and sent (FedAvg's average mixes them)
-            per_node = evaluation_per_node(replies)
-            report["client_evaluation_per_node"] = per_node
-            report["client_offload_totals"] = offload_totals(per_node)
-        return metrics
 
     # ------------------------------------------------------------------------------------------------- helpers
     def _judge(self, content: RecordDict, reference: Arrays, reported_digest: str | None) -> Reply | str:

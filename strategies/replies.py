@@ -11,7 +11,6 @@ from typing import Any, TypedDict
 import numpy.typing as npt
 from flwr.app import Message, RecordDict
 
-from meanet_core.compression import PayloadError, decode_update
 from meanet_core.keys import (
     ARRAYS,
     CLIENT,
@@ -25,6 +24,7 @@ from meanet_core.keys import (
     TRAIN_ENDED,
     TRAIN_STARTED,
 )
+from meanet_core.wire.compression import PayloadError, decode_update
 from strategies.aggregation import Arrays
 
 __all__ = ["TrainRoundReport", "evaluation_per_node", "offload_totals"]

@@ -117,10 +117,11 @@ def round_norm_bound(ratios: Sequence[float], *, factor: float | None, ceiling: 
     """The round's norm bound: ``factor`` x the lower median of the round's norm ratios, never above ``ceiling``.
 
     ``ratios`` are the ``||update - sent|| / ||sent||`` of the round's structurally valid updates. ``factor`` ``None``
-    (or 0) or no ratio leaves the absolute ``ceiling`` alone; ``ceiling`` ``None`` means no absolute bound.
-    Returns ``None`` when neither applies (no bound at all).
+    (or 0) or no ratio leaves the absolute ``ceiling`` alone, and so does a median of 0 (most edges sent back what
+    they received, e.g. with nothing to train on: a bound of 0 would refuse every edge that did train);
+    ``ceiling`` ``None`` means no absolute bound. Returns ``None`` when neither applies (no bound at all).
     """
-    if not factor or not ratios:
+    if not factor or not ratios or lower_median(ratios) <= 0:
         return ceiling
     relative = factor * lower_median(ratios)
     return relative if ceiling is None else min(relative, ceiling)

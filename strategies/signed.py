@@ -3,7 +3,7 @@ instruction it sends (training and evaluation), made just before Flower builds t
 
 Signing happens here, in ``configure_train``/``configure_evaluate``, because that is where the exact arrays of each
 round are known (the edge blocks change every round: they are the last aggregate). What the signature covers and
-the replay rule are described in :mod:`meanet_core.signing`.
+the replay rule are described in :mod:`meanet_core.trust.signing`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from meanet_core import keys
-from meanet_core.signing import sign_broadcast
+from meanet_core.trust.signing import sign_broadcast
 from strategies.meanet_strategy import MEANetStrategy
 
 

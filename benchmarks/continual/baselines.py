@@ -23,8 +23,8 @@ from benchmarks.continual.common import (
 )
 from benchmarks.continual.edge import MainClassifier, experience_of, make_strategy, replay_memory, trained_images
 from benchmarks.continual.shared import main_block_logits, stage
-from meanet_core.broadcast import main_state
-from meanet_core.training import train_main
+from meanet_core.training.stages import train_main
+from meanet_core.trust.broadcast import main_state
 from strategies.aggregation import weighted_average
 
 

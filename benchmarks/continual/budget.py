@@ -2,7 +2,8 @@
 
 Every method reports a ``Budget`` per experience (in ``ExperienceOutcome.extra["budget"]``), filled from what it
 actually did: the image counts come from the training loops themselves (``count_training_images`` on the stages
-of ``meanet_core.training``, ``edge.TrainedImagesPlugin`` on Avalanche strategies: epochs x images, replayed images
+of ``meanet_core.training.stages``, ``edge.TrainedImagesPlugin`` on Avalanche strategies: epochs x images, replayed
+images
 included), the data counts from the sets it trained on, the bytes from the states and images it sent.
 ``summarize`` turns a run's per-experience budgets into the report's columns.
 """

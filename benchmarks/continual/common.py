@@ -17,7 +17,7 @@ from benchmarks.continual.config import BenchConfig
 from benchmarks.continual.metrics import accuracy
 from benchmarks.continual.scenarios import Scenario
 from benchmarks.continual.shared import CloudTrajectory, Snapshot, block_costs, costs
-from meanet_core.engine import EXIT_MAIN, BlockCosts, priced
+from meanet_core.inference.engine import EXIT_MAIN, BlockCosts, priced
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:

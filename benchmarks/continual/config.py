@@ -10,8 +10,8 @@ from benchmarks.continual.scenarios import parse_scenario
 from meanet_core.config import HARD_CANDIDATES
 from meanet_core.data import PARTITION_SCHEMES
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS, build_cloud, build_meanet, can_grow
-from meanet_core.precision import resolve_precision
-from meanet_core.training import HARD_METHODS
+from meanet_core.training.precision import resolve_precision
+from meanet_core.training.stages import HARD_METHODS
 
 MEANET_FL_METHODS = ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay")
 MEANET_FL_MAIN_METHODS = ("meanet-fl-main-naive", "meanet-fl-main-lwf", "meanet-fl-main-replay")
@@ -55,7 +55,8 @@ class BenchConfig:
     training data per experience. ``main_rounds``: the main rounds per experience of the ``meanet-fl-main-*``
     methods (the other methods ignore it). ``cloud_epochs``: the cloud model's epochs per experience (default
     ``epochs``), its advantage in compute over the edge besides its size (``cloud_model``). ``precision``: ``fp32``,
-    ``bf16`` (every training and evaluation pass under bfloat16 autocast, ``meanet_core.precision``) or ``auto``
+    ``bf16`` (every training and evaluation pass under bfloat16 autocast, ``meanet_core.training.precision``) or
+    ``auto``
     (``bf16`` where the CPU computes it natively), resolved when the config is built, so a stored result names the
     precision it ran at.
 

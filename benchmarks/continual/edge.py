@@ -31,7 +31,8 @@ Continual learning in class space, on ``EdgeClassSpace``:
 
 ``TensorAugmentPlugin`` applies the repository's batched random crop + flip to each training mini-batch (uint8
 tensors, no per-sample Python); ``OneCyclePlugin`` gives every experience the one-cycle schedule
-``meanet_core.training.fit`` uses, so Avalanche-trained methods train like the cloud's stages; ``TrainedImagesPlugin``
+``meanet_core.training.stages.fit`` uses, so Avalanche-trained methods train like the cloud's stages;
+``TrainedImagesPlugin``
 counts the images every strategy's training iterations process (replayed ones included), for the budget columns.
 """
 
@@ -57,9 +58,9 @@ from torch import nn
 from benchmarks.continual.scenarios import to_avalanche
 from meanet_core.data import ImageTensors
 from meanet_core.data.loader import random_crop_flip
-from meanet_core.engine import to_unit_float
+from meanet_core.inference.engine import to_unit_float
 from meanet_core.models import MEANet
-from meanet_core.precision import autocast, check_precision
+from meanet_core.training.precision import autocast, check_precision
 
 STRATEGIES = ("naive", "ewc", "lwf", "replay", "joint")
 
@@ -71,7 +72,7 @@ class EdgeClassSpace(nn.Module):
     Only the trainable parts are registered as submodules (``adaptive``, ``merge``, ``blocks``, ``head``): they are
     what Avalanche optimises, regularises and copies. The MEANet itself (main block, hard-class set, positional
     ``extension.fc``) is held as a plain attribute. ``precision``: the forward pass runs under
-    ``meanet_core.precision.autocast`` (so do the copies Avalanche makes, LwF's teacher among them); the
+    ``meanet_core.training.precision.autocast`` (so do the copies Avalanche makes, LwF's teacher among them); the
     log-probabilities come back float32.
     """
 
@@ -141,7 +142,7 @@ class EdgeClassSpace(nn.Module):
 
 class MainClassifier(nn.Module):
     """The MEANet main block alone: float32 logits over all classes from uint8 or [0, 1] images, computed at
-    ``precision`` (``meanet_core.precision``)."""
+    ``precision`` (``meanet_core.training.precision``)."""
 
     def __init__(self, meanet: MEANet, precision: str = "fp32") -> None:
         super().__init__()
@@ -229,7 +230,7 @@ class HardClassReplayPlugin(ReplayPlugin):
 
 class TensorAugmentPlugin(SupervisedPlugin):
     """Random crop (zero padding 4) and horizontal flip of each training mini-batch, batched and seeded; the batch
-    then goes to the model channels-last (``channels_last``), as ``meanet_core.training.train_main`` feeds it: on
+    then goes to the model channels-last (``channels_last``), as ``meanet_core.training.stages.train_main`` feeds it: on
     CPU the convolutions train about 1.3x faster (``benchmarks/perf_training.py --avalanche``)."""
 
     def __init__(self, seed: int, pad: int = 4, channels_last: bool = True) -> None:

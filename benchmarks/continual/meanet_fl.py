@@ -39,12 +39,12 @@ from benchmarks.continual.shared import (
     main_block_logits,
     stage,
 )
-from meanet_core.broadcast import digest, edge_state, main_state
-from meanet_core.compression import decode_update, encode_update, payload_bytes
 from meanet_core.data import ImageTensors
+from meanet_core.data.streams import concat
 from meanet_core.models import grow_from_main
-from meanet_core.streams import concat
-from meanet_core.training import hard_subset, train_cloud, train_extension, train_main
+from meanet_core.training.stages import hard_subset, train_cloud, train_extension, train_main
+from meanet_core.trust.broadcast import digest, edge_state, main_state
+from meanet_core.wire.compression import decode_update, encode_update, payload_bytes
 from strategies.aggregation import coordinate_median, weighted_average
 
 

@@ -23,7 +23,7 @@ scenario and federated split, and ``cfg.epochs`` epochs per experience.
   new experience (``train_main`` with LwF distillation, weight 1, on the classes seen before and, after the first
   experience, a softmax over the classes it holds; the rounds follow one learning-rate cycle), uploads the change
   int8-encoded
-  (``meanet_core.compression``, error feedback per edge), and the cloud takes the coordinate-wise median of the
+  (``meanet_core.wire.compression``, error feedback per edge), and the cloud takes the coordinate-wise median of the
   decoded ``main.*`` states (``strategies.aggregation.coordinate_median``); then the cloud trains it on everything it
   holds. The hard classes are then chosen on this
   main block, adaptive + extension trained on the cloud's data, and the edge round runs as above. The cloud model is
@@ -78,9 +78,9 @@ from benchmarks.continual.shared import (
     main_block_logits,
     stage,
 )
-from meanet_core.engine import EXIT_CLOUD, BlockCosts, priced
-from meanet_core.policies import Policy
-from meanet_core.training import train_extension
+from meanet_core.inference.engine import EXIT_CLOUD, BlockCosts, priced
+from meanet_core.inference.policies import Policy
+from meanet_core.training.stages import train_extension
 
 __all__ = ["Context", "ExperienceOutcome", "Method", "build_method"]
 

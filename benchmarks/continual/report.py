@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,6 @@ import numpy as np
 
 from benchmarks.continual.budget import summarize as summarize_budget
 from benchmarks.continual.metrics import mean_std
-from benchmarks.continual.runner import write_json
 
 COLUMNS = (
     ("final_average_accuracy", "final avg acc", 100.0, "{:.1f}", "%"),
@@ -42,10 +44,19 @@ PARTS = (
     ("offloaded_edge", "offloaded: edge"),
     ("offloaded_cloud", "offloaded: cloud"),
 )
-"""The reference accuracies of a MEANet method after the last experience (``meanet_core.evaluation.
+"""The reference accuracies of a MEANet method after the last experience (``meanet_core.inference.evaluation.
 reference_accuracy``, on the same test images): what the extension and the cloud each add to the main block."""
 UPPER_BOUND = "joint"
 """Trains centrally on everything seen so far: the upper bound, not a competitor."""
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
 
 
 def _label(name: str) -> str:

@@ -15,7 +15,8 @@ For a MEANet method after an experience, from the outputs of every branch comput
 
 ``evaluate_meanet`` routes a MEANet method's test images after an experience and records all of it.
 
-Every route is priced by ``meanet_core.engine.priced`` (edge MACs and transmission energy of the cost model), as the
+Every route is priced by ``meanet_core.inference.engine.priced`` (edge MACs and transmission energy of the cost
+model), as the
 method's own numbers are.
 """
 
@@ -31,11 +32,17 @@ import torch
 from benchmarks.continual.common import Context, per_experience
 from benchmarks.continual.metrics import accuracy
 from benchmarks.continual.shared import block_costs, calibrate, costs, meanet_outputs
-from meanet_core.cost import CostConfig
-from meanet_core.engine import EXIT_CLOUD, EXIT_MAIN, BlockCosts, predictions_from_outputs, priced
-from meanet_core.evaluation import BranchOutputs, fit_calibrated, hard_class_accuracy, reference_accuracy, summarize
+from meanet_core.inference.cost import CostConfig
+from meanet_core.inference.engine import EXIT_CLOUD, EXIT_MAIN, BlockCosts, predictions_from_outputs, priced
+from meanet_core.inference.evaluation import (
+    BranchOutputs,
+    fit_calibrated,
+    hard_class_accuracy,
+    reference_accuracy,
+    summarize,
+)
+from meanet_core.inference.policies import Policy
 from meanet_core.models import MEANet
-from meanet_core.policies import Policy
 
 CURVE_FRACTIONS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
 """The cloud fractions the accuracy-energy curves are fitted for (on validation)."""

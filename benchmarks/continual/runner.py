@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from benchmarks.continual.config import BenchConfig, BenchConfigError
 from benchmarks.continual.methods import Context, Method, build_method
 from benchmarks.continual.metrics import mean_std, new_matrix, summarize_matrix
+from benchmarks.continual.report import write_json, write_report
 from benchmarks.continual.scenarios import build_scenario
 from benchmarks.continual.shared import CloudTrajectory
 
@@ -42,15 +42,6 @@ TABLE_METRICS = (
     "bytes_sent_per_experience",
     "wall_seconds",
 )
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def run_method(method: Method, ctx: Context, *, progress: bool = True) -> dict[str, Any]:
@@ -127,7 +118,6 @@ def run_benchmark(
     write_plots: bool = True,
 ) -> dict[str, Any]:
     """Run ``cfg`` into ``out``; returns the results dict also written to ``out/results.json``."""
-    from benchmarks.continual.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, dict[str, Any]]] = {}

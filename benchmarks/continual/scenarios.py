@@ -31,7 +31,7 @@ from avalanche.benchmarks.scenarios import benchmark_from_datasets, class_increm
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 
 from meanet_core.data import PARTITION_SCHEMES, DatasetSplits, ImageTensors, load_dataset, partition
-from meanet_core.streams import concat
+from meanet_core.data.streams import concat
 
 SCENARIO_KINDS = ("split", "drift")
 SCENARIO_DATASETS = ("cifar100", "cifar100-mini", "cifar10", "digits")

@@ -2,7 +2,8 @@
 
 **The cloud trajectory.** After each experience ``t`` the cloud retrains the MEANet main block and the cloud model on
 everything it has received so far (its ``cloud_share`` of every experience up to ``t``), continuing from where it
-stopped, for ``epochs`` epochs each, the cloud model ``cloud_epochs`` when set (``meanet_core.training.train_main`` /
+stopped, for ``epochs`` epochs each, the cloud model ``cloud_epochs`` when set
+(``meanet_core.training.stages.train_main`` /
 ``train_cloud``); then it chooses the hard classes on its validation images of the seen classes. None of this depends on
 what the edges do (edges never touch the main block), so it is computed once per seed and shared by cloud-only,
 edge-only, MEANet-static and the four MEANet-FL variants; each method's wall time counts the shared stages it uses. The
@@ -12,14 +13,18 @@ validation and test images seen so far, stage seconds) are cached in ``DIR/seed-
 the hard classes are chosen again from the cached logits whenever a snapshot is loaded, so the hard-class settings
 never retrain it.
 
-**Evaluation.** Every pass over images runs an inference copy of the model (``meanet_core.fastpath``: BatchNorm
+**Evaluation.** Every pass over images runs an inference copy of the model (``meanet_core.inference.fastpath``:
+BatchNorm
 folded into the convolutions, channels-last weights and inputs; the same logits up to float rounding, about twice as
-fast on CPU). A routing policy is applied with ``meanet_core.engine.predictions_from_outputs``, the routing code of
+fast on CPU). A routing policy is applied with ``meanet_core.inference.engine.predictions_from_outputs``, the routing
+code of
 ``AdaptiveEngine`` (the repository checks that both give the same labels, exits and costs), to the cached main and
 cloud logits and to extension logits computed only for the samples whose main top-1 is a hard class: the only ones
-any policy sends to the extension. Costs are the engine's own: each route priced by ``meanet_core.engine.priced``
-(MACs measured with ``torch.utils.flop_counter``, energy and bytes from ``meanet_core.cost.CostConfig``) and
-summarised by ``meanet_core.evaluation.summarize``; ``costs`` only renames its numbers for the benchmark's results.
+any policy sends to the extension. Costs are the engine's own: each route priced by
+``meanet_core.inference.engine.priced``
+(MACs measured with ``torch.utils.flop_counter``, energy and bytes from ``meanet_core.inference.cost.CostConfig``) and
+summarised by ``meanet_core.inference.evaluation.summarize``; ``costs`` only renames its numbers for the benchmark's
+results.
 """
 
 from __future__ import annotations
@@ -34,10 +39,9 @@ import torch
 from benchmarks.continual.budget import count_training_images
 from benchmarks.continual.config import BenchConfig
 from benchmarks.continual.scenarios import Scenario
-from meanet_core.checkpoint import FORMAT, atomic_save, safe_load
-from meanet_core.cost import CostConfig
 from meanet_core.data import ImageTensors
-from meanet_core.engine import (
+from meanet_core.inference.cost import CostConfig
+from meanet_core.inference.engine import (
     AdaptiveEngine,
     BlockCosts,
     LocalCloud,
@@ -45,12 +49,13 @@ from meanet_core.engine import (
     input_memory_format,
     to_model_input,
 )
-from meanet_core.evaluation import BranchOutputs, fit_calibrated, summarize
-from meanet_core.fastpath import optimize_for_inference
+from meanet_core.inference.evaluation import BranchOutputs, fit_calibrated, summarize
+from meanet_core.inference.fastpath import optimize_for_inference
+from meanet_core.inference.policies import CalibratedPolicy, Policy
 from meanet_core.models import CloudModel, MEANet, build_cloud, build_meanet
-from meanet_core.policies import CalibratedPolicy, Policy
-from meanet_core.precision import autocast
-from meanet_core.training import StageConfig, predict_logits, select_hard_classes, train_cloud, train_main
+from meanet_core.training.checkpoint import FORMAT, atomic_save, safe_load
+from meanet_core.training.precision import autocast
+from meanet_core.training.stages import StageConfig, predict_logits, select_hard_classes, train_cloud, train_main
 
 EVAL_BATCH = 64  # small batches keep the activations in cache: fastest on CPU (64 beat 128 to 256 by 1.2-1.4x)
 
@@ -259,8 +264,8 @@ _BLOCKS: dict[tuple[object, ...], BlockCosts] = {}  # MACs depend only on the ar
 
 
 def costs(pred: Predictions) -> dict[str, Any]:
-    """The cost record of a method after an experience: ``meanet_core.evaluation.summarize`` of the engine's
-    predictions (exits, MACs, energy and bytes priced by ``meanet_core.engine.priced``), under the names the
+    """The cost record of a method after an experience: ``meanet_core.inference.evaluation.summarize`` of the engine's
+    predictions (exits, MACs, energy and bytes priced by ``meanet_core.inference.engine.priced``), under the names the
     benchmark's results use (fractions of the inferences, and per inference)."""
     s = summarize(pred, None)
     return {

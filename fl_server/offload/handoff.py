@@ -2,7 +2,8 @@
 
 **Writer** (the ServerApp, :class:`fl_server.cloud.CloudServer`): after each experience's cloud training, and on
 resume, :func:`write_serving_model` writes ``REPORT_DIR/cloud-serving.pt`` with
-:func:`meanet_core.checkpoint.atomic_save` (a temporary file in the same folder, fsync, rename): weights only, with
+:func:`meanet_core.training.checkpoint.atomic_save` (a temporary file in the same folder, fsync, rename): weights
+only, with
 the architecture, number of classes, normalisation, input size, class names and ``version`` (the experience index,
 increasing). A reader therefore sees the old file or the new one, never half of one.
 
@@ -30,9 +31,9 @@ from typing import Any
 
 import torch
 
-from meanet_core.checkpoint import CheckpointError, atomic_save, cloud_payload, load_state, require, safe_load
-from meanet_core.engine import LocalCloud
+from meanet_core.inference.engine import LocalCloud
 from meanet_core.models import CloudModel, build_cloud
+from meanet_core.training.checkpoint import CheckpointError, atomic_save, cloud_payload, load_state, require, safe_load
 
 log = logging.getLogger("meanet.cloud")
 SERVING_FILE = "cloud-serving.pt"

@@ -2,7 +2,7 @@
 
 Endpoints (``meanet cloud serve`` starts it; :func:`create_app` builds the app):
 
-* ``POST /v1/classify``: body = a :mod:`meanet_core.payload` images frame (uint8 ``(n, C, H, W)``, content type
+* ``POST /v1/classify``: body = a :mod:`meanet_core.wire.payload` images frame (uint8 ``(n, C, H, W)``, content type
   ``application/vnd.meanet.images``); reply = a labels frame. Concurrent requests are micro-batched: a worker gathers
   queued requests until ``max_batch`` images or ``max_wait_ms`` after the first one arrived, runs the model once (in
   a thread, ``torch.inference_mode``) and splits the labels (:mod:`fl_server.offload.batching`). With micro-batching off
@@ -54,9 +54,9 @@ from starlette.requests import ClientDisconnect
 
 from fl_server.offload.batching import Metrics, MicroBatcher, ServiceError
 from fl_server.offload.handoff import ModelSlot, ServedModel, ServingFileWatcher, prepare
-from meanet_core.checkpoint import CheckpointError, load_cloud, safe_load
 from meanet_core.models import CloudModel, build_cloud
-from meanet_core.payload import (
+from meanet_core.training.checkpoint import CheckpointError, load_cloud, safe_load
+from meanet_core.wire.payload import (
     DTYPE_UINT8,
     IMAGES_CONTENT_TYPE,
     LABELS_CONTENT_TYPE,
@@ -207,7 +207,7 @@ class CloudService:
             raise ServiceError(
                 422,
                 f"expected uint8 images (dtype code {DTYPE_UINT8}), found {found}; "
-                "convert with meanet_core.engine.to_uint8 (4x fewer bytes, too)",
+                "convert with meanet_core.inference.engine.to_uint8 (4x fewer bytes, too)",
             )
         if c != CHANNELS:
             raise ServiceError(
@@ -303,7 +303,7 @@ def create_app(
                 raise ServiceError(
                     415,
                     f"expected content type {IMAGES_CONTENT_TYPE!r}, found {content_type or None!r}; "
-                    "send a frame from meanet_core.payload.encode_images with that content type",
+                    "send a frame from meanet_core.wire.payload.encode_images with that content type",
                 )
             images = service.check_images(await service.read_body(request))
             answer = await service.batcher.submit(images)

@@ -7,7 +7,7 @@ import torch
 
 from fl_server.offload.service import BackgroundServer, ServiceConfig, create_app
 from meanet_core.models import CloudModel, build_cloud
-from meanet_core.tls import DevCertificates, write_dev_certificates
+from meanet_core.trust.tls import DevCertificates, write_dev_certificates
 
 TOKEN = "test-token-0123456789abcdef"
 MAX_REQUEST_IMAGES = 64

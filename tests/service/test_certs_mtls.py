@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from fl_client.offload import RemoteCloud
-from meanet_core.certs import write_deployment_keys
 from meanet_core.models import CloudModel
-from meanet_core.tls import DevCertificates
+from meanet_core.trust.certs import write_deployment_keys
+from meanet_core.trust.tls import DevCertificates
 from tests.service.conftest import start_service
 
 

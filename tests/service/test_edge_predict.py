@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from fl_client.inputs import open_inputs
 from meanet_cli.main import app as cli
-from meanet_core.checkpoint import atomic_save, meanet_payload
-from meanet_core.engine import EXIT_MAIN, AdaptiveEngine, LocalCloud
+from meanet_core.inference.engine import EXIT_MAIN, AdaptiveEngine, LocalCloud
+from meanet_core.inference.policies import CalibratedPolicy
 from meanet_core.models import CloudModel, MEANet, build_meanet
-from meanet_core.policies import CalibratedPolicy
-from meanet_core.tls import DevCertificates
+from meanet_core.training.checkpoint import atomic_save, meanet_payload
+from meanet_core.trust.tls import DevCertificates
 
 from .conftest import TOKEN, start_service
 

@@ -24,8 +24,8 @@ from fl_server.offload.service import BackgroundServer, ServiceConfig, create_ap
 from fl_server.report import markdown_summary
 from meanet_core import keys
 from meanet_core.config import FederationConfig
-from meanet_core.signing import ensure_signing_key
-from meanet_core.tls import DevCertificates, write_dev_certificates
+from meanet_core.trust.signing import ensure_signing_key
+from meanet_core.trust.tls import DevCertificates, write_dev_certificates
 from strategies.meanet_strategy import MEANetStrategy
 from strategies.signed import SignedMEANetStrategy
 
@@ -43,8 +43,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A digits run config, a broadcast MEANet as the server builds it, the matching cloud model, a signing strategy."""
     import torch
 
+    from meanet_core.data.streams import stream_for
     from meanet_core.models import build_cloud, build_meanet
-    from meanet_core.streams import stream_for
 
     report = tmp_path_factory.mktemp("report")
     run_config: dict[str, Any] = {

@@ -29,9 +29,9 @@ from fl_server.offload.handoff import (
     write_serving_model,
 )
 from fl_server.offload.service import VERSION_HEADER, BackgroundServer, ServiceConfig, create_app
-from meanet_core import payload
 from meanet_core.models import CloudModel, build_cloud
-from meanet_core.tls import DevCertificates
+from meanet_core.trust.tls import DevCertificates
+from meanet_core.wire import payload
 
 from .conftest import TOKEN
 

@@ -22,11 +22,11 @@ from fl_client.offload import RemoteCloud
 from fl_server.offload.batching import MicroBatcher, ServiceError
 from fl_server.offload.service import BackgroundServer, ServiceConfig, load_cloud_from_run
 from meanet_cli.main import app as cli
-from meanet_core import payload
-from meanet_core.checkpoint import FORMAT, CheckpointError, atomic_save, cloud_payload
-from meanet_core.engine import EXIT_CLOUD, AdaptiveEngine, LocalCloud
+from meanet_core.inference.engine import EXIT_CLOUD, AdaptiveEngine, LocalCloud
 from meanet_core.models import CloudModel, build_meanet
-from meanet_core.tls import DevCertificates
+from meanet_core.training.checkpoint import FORMAT, CheckpointError, atomic_save, cloud_payload
+from meanet_core.trust.tls import DevCertificates
+from meanet_core.wire import payload
 
 from .conftest import MAX_REQUEST_IMAGES, TOKEN, free_port, start_service
 

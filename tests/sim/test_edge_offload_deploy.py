@@ -27,9 +27,9 @@ from fl_client.local_data import read_edge_data
 from fl_server.launch import VENV_BIN, free_port, run_deployment
 from meanet_cli.main import app as cli
 from meanet_core import keys
-from meanet_core.checkpoint import atomic_save, cloud_payload
 from meanet_core.data import load_dataset
 from meanet_core.models import build_cloud
+from meanet_core.training.checkpoint import atomic_save, cloud_payload
 from tests.sim.helpers import left_behind
 
 TOKEN = "edge-offload-deploy-token-0123456789"

@@ -1,15 +1,15 @@
-"""The README's secure deployment by hand, run as written on loopback, so the docs cannot drift from what works.
+"""The deployment guide's secure deployment by hand, run as written on loopback, so the docs cannot drift.
 
-The commands are read from README.md (the fenced blocks between the ``deploy-by-hand`` markers) and run in order:
-``meanet certs``, the TLS SuperLink with SuperNode authentication, the connection in ``config.toml``, ``flwr supernode
-register``/``ls``, one ``flower-supernode`` per edge device, ``flwr run`` and the run's status check. What changes:
-the machines (``cloud.example.org`` and ``0.0.0.0`` become ``127.0.0.1``; each edge device runs in the folder holding
-its files), the ports (free ones for 8000 and 9094), the paths (``/etc/meanet/``, ``/path/to/certs/`` become the
-``meanet certs`` folder, ``/data/cifar100`` a folder here), edge device 1's command (the README's device-0 command
-with ``supernode-1``/``partition-id=1``, as the README says), and ``flwr run`` gets one more ``--run-config`` with
-the smallest run (digits, 1 experience, 1 round). A second ``flwr run`` that fails (an unknown aggregation rule)
-shows that ``flwr run`` exits 0 and the README's status check does not. A SuperNode with a key nobody registered,
-started like the README's, is refused as the README says.
+The commands are read from docs/deployment.md (the fenced blocks between the ``deploy-by-hand`` markers) and run in
+order: ``meanet certs``, the TLS SuperLink with SuperNode authentication, the connection in ``config.toml``, ``flwr
+supernode register``/``ls``, one ``flower-supernode`` per edge device, ``flwr run`` and the run's status check. What
+changes: the machines (``cloud.example.org`` and ``0.0.0.0`` become ``127.0.0.1``; each edge device runs in the folder
+holding its files), the ports (free ones for 8000 and 9094), the paths (``/etc/meanet/``, ``/path/to/certs/`` become the
+``meanet certs`` folder, ``/data/cifar100`` a folder here), edge device 1's command (the guide's device-0 command with
+``supernode-1``/``partition-id=1``, as the guide says), and ``flwr run`` gets one more ``--run-config`` with the
+smallest run (digits, 1 experience, 1 round). A second ``flwr run`` that fails (an unknown aggregation rule) shows that
+``flwr run`` exits 0 and the guide's status check does not. A SuperNode with a key nobody registered, started like the
+guide's, is refused as the guide says.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import pytest
 import tomllib
 
 from fl_server.launch import VENV_BIN, app_dir, ended_with, flower_env, free_port, start_process, wait_healthy
-from meanet_core.certs import supernode_key_pair
+from meanet_core.trust.certs import supernode_key_pair
 from tests.sim.helpers import left_behind
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 BEGIN, END = "<!-- deploy-by-hand: begin", "<!-- deploy-by-hand: end -->"
 TINY = (
     'dataset="digits" model="resnet20_cifar" cloud-model="resnet20_cifar" experiences=1 rounds-per-experience=1 '
@@ -41,10 +41,10 @@ if "main-rounds" in tomllib.loads((app_dir() / "pyproject.toml").read_text())["t
 BROKEN = TINY + ' aggregation="no-such-rule"'  # the ServerApp refuses this run config: the run fails
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-    """The fenced blocks of the README's deployment by hand, in order: (language, dedented text)."""
-    text = README.read_text(encoding="utf-8")
-    assert BEGIN in text and END in text, f"README.md lost its {BEGIN} ... {END} markers"
+def guide_blocks() -> list[tuple[str, str]]:
+    """The fenced blocks of the guide's deployment by hand, in order: (language, dedented text)."""
+    text = GUIDE.read_text(encoding="utf-8")
+    assert BEGIN in text and END in text, f"docs/deployment.md lost its {BEGIN} ... {END} markers"
     section = text[text.index(BEGIN) : text.index(END)]
     blocks = re.findall(r"^( *)```(\w+)\n(.*?)^\1```", section, flags=re.M | re.S)
     return [(lang, textwrap.dedent(body)) for _, lang, body in blocks]
@@ -56,15 +56,15 @@ def commands(script: str) -> list[str]:
     return [shlex.join(command) for command in words if command]
 
 
-def test_the_readme_blocks_are_found() -> None:
-    langs = [lang for lang, _ in readme_blocks()]
+def test_the_guide_blocks_are_found() -> None:
+    langs = [lang for lang, _ in guide_blocks()]
     assert langs == ["bash", "bash", "toml", "bash", "bash", "bash"], langs
 
 
 @pytest.mark.sim
 @pytest.mark.deploy
 @pytest.mark.timeout(600)  # 2-3 minutes on 2 loaded cores: two SuperNodes start a ClientApp process per message
-def test_the_readme_deployment_by_hand_runs_as_written(tmp_path: Path) -> None:
+def test_the_guide_deployment_by_hand_runs_as_written(tmp_path: Path) -> None:
     cloud, home, runs, data = tmp_path / "cloud", tmp_path / "flwr", tmp_path / "runs", tmp_path / "data"
     for folder in (cloud, home, runs, data):
         folder.mkdir()
@@ -96,7 +96,7 @@ def test_the_readme_deployment_by_hand_runs_as_written(tmp_path: Path) -> None:
     rogue_key.chmod(0o600)
     done: list[str] = []
     with ended_with(home) as procs:
-        for lang, block in readme_blocks():
+        for lang, block in guide_blocks():
             if lang == "toml":  # step 3: the connection
                 (home / "config.toml").write_text(localize(block))
                 done.append("config.toml")
@@ -112,7 +112,7 @@ def test_the_readme_deployment_by_hand_runs_as_written(tmp_path: Path) -> None:
                         mine = command.replace("supernode-0", f"supernode-{device}")
                         mine = mine.replace("partition-id=0", f"partition-id={device}")
                         procs.append(start(localize(mine), f"supernode-{device}.log", certs))
-                    # and a device whose key nobody registered: the README says it is refused
+                    # and a device whose key nobody registered: the guide says it is refused
                     rogue = command.replace("supernode-0.key", str(rogue_key))
                     procs.append(start(localize(rogue), "rogue.log", certs))
                 elif program == "flwr" and command.startswith("flwr run"):
@@ -121,7 +121,7 @@ def test_the_readme_deployment_by_hand_runs_as_written(tmp_path: Path) -> None:
                     # a run that fails: Flower's `flwr run` says nothing of it...
                     failed = run(f"{localize(command)} --run-config {shlex.quote(BROKEN)}", cwd=app_dir())
                     assert failed.returncode == 0, failed.stderr[-3000:]
-                elif program == "python":  # ... the README's status check does
+                elif program == "python":  # ... the guide's status check does
                     status = run(localize(command))
                     assert status.returncode == 1 and "finished:failed" in status.stdout, status
                     listed = sorted(json.loads(run("flwr ls edge-cloud --format json").stdout)["runs"],
@@ -138,7 +138,7 @@ def test_the_readme_deployment_by_hand_runs_as_written(tmp_path: Path) -> None:
         "meanet", "flower-superlink", "config.toml", "flwr supernode register", "flwr supernode register",
         "flwr supernode ls", "flower-supernode", "flwr run .", "python",
     ], done  # fmt: skip
-    # the unregistered SuperNode gave up as the README says; the SuperLink knew only the registered ones, over TLS
+    # the unregistered SuperNode gave up as the guide says; the SuperLink knew only the registered ones, over TLS
     link_log = (home / "superlink.log").read_text()
     assert refused and "Exit Code: 305" in (home / "rogue.log").read_text(), (home / "rogue.log").read_text()
     assert "No SuperNode found with the given public key" in link_log

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from fl_server.launch import flwr_run, loopback_federation, run_simulation
-from meanet_core.checkpoint import CheckpointError, safe_load
+from meanet_core.training.checkpoint import CheckpointError, safe_load
 from tests.sim.test_faults import tiny_config
 
 pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")

@@ -18,10 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from meanet_cli.main import app
-from meanet_core.checkpoint import FORMAT, load_cloud, load_meanet, meanet_payload
 from meanet_core.config import ConfigError, TrainConfig
 from meanet_core.data import BadImageError, load_dataset
 from meanet_core.models import build_cloud, build_meanet
+from meanet_core.training.checkpoint import FORMAT, load_cloud, load_meanet, meanet_payload
 
 runner = CliRunner()
 CLASSES = {"10": 10, "9": 90, "2": 170}  # folder name -> the grey level of its images
@@ -145,7 +145,7 @@ def test_a_run_trained_at_a_non_native_size_evaluates_at_that_size(folder: Path,
 
 
 def test_checkpoints_record_the_input_size(tmp_path: Path) -> None:
-    from meanet_core.engine import check_images
+    from meanet_core.inference.engine import check_images
 
     model = build_meanet("mobilenetv2", 4, [1], input_size=96)  # registered at 224x224
     payload = meanet_payload(model)

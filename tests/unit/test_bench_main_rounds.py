@@ -20,9 +20,9 @@ from benchmarks.continual.methods import build_method
 from benchmarks.continual.scenarios import Scenario, build_scenario
 from benchmarks.continual.shared import CloudTrajectory
 from meanet_cli.main import app
-from meanet_core.broadcast import digest, edge_state, main_state
-from meanet_core.checkpoint import safe_load
 from meanet_core.models import build_meanet
+from meanet_core.training.checkpoint import safe_load
+from meanet_core.trust.broadcast import digest, edge_state, main_state
 
 SETTINGS: dict[str, Any] = dict(
     scenario="split-digits",
@@ -123,7 +123,7 @@ def test_without_main_rounds_the_main_block_is_the_trajectorys(bench: tuple[Path
 
 
 def int8_bytes(state: dict[str, Any]) -> int:
-    """What ``meanet_core.compression``'s int8 encoding of ``state`` weighs: one byte per floating value, one
+    """What ``meanet_core.wire.compression``'s int8 encoding of ``state`` weighs: one byte per floating value, one
     float32 scale per output channel (per tensor for 0-d and 1-d arrays), integer counters as they are."""
     total = 0
     for v in state.values():

@@ -67,7 +67,7 @@ def test_federate_refuses_the_state_of_another_config_before_starting(tmp_path: 
 
     report = tmp_path / "report"
     report.mkdir()
-    from meanet_core.checkpoint import FORMAT
+    from meanet_core.training.checkpoint import FORMAT
 
     stale = {
         "format": FORMAT, "config": {"num-clients": 99},

@@ -11,7 +11,7 @@ from torch import nn
 from meanet_core.config import ConfigError, FederationConfig
 from meanet_core.data import ImageTensors
 from meanet_core.models import MainOutput, MEANet, build_cloud, build_meanet, can_grow, grow_from_main
-from meanet_core.training import StageConfig, distillation, train_cloud, train_extension
+from meanet_core.training.stages import StageConfig, distillation, train_cloud, train_extension
 
 K = 6
 HARD = [1, 4, 5]  # positions 0, 1, 2: ids differ from positions

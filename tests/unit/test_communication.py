@@ -16,9 +16,9 @@ from flwr.serverapp import Grid
 
 from fl_client.transport import MissingMainBlock
 from meanet_core import keys
-from meanet_core.compression import SCALE_SUFFIX, PayloadError, decode_update, encode_update, payload_bytes
-from meanet_core.signing import BroadcastRejected
-from strategies import MEANetStrategy
+from meanet_core.trust.signing import BroadcastRejected
+from meanet_core.wire.compression import SCALE_SUFFIX, PayloadError, decode_update, encode_update, payload_bytes
+from tests.unit.strategy_helpers import plain_strategy
 from tests.unit.test_signing import _context, edge  # noqa: F401  (edge is a fixture)
 from tests.unit.test_strategy import edge_of, reply, send, sent_state
 
@@ -158,7 +158,7 @@ def _encoded_reply(
 @pytest.mark.usefixtures("task_identity")
 def test_the_strategy_decodes_compressed_updates_and_drops_a_malformed_one() -> None:
     state = sent_state()
-    strategy = MEANetStrategy(max_norm_ratio=1.0)
+    strategy = plain_strategy(max_norm_ratio=1.0)
     instructions = send(strategy, state)
     replies = [
         _encoded_reply(instructions[11], state, 0.1, "int8"),

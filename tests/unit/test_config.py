@@ -12,10 +12,10 @@ from fl_client.app import _policy
 from meanet_core import keys
 from meanet_core.config import ConfigError, FederationConfig
 from meanet_core.data import ImageTensors
-from meanet_core.engine import LocalCloud
-from meanet_core.evaluation import branch_outputs, calibrate_for_cloud_fraction
+from meanet_core.inference.engine import LocalCloud
+from meanet_core.inference.evaluation import branch_outputs, calibrate_for_cloud_fraction
+from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy
 from meanet_core.models import build_cloud, build_meanet
-from meanet_core.policies import CalibratedPolicy, PaperPolicy
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -120,8 +120,8 @@ def test_cloud_model_epochs_default_to_the_cloud_epochs() -> None:
 def test_training_precision_reaches_every_stage(monkeypatch, setting: str, flags: set[str], expected: str) -> None:
     """The federation's and ``meanet train``'s stages train at the configured precision; ``auto`` is decided by the
     machine that trains (each edge for itself), from its CPU's bfloat16 support."""
-    from meanet_core import precision
     from meanet_core.config import TrainConfig
+    from meanet_core.training import precision
 
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
     fed = FederationConfig(precision=setting)

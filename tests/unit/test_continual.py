@@ -26,10 +26,10 @@ from benchmarks.continual.metrics import (
 from benchmarks.continual.scenarios import build_scenario, corrupt
 from benchmarks.continual.shared import block_costs, costs, meanet_outputs
 from meanet_core.data import DatasetSplits, ImageTensors
-from meanet_core.engine import AdaptiveEngine, LocalCloud, predictions_from_outputs, route_outputs
-from meanet_core.evaluation import summarize
+from meanet_core.inference.engine import AdaptiveEngine, LocalCloud, predictions_from_outputs, route_outputs
+from meanet_core.inference.evaluation import summarize
+from meanet_core.inference.policies import CalibratedPolicy
 from meanet_core.models import build_cloud, build_meanet
-from meanet_core.policies import CalibratedPolicy
 
 
 def synthetic_splits(num_classes: int = 6, per_class: int = 20, seed: int = 0) -> DatasetSplits:

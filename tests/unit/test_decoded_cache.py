@@ -15,7 +15,7 @@ from PIL import Image
 from fl_client import local_data
 from meanet_core.config import FederationConfig
 from meanet_core.data import cache, load_dataset, sources
-from meanet_core.streams import edge_slice, eval_shard, stream_for
+from meanet_core.data.streams import edge_slice, eval_shard, stream_for
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """Property-based tests (hypothesis) on every decoder of untrusted input: arbitrary input is either accepted as valid
 or rejected with the decoder's own clear error (or reason), never another exception.
 
-* the offload service's binary image payload (meanet_core.payload);
+* the offload service's binary image payload (meanet_core.wire.payload);
 * the strategy's reply checks (strategies.aggregation.validate_update, MEANetStrategy.aggregate_train);
 * the run-config parser (FederationConfig.from_run_config);
 * the dataset .npz loader (meanet_core.data.sources.load_npz);
-* checkpoint loading (meanet_core.checkpoint.safe_load / load_meanet) on random bytes and truncated files.
+* checkpoint loading (meanet_core.training.checkpoint.safe_load / load_meanet) on random bytes and truncated files.
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from meanet_core.checkpoint import (
+from meanet_core.config import ConfigError, FederationConfig
+from meanet_core.data.sources import NPZ_KEYS, load_npz
+from meanet_core.keys import ARRAYS, EDGE_INFO, METRICS, NUM_EXAMPLES
+from meanet_core.models import build_meanet
+from meanet_core.training.checkpoint import (
     CheckpointError,
     atomic_save,
     load_meanet,
@@ -36,12 +40,16 @@ from meanet_core.checkpoint import (
     meanet_payload,
     safe_load,
 )
-from meanet_core.config import ConfigError, FederationConfig
-from meanet_core.data.sources import NPZ_KEYS, load_npz
-from meanet_core.keys import ARRAYS, EDGE_INFO, METRICS, NUM_EXAMPLES
-from meanet_core.models import build_meanet
-from meanet_core.payload import HEADER_BYTES, PayloadError, decode_header, decode_images, decode_labels, encode_images
-from strategies import MEANetStrategy, validate_update
+from meanet_core.wire.payload import (
+    HEADER_BYTES,
+    PayloadError,
+    decode_header,
+    decode_images,
+    decode_labels,
+    encode_images,
+)
+from strategies import validate_update
+from tests.unit.strategy_helpers import plain_strategy
 from tests.unit.test_strategy import edge_of, send, sent_state
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -138,7 +146,7 @@ def test_aggregate_train_never_raises_on_arbitrary_replies(
     task_identity: None, replies: list[tuple[dict[str, npt.NDArray[Any]], Any, bool]]
 ) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(max_norm_ratio=1.0)
+    strategy = plain_strategy(max_norm_ratio=1.0)
     instructions = list(send(strategy, state).values())
     messages = []
     for (update, weight, with_info), instruction in zip(replies, instructions, strict=False):
@@ -166,7 +174,7 @@ def test_aggregate_train_never_raises_on_arbitrary_replies(
 @given(st.binary(max_size=64), st.sampled_from(["float32", "int64"]), st.lists(st.integers(0, 4), max_size=3))
 def test_undecodable_array_bytes_are_dropped(task_identity: None, data: bytes, dtype: str, shape: list[int]) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     instruction = next(iter(send(strategy, state).values()))
     update = {k: Array(v) for k, v in edge_of(state).items()}
     update["extension.fc.bias"] = Array(dtype=dtype, shape=tuple(shape), stype="numpy.ndarray", data=data)

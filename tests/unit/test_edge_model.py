@@ -15,11 +15,17 @@ from typer.testing import CliRunner
 from fl_client.inputs import open_inputs
 from fl_client.predict import check_cloud_contract
 from meanet_cli.main import app as cli
-from meanet_core.checkpoint import FORMAT, atomic_save, meanet_payload
-from meanet_core.edge_model import EdgeModelError, describe_policy, load_edge_model, policy_from_dict, write_edge_model
+from meanet_core.inference.edge_model import (
+    EdgeModelError,
+    describe_policy,
+    load_edge_model,
+    policy_from_dict,
+    write_edge_model,
+)
+from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy
 from meanet_core.models import MEANet, build_meanet
-from meanet_core.policies import CalibratedPolicy, PaperPolicy
-from meanet_core.signing import private_key_pem, public_key_pem
+from meanet_core.training.checkpoint import FORMAT, atomic_save, meanet_payload
+from meanet_core.trust.signing import private_key_pem, public_key_pem
 
 NAMES = ("cat", "9", "dog", "2", "10", "ant", "bee", "cow", "elk", "fox")
 

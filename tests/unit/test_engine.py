@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from meanet_core.cost import CostConfig
-from meanet_core.engine import (
+from meanet_core.inference.cost import CostConfig
+from meanet_core.inference.engine import (
     EXIT_CLOUD,
     EXIT_EXTENSION,
     EXIT_MAIN,
@@ -18,9 +18,9 @@ from meanet_core.engine import (
     priced,
     route_outputs,
 )
-from meanet_core.evaluation import BranchOutputs, reference_accuracy, summarize, sweep
+from meanet_core.inference.evaluation import BranchOutputs, reference_accuracy, summarize, sweep
+from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy, normalized_entropy
 from meanet_core.models import build_cloud, build_meanet
-from meanet_core.policies import CalibratedPolicy, PaperPolicy, normalized_entropy
 
 HARD = [7, 2, 9, 4]  # hard-class ids that differ from their positions 0..3: a position/id mix-up shows
 

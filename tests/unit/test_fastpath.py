@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from meanet_core.engine import EXIT_CLOUD, EXIT_EXTENSION, EXIT_MAIN, AdaptiveEngine, LocalCloud
-from meanet_core.fastpath import fuse_conv_bn, optimize_for_inference, uses_channels_last
+from meanet_core.inference.engine import EXIT_CLOUD, EXIT_EXTENSION, EXIT_MAIN, AdaptiveEngine, LocalCloud
+from meanet_core.inference.fastpath import fuse_conv_bn, optimize_for_inference, uses_channels_last
+from meanet_core.inference.policies import PaperPolicy, normalized_entropy
 from meanet_core.models import CloudModel, MEANet, build_cloud, build_meanet, count_macs
-from meanet_core.policies import PaperPolicy, normalized_entropy
 
 HARD = [0, 1, 2, 3]
 

@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, Error, Message
 from fl_client.faults import MAIN_KEY, InjectedCrash, apply_fault, claimed, inject
 from meanet_core.config import ConfigError, FederationConfig
 from meanet_core.faults import FAULT_KINDS, Fault, parse_faults
-from strategies import MEANetStrategy
+from tests.unit.strategy_helpers import plain_strategy
 from tests.unit.test_strategy import edge_of, reply, send, sent_state, shifted
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -131,7 +131,7 @@ def test_each_injected_fault_is_dropped_with_its_reason(
     task_identity: None, caplog: pytest.LogCaptureFixture, fault: Fault, reason: str
 ) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(max_norm_ratio=1.0)  # the default of the run config
+    strategy = plain_strategy(max_norm_ratio=1.0)  # the default of the run config
     instructions = send(strategy, state)
     honest = shifted(edge_of(state), 0.05)
     replies = [
@@ -155,7 +155,7 @@ def test_each_injected_fault_is_dropped_with_its_reason(
 
 def test_error_replies_are_recorded_with_the_exception_message_only(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     instructions = send(strategy, state)
     ray_reason = (  # what Flower's simulation engine sends when a ClientApp raises
         "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m\n"

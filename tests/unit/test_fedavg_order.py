@@ -16,8 +16,8 @@ from benchmarks.continual.config import BenchConfig
 from benchmarks.continual.methods import build_method
 from benchmarks.continual.scenarios import build_scenario
 from benchmarks.continual.shared import CloudTrajectory, stage
-from meanet_core.broadcast import main_state
-from meanet_core.training import train_main
+from meanet_core.training.stages import train_main
+from meanet_core.trust.broadcast import main_state
 from strategies.aggregation import weighted_average
 from tests.unit.test_bench_main_rounds import SETTINGS
 

@@ -156,7 +156,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A digits run config, a broadcast MEANet built as the server builds it (no dataset loaded), a signing strategy,
     and a device folder: 32x32 images of digits 1, 3 and 8 (hard: 3 and 8), five of each."""
     from meanet_core.models import build_cloud, build_meanet
-    from meanet_core.signing import ensure_signing_key
+    from meanet_core.trust.signing import ensure_signing_key
     from strategies.signed import SignedMEANetStrategy
 
     report = tmp_path_factory.mktemp("report")
@@ -207,7 +207,7 @@ def test_the_client_trains_and_evaluates_on_its_own_folder_only(
     edge: dict[str, Any], monkeypatch: pytest.MonkeyPatch, sent_names: bool
 ) -> None:
     from fl_client.app import app
-    from meanet_core import streams
+    from meanet_core.data import streams
 
     def no_shared_dataset(*_: Any) -> None:
         raise AssertionError("an edge with its own data-dir loaded the shared dataset")

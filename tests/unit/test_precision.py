@@ -1,4 +1,5 @@
-"""Training and inference precision (``meanet_core.precision``): ``auto`` resolves by the hardware, ``bf16`` runs the
+"""Training and inference precision (``meanet_core.training.precision``): ``auto`` resolves by the hardware, ``bf16``
+runs the
 heavy operations in bfloat16 and hands float32 back, and every place that takes the setting rejects a bad one."""
 
 from __future__ import annotations
@@ -8,13 +9,13 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-import meanet_core.precision as precision
+import meanet_core.training.precision as precision
 from benchmarks.continual.config import BenchConfig, BenchConfigError
 from benchmarks.continual.edge import EdgeClassSpace, MainClassifier
 from meanet_core.data import ImageTensors
-from meanet_core.fastpath import optimize_for_inference
+from meanet_core.inference.fastpath import optimize_for_inference
 from meanet_core.models import build_meanet
-from meanet_core.training import StageConfig, predict_logits, train_main
+from meanet_core.training.stages import StageConfig, predict_logits, train_main
 
 
 def _data(n: int = 48, classes: int = 4, seed: int = 0) -> ImageTensors:

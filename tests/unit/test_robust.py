@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import robustness as rb
+from strategies import MEANetStrategy
 from strategies.aggregation import trimmed_count
 from strategies.robust import bound_claims, fltrust, lower_median, multi_krum, round_norm_bound, trust_scores
 
@@ -45,6 +46,9 @@ def test_the_norm_bound_follows_the_round_under_the_ceiling() -> None:
         round_norm_bound([0.5], factor=None, ceiling=1.0) == 1.0
         and round_norm_bound([], factor=3, ceiling=None) is None
     )
+    # most edges sent back what they received: a bound of 0 would refuse the one that trained; the ceiling holds
+    assert round_norm_bound([0.0, 0.0, 0.2], factor=3.0, ceiling=1.0) == 1.0
+    assert round_norm_bound([0.0, 0.0], factor=3.0, ceiling=None) is None
 
 
 # ----------------------------------------------------------------------------------------- robust rules
@@ -154,3 +158,39 @@ def test_the_rounds_record_says_what_was_clipped_dropped_and_ignored(world: rb.W
     assert report["norm_bound"] is not None and report["norm_bound"] < 0.5
     assert [node for node, _ in report["clipped_claims"]] == [101] and report["claims"][101] == 1e6
     assert report["num_examples"] == 3 * 500 + 2 * 500  # the liar weighs 2 x the others' median
+
+
+def test_a_bare_strategy_holds_a_count_lie_behind_a_step_inside_its_bounds(world: rb.World) -> None:
+    """``MEANetStrategy()`` with no argument: one edge claims 1e9 examples and sends a reversed step at 95% of the
+    bound the bare strategy puts in force; the aggregate moves at most 0.05 x the edge blocks' norm (the unbounded
+    mean it replaced moved about 0.9 x) and no further than a few honest edges do."""
+    bare = MEANetStrategy()
+    settings = {
+        "aggregation": bare.aggregation,
+        "max_norm_ratio": bare.max_norm_ratio,
+        "norm_bound_factor": bare.norm_bound_factor,
+        "claim_factor": bare.claim_factor,
+    }
+    assert bare.max_norm_ratio and bare.norm_bound_factor and bare.claim_factor and bare.reference_fn is None
+    ratio = rb.attack_ratio(settings)
+    honest_yardstick = float(np.mean([rb.honest_move(world, seed) for seed in range(2)]))
+    for seed in range(2):
+        rng = np.random.default_rng(1000 + seed)
+        counts = rng.uniform(400, 600, rb.NUM_CLIENTS).round()
+        honest = [world.honest(world.sent, rng) for _ in range(rb.NUM_CLIENTS)]
+        updates = [
+            (world.reversed(world.sent, ratio), 1e9),
+            *((honest[i], counts[i]) for i in range(1, rb.NUM_CLIENTS)),
+        ]
+        target = rb.weighted_mean([(honest[i], counts[i]) for i in range(1, rb.NUM_CLIENTS)])
+        strategy = MEANetStrategy(min_available_nodes=rb.NUM_CLIENTS, min_train_nodes=rb.NUM_CLIENTS)
+        moved = rb.distance(rb.strategy_round(strategy, world.sent, updates), target, world.keys) / world.scale
+        assert moved <= 0.05, (seed, moved)
+        assert moved <= 3 * honest_yardstick, (seed, moved, honest_yardstick)
+        # the same lie against the unbounded example-weighted mean is real: it moves that aggregate far
+        unbounded = MEANetStrategy(
+            aggregation="mean", max_norm_ratio=None, norm_bound_factor=None, claim_factor=None,
+            min_available_nodes=rb.NUM_CLIENTS, min_train_nodes=rb.NUM_CLIENTS,
+        )  # fmt: skip
+        far = rb.distance(rb.strategy_round(unbounded, world.sent, updates), target, world.keys) / world.scale
+        assert far > 10 * moved, (far, moved)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from benchmarks.continual.routing import compare_routing, early_exit, random_offload
-from meanet_core.cost import CostConfig
-from meanet_core.engine import BlockCosts
-from meanet_core.evaluation import BranchOutputs, hard_class_accuracy
+from meanet_core.inference.cost import CostConfig
+from meanet_core.inference.engine import BlockCosts
+from meanet_core.inference.evaluation import BranchOutputs, hard_class_accuracy
+from meanet_core.inference.policies import CalibratedPolicy
 from meanet_core.models import build_meanet
-from meanet_core.policies import CalibratedPolicy
 
 K = 5
 BLOCKS = BlockCosts(main_macs=1000, extension_macs=300, cloud_macs=5000, image_bytes=3072)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from meanet_core import keys
-from meanet_core.signing import (
+from meanet_core.trust.signing import (
     SIGNING_KEY_FILE,
     VERIFY_KEY_FILE,
     BroadcastPosition,
@@ -170,8 +170,8 @@ def test_ensure_signing_key_makes_a_private_key_once_and_publishes_the_public_ke
 def edge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A run config on the digits data, a broadcast MEANet built as the server builds it, a signing strategy."""
     from meanet_core.config import FederationConfig
+    from meanet_core.data.streams import stream_for
     from meanet_core.models import build_cloud, build_meanet
-    from meanet_core.streams import stream_for
 
     report = tmp_path_factory.mktemp("report")
     run_config: dict[str, Any] = {

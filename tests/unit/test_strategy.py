@@ -19,7 +19,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 
-from meanet_core.broadcast import digest
 from meanet_core.keys import (
     ARRAYS,
     CLOUD_ARRAYS,
@@ -31,6 +30,7 @@ from meanet_core.keys import (
     is_edge_key,
     is_main_key,
 )
+from meanet_core.trust.broadcast import digest
 from strategies import (
     MEANetStrategy,
     aggregate_metrics,
@@ -39,6 +39,7 @@ from strategies import (
     validate_update,
     weighted_average,
 )
+from tests.unit.strategy_helpers import plain_strategy
 
 Arrays = dict[str, npt.NDArray[Any]]
 NODES = (11, 12, 13)
@@ -192,7 +193,7 @@ def test_validate_update_rejects_a_bad_norm_ratio() -> None:
 # ----------------------------------------------------------------------------------------- the strategy
 def test_aggregate_train_averages_edges_and_keeps_the_main_block_bit_for_bit(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     instructions = send(strategy, state)
     sent_record = next(iter(instructions.values())).content[ARRAYS]
     assert isinstance(sent_record, ArrayRecord) and list(sent_record) == list(state)  # FedAvg sent everything
@@ -229,7 +230,7 @@ def test_aggregate_train_drops_a_bad_update_with_a_reason(
     task_identity: None, caplog: pytest.LogCaptureFixture, name: str, corrupt: Callable[[Arrays], Arrays], key: str
 ) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(max_norm_ratio=1.0)
+    strategy = plain_strategy(max_norm_ratio=1.0)
     instructions = send(strategy, state)
     good_a, good_b = shifted(edge_of(state), 0.1), shifted(edge_of(state), 0.3)
     replies = [
@@ -254,7 +255,7 @@ def test_aggregate_train_drops_a_bad_update_with_a_reason(
 
 def test_all_bad_round_returns_none(task_identity: None, caplog: pytest.LogCaptureFixture) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     instructions = send(strategy, state)
     bad = {**edge_of(state), "main.fc.weight": state["main.fc.weight"]}
     replies = [
@@ -279,7 +280,7 @@ def test_all_bad_round_returns_none(task_identity: None, caplog: pytest.LogCaptu
 
 def test_malformed_replies_are_dropped(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     instructions = send(strategy, state)
     no_weight = Message(
         RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in edge_of(state).items()}), METRICS: MetricRecord()}),
@@ -301,7 +302,7 @@ def test_malformed_replies_are_dropped(task_identity: None) -> None:
 
 def test_zero_example_replies_are_skipped_not_aggregated(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(aggregation="median")
+    strategy = plain_strategy(aggregation="median")
     instructions = send(strategy, state)
     replies = [
         reply(instructions[11], shifted(edge_of(state), 1.0), 5),
@@ -317,7 +318,7 @@ def test_zero_example_replies_are_skipped_not_aggregated(task_identity: None) ->
 @pytest.mark.parametrize("require", [False, True])
 def test_an_update_trained_on_another_main_block_is_dropped(task_identity: None, require: bool) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(require_main_digest=require)
+    strategy = plain_strategy(require_main_digest=require)
     instructions = send(strategy, state)
     sent_digest = digest(state)
     reported = {11: sent_digest, 12: digest({**state, "main.fc.weight": state["main.fc.weight"] + 1})}
@@ -342,7 +343,7 @@ def test_an_update_trained_on_another_main_block_is_dropped(task_identity: None,
 
 
 def test_configure_evaluate_adds_the_cloud_arrays_when_set(task_identity: None) -> None:
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = list(NODES)
     record = ArrayRecord({k: Array(v) for k, v in sent_state().items()})
@@ -355,7 +356,7 @@ def test_configure_evaluate_adds_the_cloud_arrays_when_set(task_identity: None) 
 
 
 def test_configure_evaluate_sends_nothing_on_rounds_without_evaluation(task_identity: None) -> None:
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     strategy.evaluate_rounds = lambda r: r % 2 == 0
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = list(NODES)
@@ -369,7 +370,7 @@ def test_configure_evaluate_sends_nothing_on_rounds_without_evaluation(task_iden
 
 def test_train_intervals_are_relative_to_sending_and_bad_ones_ignored(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     instructions = send(strategy, state)
     sent = strategy._sent_wall
     assert sent is not None
@@ -391,7 +392,7 @@ def test_train_intervals_are_relative_to_sending_and_bad_ones_ignored(task_ident
 
 def test_robust_aggregation_through_the_strategy(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(aggregation="median")  # no norm bound: the outlier passes validation
+    strategy = plain_strategy(aggregation="median")  # no norm bound: the outlier passes validation
     instructions = send(strategy, state)
     replies = [
         reply(instructions[11], shifted(edge_of(state), 0.1), 1),
@@ -405,7 +406,7 @@ def test_robust_aggregation_through_the_strategy(task_identity: None) -> None:
 
 def test_train_metrics_are_weighted_by_examples(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     instructions = send(strategy, state)
     replies = [
         reply(instructions[11], edge_of(state), 10, {"loss": 1.0, "accuracy": 0.2}),
@@ -417,7 +418,7 @@ def test_train_metrics_are_weighted_by_examples(task_identity: None) -> None:
 
 
 def test_evaluate_metrics_are_weighted_by_examples() -> None:
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     replies = []
     for n_ex, acc in ((10, 0.2), (30, 0.6)):
         msg = Mock(spec=Message)  # evaluation replies carry no arrays; FedAvg reads content and has_error only
@@ -430,22 +431,22 @@ def test_evaluate_metrics_are_weighted_by_examples() -> None:
 
 def test_aggregate_train_before_configure_train_fails_helpfully() -> None:
     with pytest.raises(AggregationError, match="configure_train"):
-        MEANetStrategy().aggregate_train(1, [])
+        plain_strategy().aggregate_train(1, [])
 
 
 def test_constructor_and_configure_train_reject_bad_input(task_identity: None) -> None:
     with pytest.raises(ValueError, match="mean, median, trimmed-mean, multi-krum, fltrust"):
-        MEANetStrategy(aggregation="average")
+        plain_strategy(aggregation="average")
     with pytest.raises(ValueError, match="needs reference_fn"):
-        MEANetStrategy(aggregation="fltrust")
+        plain_strategy(aggregation="fltrust")
     with pytest.raises(ValueError, match="claim_factor"):
-        MEANetStrategy(claim_factor=-2.0)
+        plain_strategy(claim_factor=-2.0)
     with pytest.raises(ValueError, match="trim_fraction"):
-        MEANetStrategy(aggregation="trimmed-mean", trim_fraction=0.6)
+        plain_strategy(aggregation="trimmed-mean", trim_fraction=0.6)
     with pytest.raises(ValueError, match="max_norm_ratio"):
-        MEANetStrategy(max_norm_ratio=-1.0)
+        plain_strategy(max_norm_ratio=-1.0)
     with pytest.raises(ValueError, match="adaptive"):
-        send(MEANetStrategy(), {"main.fc.weight": np.zeros(2, np.float32)})
+        send(plain_strategy(), {"main.fc.weight": np.zeros(2, np.float32)})
 
 
 # ----------------------------------------------------------------------------------------- main rounds (scope "main")
@@ -464,7 +465,7 @@ def main_of(state: Arrays) -> Arrays:
 
 def test_a_main_round_aggregates_the_main_block_and_keeps_the_edge_blocks_as_sent(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(norm_bound_factor=3.0, max_norm_ratio=1.0)
+    strategy = plain_strategy(norm_bound_factor=3.0, max_norm_ratio=1.0)
     instructions = send_main(strategy, state)
     assert strategy.scope == "main"
     # a first main round moves a block trained from scratch far beyond its own norm: the edge-round ceiling (1.0)
@@ -482,7 +483,7 @@ def test_a_main_round_aggregates_the_main_block_and_keeps_the_edge_blocks_as_sen
 
 def test_a_main_round_drops_an_update_carrying_edge_blocks_or_far_away(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy(norm_bound_factor=3.0)
+    strategy = plain_strategy(norm_bound_factor=3.0)
     instructions = send_main(strategy, state)
     honest = shifted(main_of(state), 0.1)
     sneaky = {**shifted(main_of(state), 0.1), **shifted(edge_of(state), 9.0)}  # also rewrites the edge blocks
@@ -500,7 +501,7 @@ def test_a_main_round_drops_an_update_carrying_edge_blocks_or_far_away(task_iden
 
 def test_an_edge_round_after_a_main_round_is_checked_against_the_edge_blocks_again(task_identity: None) -> None:
     state = sent_state()
-    strategy = MEANetStrategy()
+    strategy = plain_strategy()
     send_main(strategy, state)
     instructions = send(strategy, state)  # no scope in the config: an edge round
     assert strategy.scope == "edge"
@@ -514,4 +515,4 @@ def test_configure_train_rejects_an_unknown_scope(task_identity: None) -> None:
     grid.get_node_ids.return_value = list(NODES)
     record = ArrayRecord({k: Array(v) for k, v in sent_state().items()})
     with pytest.raises(ValueError, match=r"scope.*'cloud'.*edge, main"):
-        MEANetStrategy().configure_train(1, record, ConfigRecord({SCOPE: "cloud"}), grid)
+        plain_strategy().configure_train(1, record, ConfigRecord({SCOPE: "cloud"}), grid)

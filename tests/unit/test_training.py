@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import meanet_core.pipeline as pipeline
-from meanet_core.checkpoint import CheckpointError, load_cloud, load_meanet
 from meanet_core.config import ConfigError, TrainConfig, from_dict
 from meanet_core.data import DatasetSplits, ImageTensors, load_dataset
 from meanet_core.models import build_meanet
-from meanet_core.training import (
+from meanet_core.training.checkpoint import CheckpointError, load_cloud, load_meanet
+from meanet_core.training.stages import (
     StageConfig,
     hard_subset,
     predict_logits,

@@ -1,4 +1,5 @@
-"""``meanet export``: the edge model of a finished run, as a signed edge model file (:mod:`meanet_core.edge_model`).
+"""``meanet export``: the edge model of a finished run, as a signed edge model file
+(:mod:`meanet_core.inference.edge_model`).
 
 Two kinds of run:
 
@@ -22,12 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meanet_core.checkpoint import SERVER_STATE_FIELDS, CheckpointError, load_meanet, load_state, require, safe_load
 from meanet_core.data import data_dir_from_env
 from meanet_core.data.sources import class_names_of
-from meanet_core.edge_model import policy_from_dict, write_edge_model
+from meanet_core.inference.edge_model import policy_from_dict, write_edge_model
 from meanet_core.models import MEANet, build_meanet
-from meanet_core.signing import ensure_signing_key, key_fingerprint, load_signing_key
+from meanet_core.training.checkpoint import (
+    SERVER_STATE_FIELDS,
+    CheckpointError,
+    load_meanet,
+    load_state,
+    require,
+    safe_load,
+)
+from meanet_core.trust.signing import ensure_signing_key, key_fingerprint, load_signing_key
 
 
 @dataclass(frozen=True)

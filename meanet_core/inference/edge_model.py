@@ -11,8 +11,9 @@ runs), holding
 * ``state_dict``: the MEANet's tensors;
 * ``signer``: the fingerprint of the public key that signed it (used in messages only; it decides nothing);
 * ``signature``: Ed25519 over :func:`edge_model_hash`, the SHA-256 of a canonical JSON document holding a domain
-  tag, the digest of every tensor (names, dtypes, shapes and bytes; :func:`meanet_core.broadcast.digest`) and every
-  header field tagged with its type (:func:`meanet_core.signing.tagged`), as a broadcast is signed.
+  tag, the digest of every tensor (names, dtypes, shapes and bytes; :func:`meanet_core.trust.broadcast.digest`) and
+  every
+  header field tagged with its type (:func:`meanet_core.trust.signing.tagged`), as a broadcast is signed.
 
 :func:`load_edge_model` checks the signature against a pinned public key *before* it builds anything; a file that
 was changed after signing, signed by another key, unsigned, or not an edge model file is refused with an
@@ -31,12 +32,12 @@ import torch
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from meanet_core.broadcast import digest
-from meanet_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from meanet_core.checkpoint import atomic_save
+from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.models import MEANet, build_meanet
-from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
-from meanet_core.signing import canonical_hash, key_fingerprint, load_verify_key, tagged
+from meanet_core.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from meanet_core.training.checkpoint import atomic_save
+from meanet_core.trust.broadcast import digest
+from meanet_core.trust.signing import canonical_hash, key_fingerprint, load_verify_key, tagged
 
 EDGE_MODEL_FORMAT = "meanet-fl/edge-model/1"
 _DOMAIN = "meanet-fl/edge-model/v1"

@@ -8,10 +8,12 @@ an estimated latency and the confidence (max softmax) of the last edge exit it r
 Costs are computed in one place, ``priced``: from each sample's route (exit, whether it ran the extension, whether
 the cloud computed it and the image was sent) and the ``BlockCosts`` of the blocks. ``predict``,
 ``predict_all_branches`` and ``predictions_from_outputs`` (the same routes from outputs already computed, for
-evaluations, sweeps and benchmarks) all go through it, and ``meanet_core.evaluation.summarize`` summarises them.
+evaluations, sweeps and benchmarks) all go through it, and ``meanet_core.inference.evaluation.summarize`` summarises
+them.
 
 ``optimize=True`` (on ``AdaptiveEngine`` and ``LocalCloud``) runs an inference copy of the model from
-:func:`meanet_core.fastpath.optimize_for_inference`: BatchNorm folded into the convolutions and channels-last weights;
+:func:`meanet_core.inference.fastpath.optimize_for_inference`: BatchNorm folded into the convolutions and
+channels-last weights;
 inputs are converted to channels-last whenever the model's weights are (whether optimised here or not).
 """
 
@@ -22,10 +24,10 @@ from typing import Protocol
 
 import torch
 
-from meanet_core.cost import CostConfig, RouteLatency, time_per_call
-from meanet_core.fastpath import optimize_for_inference, uses_channels_last
+from meanet_core.inference.cost import CostConfig, RouteLatency, time_per_call
+from meanet_core.inference.fastpath import optimize_for_inference, uses_channels_last
+from meanet_core.inference.policies import Policy
 from meanet_core.models import CloudModel, MEANet, count_macs
-from meanet_core.policies import Policy
 
 EXIT_MAIN, EXIT_EXTENSION, EXIT_CLOUD = 0, 1, 2
 EXIT_NAMES = ("main", "extension", "cloud")
@@ -144,7 +146,8 @@ class AdaptiveEngine:
     """Batched adaptive inference over a MEANet, a routing policy and an optional cloud.
 
     ``optimize=True`` runs an inference copy of ``model`` (fused BatchNorm, channels-last weights and inputs; see
-    :mod:`meanet_core.fastpath`): the same predictions up to float rounding, the same MACs, ``model`` untouched.
+    :mod:`meanet_core.inference.fastpath`): the same predictions up to float rounding, the same MACs, ``model``
+    untouched.
     """
 
     def __init__(

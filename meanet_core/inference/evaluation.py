@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from meanet_core.cost import CostConfig
 from meanet_core.data import ImageTensors, TensorBatches
-from meanet_core.engine import (
+from meanet_core.inference.cost import CostConfig
+from meanet_core.inference.engine import (
     EXIT_CLOUD,
     EXIT_NAMES,
     AdaptiveEngine,
@@ -26,9 +26,9 @@ from meanet_core.engine import (
     predictions_from_outputs,
     route_outputs,
 )
-from meanet_core.fastpath import optimize_for_inference
+from meanet_core.inference.fastpath import optimize_for_inference
+from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.models import CloudModel, MEANet
-from meanet_core.policies import CalibratedPolicy, PaperPolicy, Policy
 
 POLICIES = ("paper", "calibrated")
 
@@ -186,7 +186,8 @@ def evaluate(
     """The full evaluation report (a JSON-ready dict).
 
     ``optimize`` (default): run inference copies of both models with BatchNorm folded into the convolutions and
-    channels-last layout (:mod:`meanet_core.fastpath`; the same answers up to float rounding, 1.2-1.3x faster on CPU).
+    channels-last layout (:mod:`meanet_core.inference.fastpath`; the same answers up to float rounding, 1.2-1.3x
+    faster on CPU).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}")

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meanet_core.signing import SIGNING_KEY_FILE, VERIFY_KEY_FILE, private_key_pem, public_key_pem
-from meanet_core.tls import _issue, _name
+from meanet_core.trust.signing import SIGNING_KEY_FILE, VERIFY_KEY_FILE, private_key_pem, public_key_pem
+from meanet_core.trust.tls import _issue, _name
 
 DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 _HOSTNAME = re.compile(

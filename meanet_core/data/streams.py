@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,8 +25,35 @@ from meanet_core.data import DatasetSplits, ImageTensors, data_dir_from_env, loa
 from meanet_core.data.datasets import split_indices
 from meanet_core.data.sources import SourceArrays, read_arrays
 
-if TYPE_CHECKING:
-    from meanet_core.config import FederationConfig
+
+class StreamSpec(Protocol):
+    """What a stream is built from: the fields of :class:`meanet_core.config.FederationConfig` it reads (the data
+    room does not import the config, so that imports run one way)."""
+
+    def __hash__(self) -> int: ...  # streams are cached per config
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def data_dir(self) -> str: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def experiences(self) -> int: ...
+    @property
+    def num_clients(self) -> int: ...
+    @property
+    def partition(self) -> str: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def cloud_share(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def val_fraction(self) -> float: ...
+    @property
+    def limit_train(self) -> int | None: ...
+
 
 STREAMS = ("class-incremental", "iid")
 
@@ -140,7 +167,7 @@ def concat(parts: list[ImageTensors]) -> ImageTensors:
     return ImageTensors(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
 
 
-def _plan(cfg: FederationConfig, train_labels: np.ndarray, num_classes: int) -> list[ExperiencePlan]:
+def _plan(cfg: StreamSpec, train_labels: np.ndarray, num_classes: int) -> list[ExperiencePlan]:
     return plan_stream(
         train_labels, num_classes, kind=cfg.stream, num_experiences=cfg.experiences, num_clients=cfg.num_clients,
         cloud_share=cfg.cloud_share, partition_scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed,
@@ -148,7 +175,7 @@ def _plan(cfg: FederationConfig, train_labels: np.ndarray, num_classes: int) -> 
 
 
 @lru_cache(maxsize=2)
-def stream_for(cfg: FederationConfig) -> tuple[DatasetSplits, tuple[Experience, ...]]:
+def stream_for(cfg: StreamSpec) -> tuple[DatasetSplits, tuple[Experience, ...]]:
     """The dataset and its stream, built the same way on the server and every client (same seed)."""
     splits = load_dataset(
         cfg.dataset,
@@ -162,7 +189,7 @@ def stream_for(cfg: FederationConfig) -> tuple[DatasetSplits, tuple[Experience, 
 
 
 @lru_cache(maxsize=2)
-def _planned(cfg: FederationConfig) -> tuple[SourceArrays, np.ndarray, list[ExperiencePlan]]:
+def _planned(cfg: StreamSpec) -> tuple[SourceArrays, np.ndarray, list[ExperiencePlan]]:
     """The source (memory-mapped when cached), the train split's positions in it, and the stream's plan: what
     :func:`edge_slice` needs, kept per process (a simulation worker handles many messages)."""
     folder = Path(cfg.data_dir).expanduser() if cfg.data_dir else data_dir_from_env()
@@ -185,7 +212,7 @@ class EdgeView:
     data: ImageTensors
 
 
-def edge_slice(cfg: FederationConfig, experience: int, client: int, purpose: str) -> EdgeView:
+def edge_slice(cfg: StreamSpec, experience: int, client: int, purpose: str) -> EdgeView:
     """Edge ``client``'s images of ``experience``: its partition of the new training images (``purpose="train"``,
     :meth:`Experience.client_data`) or its shard of the test images of the classes seen so far (``"evaluate"``,
     :func:`eval_shard`), exactly what :func:`stream_for` would give, without building the stream.

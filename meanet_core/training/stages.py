@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from meanet_core.data import ImageTensors, TensorBatches
 from meanet_core.models import Backbone, CloudModel, MEANet
-from meanet_core.precision import autocast, check_precision
+from meanet_core.training.precision import autocast, check_precision
 
 HARD_METHODS = ("precision", "confusion", "cluster")
 
@@ -39,7 +39,7 @@ class StageConfig:
     ``(r / R, (r + 1) / R)`` so that R rounds of local training follow one schedule, warm-up once and annealing once,
     instead of R short cycles (each of which anneals to nearly zero)."""
     precision: str = "fp32"
-    """``fp32``, or ``bf16``: forward passes and losses under bfloat16 autocast (``meanet_core.precision``; the
+    """``fp32``, or ``bf16``: forward passes and losses under bfloat16 autocast (``meanet_core.training.precision``; the
     weights and the optimiser stay float32)."""
 
     def __post_init__(self) -> None:
@@ -402,10 +402,12 @@ def predict_logits(
     precision: str = "fp32",
 ) -> torch.Tensor:
     """``fn(x)`` over ``data`` in order (no augmentation, inference mode), as one float32 (N, K) tensor; ``fn`` runs
-    at ``precision`` (``meanet_core.precision``: ``bf16`` is bfloat16 autocast, about 2x faster on a CPU that has it).
+    at ``precision`` (``meanet_core.training.precision``: ``bf16`` is bfloat16 autocast, about 2x faster on a CPU that
+    has it).
 
     ``x`` is float in [0, 1], in ``memory_format``: pass ``torch.channels_last`` when ``fn`` runs a model whose
-    weights are channels-last (a copy from ``meanet_core.fastpath.optimize_for_inference``, BatchNorm folded in):
+    weights are channels-last (a copy from ``meanet_core.inference.fastpath.optimize_for_inference``, BatchNorm folded
+    in):
     on CPU that is about twice as fast as the training model in eval mode, with the same logits up to float rounding.
     """
     n = len(data)

@@ -114,13 +114,13 @@ def decode_header(buf: bytes | bytearray | memoryview) -> Header:
     if len(buf) < HEADER_BYTES:
         raise PayloadError(
             f"payload too short for its header: expected at least {HEADER_BYTES} bytes, found {len(buf)}; "
-            "encode requests with meanet_core.payload.encode_images"
+            "encode requests with meanet_core.wire.payload.encode_images"
         )
     magic, version, kind, dtype, flags, n, c, h, w = _HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise PayloadError(
             f"bad magic: expected {MAGIC!r}, found {bytes(magic)!r}; the body is not a MEANet payload "
-            "(encode it with meanet_core.payload.encode_images, not JSON or an image file)"
+            "(encode it with meanet_core.wire.payload.encode_images, not JSON or an image file)"
         )
     if version != VERSION:
         raise PayloadError(f"unsupported payload version {version}: this side speaks version {VERSION}; upgrade both")

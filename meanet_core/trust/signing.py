@@ -2,7 +2,8 @@
 
 What is signed (:func:`broadcast_hash`): SHA-256 over a canonical JSON document holding
 
-* ``arrays``: :func:`meanet_core.broadcast.digest` over **every** entry of the broadcast state dict (names, dtypes,
+* ``arrays``: :func:`meanet_core.trust.broadcast.digest` over **every** entry of the broadcast state dict (names,
+dtypes,
   shapes and bytes, in name order): the main block, the normalisation and hard-class buffers, and the adaptive and
   extension blocks as the server sends them this round;
 * ``cloud``: the same digest of the cloud model's arrays when the instruction carries them (evaluation in
@@ -41,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meanet_core import keys
-from meanet_core.broadcast import digest
+from meanet_core.trust.broadcast import digest
 
 SIGNING_KEY_FILE = "broadcast-signing.key"
 """File name of the cloud's Ed25519 private key (PEM, PKCS#8, mode 0600)."""

@@ -1,0 +1,13 @@
+"""The wire formats, pure numpy and bytes, shared by both ends of a connection.
+
+- :mod:`~meanet_core.wire.compression`: the compressed edge update an edge uploads (float32, fp16, int8);
+- :mod:`~meanet_core.wire.payload`: the binary payload of the cloud offload service (header, then tensor bytes).
+
+Each module has its own ``PayloadError``; import it from the module. This room imports nothing else of
+``meanet_core``.
+"""
+
+from meanet_core.wire.compression import ENCODINGS, decode_update, encode_update, payload_bytes
+from meanet_core.wire.payload import decode_images, encode_images
+
+__all__ = ["ENCODINGS", "decode_images", "decode_update", "encode_images", "encode_update", "payload_bytes"]
