@@ -55,8 +55,10 @@ DRIFT_ROUNDS = 10
 
 
 def rule_settings() -> dict[str, dict[str, Any]]:
-    """The rows: each rule with the run config's default bounds, plus the mean as it was before the bounds."""
+    """The rows: each rule with the run config's default bounds, the mean as it was before the bounds, and
+    ``MEANetStrategy()`` as the library builds it with no argument (for a ServerApp of one's own)."""
     d = FederationConfig()
+    bare = MEANetStrategy()
     bounds = {
         "max_norm_ratio": d.max_norm_ratio or None,
         "norm_bound_factor": d.norm_bound_factor or None,
@@ -69,7 +71,16 @@ def rule_settings() -> dict[str, dict[str, Any]]:
             "max_norm_ratio": 1.0,
             "norm_bound_factor": None,
             "claim_factor": None,
-        }
+        },
+        "MEANetStrategy() bare": {
+            "aggregation": bare.aggregation,
+            "max_norm_ratio": bare.max_norm_ratio,
+            "norm_bound_factor": bare.norm_bound_factor,
+            "claim_factor": bare.claim_factor,
+            "max_claim": bare.max_claim,
+            "krum_malicious": bare.krum_malicious,
+            "trim_fraction": bare.trim_fraction,
+        },
     }
     for rule in ("fltrust", "multi-krum", "trimmed-mean", "median", "mean"):
         name = f"{rule} (default)" if rule == d.aggregation else rule

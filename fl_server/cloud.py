@@ -37,6 +37,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fl_server.offload.handoff import SERVING_FILE, serving_version, write_serving_model
+from fl_server.report import busy_seconds, participation
 from meanet_core import keys
 from meanet_core.config import FederationConfig
 from meanet_core.data import ImageTensors
@@ -53,17 +54,6 @@ from meanet_core.trust.signing import ensure_signing_key
 from strategies.signed import SignedMEANetStrategy
 
 log = logging.getLogger("meanet.server")
-
-
-def busy_seconds(intervals: list[tuple[float, float]] | list[list[float]]) -> float:
-    """Length of the union of ``(start, end)`` intervals: the time during which at least one edge was training."""
-    total, end = 0.0, float("-inf")
-    for a, b in sorted((float(a), float(b)) for a, b in intervals):
-        if b <= end:
-            continue
-        total += b - max(a, end)
-        end = b
-    return total
 
 
 class CloudServer:
@@ -91,11 +81,12 @@ class CloudServer:
         self.strategy = SignedMEANetStrategy(
             signing_key,
             run_id=run_id,
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=cfg.num_clients,
-            min_evaluate_nodes=cfg.num_clients,
-            min_available_nodes=cfg.num_clients,
+            min_train_nodes=1,
+            min_evaluate_nodes=1,
+            min_available_nodes=min(cfg.min_edges, cfg.num_clients),  # the quorum (strategies.fleet)
+            edges_per_round=cfg.edges_per_round or None,
+            quorum_wait=cfg.quorum_wait,
+            sample_seed=cfg.seed,
             aggregation=cfg.aggregation,
             trim_fraction=cfg.trim_fraction,
             max_norm_ratio=cfg.max_norm_ratio or None,
@@ -399,6 +390,7 @@ class CloudServer:
             train_config=config,
             evaluate_config=config,
             evaluate_fn=after_round,
+            timeout=cfg.round_timeout,  # a reply after it is dropped (its edge: missed_nodes)
         )
         self.strategy.aggregation = cfg.rule("edge")
 
@@ -418,6 +410,7 @@ class CloudServer:
             "slowest_edge_training_seconds": slowest,
             "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
             **info,
+            "participation": participation(self.report["rounds"], info),  # clients trained / missed / rejoined
             "bytes_broadcast_per_client": self.strategy.bytes_sent.get("train", 0.0),
             "full_state_bytes": full_bytes,
         }
@@ -479,6 +472,7 @@ class CloudServer:
             train_config=config,
             evaluate_config=ConfigRecord({**config, **routing}),
             evaluate_fn=after_round,
+            timeout=cfg.round_timeout,  # a reply after it is dropped (its edge: missed_nodes)
         )
         for r, metrics in result.evaluate_metrics_clientapp.items():
             for rec in self.report["rounds"]:

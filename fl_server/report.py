@@ -14,6 +14,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def busy_seconds(intervals: list[tuple[float, float]] | list[list[float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals: the time during which at least one edge was training."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted((float(a), float(b)) for a, b in intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     """Write ``report.json`` and the plots into ``out``; returns the paths, the JSON first."""
     out.mkdir(parents=True, exist_ok=True)
@@ -267,6 +278,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
             f"| {r.get('bytes_evaluate_per_client', 0):,.0f} | {'-' if acc is None else f'{acc:.4f}'} |"
         )
     lines += bytes_by_phase_table(report["rounds"])
+    lines += participation_table(report["rounds"])
     lines += per_edge_table(report["rounds"])
     if "wall_seconds" in report:
         lines += ["", f"Whole run: {report['wall_seconds']:.0f} s."]
@@ -294,6 +306,47 @@ def bytes_by_phase_table(rounds: list[dict[str, Any]]) -> list[str]:
     for phase, row in sorted(phases.items()):
         name = "main (edges train the main block)" if phase == "main" else "edge (adaptive + extension)"
         lines.append(f"| {name} | {row['rounds']:.0f} | {row['down_per_client']:,.0f} | {row['up_per_client']:,.0f} |")
+    return lines
+
+
+def participation(earlier: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+    """Who took part in a round, by client (partition) index: ``trained`` (aggregated), ``missed`` (sampled, with no
+    reply by the deadline or found unavailable) and ``rejoined`` (trained after missing an earlier round: a restarted
+    device is a new node with its old client index); ``earlier`` are the run's round records before it."""
+    clients: dict[int, int] = {}
+    last: dict[int, str] = {}  # client -> "missed" or "trained", as of the rounds so far
+    for r in earlier:
+        clients.update({int(n): int(c) for n, c in (r.get("clients") or {}).items()})
+        for c in (r.get("participation") or {}).get("missed", []):
+            last[c] = "missed"
+        for c in (r.get("participation") or {}).get("trained", []):
+            last[c] = "trained"
+    clients.update({int(n): int(c) for n, c in (info.get("clients") or {}).items()})
+    trained = sorted(clients[n] for n in info.get("accepted_nodes", []) if n in clients)
+    missed = sorted(clients.get(n, -1) for n in info.get("missed_nodes", []))  # -1: never replied, client unknown
+    return {
+        "sampled": len(info.get("sampled_nodes", [])),
+        "connected": info.get("connected_nodes", 0),
+        "trained": trained,
+        "missed": missed,
+        "rejoined": [c for c in trained if last.get(c) == "missed"],
+    }
+
+
+def participation_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: per round, the edges connected, sampled, trained, missed and rejoined (clients); none when
+    every round trained every edge."""
+    rows = [(r, p) for r in rounds if (p := r.get("participation"))]
+    if all(not p["missed"] and p["sampled"] == p["connected"] == len(p["trained"]) for _, p in rows):
+        return []
+    lines = ["", "| experience | kind | round | connected | sampled | trained (clients) | missed | rejoined |"]
+    lines.append("|---:|---|---:|---:|---:|---|---|---|")
+    for r, p in rows:
+        names = [", ".join("?" if c < 0 else str(c) for c in p[k]) or "-" for k in ("trained", "missed", "rejoined")]
+        lines.append(
+            f"| {r['experience']} | {r.get('phase', 'edge')} | {r['round']} | {p['connected']} | {p['sampled']} "
+            f"| {' | '.join(names)} |"
+        )
     return lines
 
 

@@ -183,7 +183,11 @@ class FederationConfig:
     dataset: str = "cifar100"
     model: str = "resnet20_cifar"
     cloud_model: str = "resnet32_cifar"
-    num_clients: int = 3
+    num_clients: int = 3  # the edges' data partitions (each SuperNode's partition-id; in simulation: the edges)
+    min_edges: int = 2  # the quorum: connected edges a round needs to start (at most num-clients)
+    edges_per_round: int = 0  # edges sampled per round, seeded by seed (0 = every connected edge)
+    round_timeout: float = 600.0  # seconds a round waits for replies; later ones are dropped, their edges missed
+    quorum_wait: float = 300.0  # seconds a round waits for min-edges connected edges; then the run stops, resumable
     experiences: int = 2
     stream: str = "class-incremental"
     rounds_per_experience: int = 2
@@ -269,6 +273,7 @@ class FederationConfig:
             raise bad("precision", _precision_help(self.precision))
         for key in (
             "num_clients",
+            "min_edges",
             "experiences",
             "rounds_per_experience",
             "local_epochs",
@@ -277,6 +282,12 @@ class FederationConfig:
         ):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1; got {getattr(self, key)}")
+        if self.edges_per_round < 0:
+            raise bad("edges_per_round", f"must be >= 0 (0 = every connected edge); got {self.edges_per_round}")
+        if not self.round_timeout > 0:
+            raise bad("round_timeout", f"must be > 0 (seconds); got {self.round_timeout}")
+        if self.quorum_wait < 0:
+            raise bad("quorum_wait", f"must be >= 0 (seconds); got {self.quorum_wait}")
         if self.cloud_model_epochs < 0:
             raise bad("cloud_model_epochs", f"must be >= 0 (0 = cloud-epochs); got {self.cloud_model_epochs}")
         if self.extension_epochs < 0:

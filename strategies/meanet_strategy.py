@@ -51,6 +51,7 @@ from strategies.aggregation import (
 from strategies.bounds import UpdateBounds
 from strategies.broadcasts import DeltaBroadcasts, mean_array_bytes
 from strategies.evaluation import EdgeEvaluation
+from strategies.fleet import FleetSampling
 from strategies.replies import (
     Reply,
     TrainRoundReport,
@@ -68,7 +69,7 @@ ReferenceFn = Callable[[Arrays], Arrays]
 __all__ = ["MEANetStrategy", "TrainRoundReport"]
 
 
-class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation):
+class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSampling):
     """FedAvg over MEANet's edge blocks, with per-update validation and robust aggregation options.
 
     Parameters
@@ -118,6 +119,11 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation):
         Leave the main block out of the instructions to an edge that reported holding it (its last training reply's
         digest is the current one): such an instruction carries the rest and the digest of the main block to use
         (``held-main-digest``). Every other edge gets the full state. :attr:`bytes_sent` says what each costs.
+    edges_per_round : int, optional
+        Edges sampled per round (seeded by ``sample_seed``, the experience and the round); ``None`` (default):
+        ``fraction_train``/``fraction_evaluate`` of the connected edges, as in FedAvg. A round starts once
+        ``min_available_nodes`` edges are connected, and waits at most ``quorum_wait`` seconds (default 300) for them
+        before it raises :class:`~strategies.fleet.QuorumError` (:mod:`strategies.fleet`).
 
     Safe by default: built bare, ``MEANetStrategy()`` holds against a lying client (an inflated example count behind
     a step inside the bounds) with no extra argument: the trimmed mean ignores the counts for the arrays, the round's
@@ -178,6 +184,9 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation):
         reference_fn: ReferenceFn | None = None,
         require_main_digest: bool = False,
         delta_broadcast: bool = False,
+        edges_per_round: int | None = None,
+        quorum_wait: float = 300.0,
+        sample_seed: int = 0,
     ) -> None:
         if aggregation not in RULES:
             raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(RULES)}")
@@ -198,6 +207,10 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation):
                 raise ValueError(f"{name} must be a positive finite number or None (off); got {value!r}")
         if krum_malicious < 0:
             raise ValueError(f"krum_malicious must be >= 0; got {krum_malicious}")
+        if (edges_per_round is not None and edges_per_round < 1) or not quorum_wait >= 0:
+            raise ValueError(
+                f"edges_per_round must be >= 1 or None, quorum_wait >= 0; got {edges_per_round}, {quorum_wait}"
+            )
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -222,6 +235,8 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation):
         self.reference_fn = reference_fn
         self.require_main_digest = require_main_digest
         self.delta_broadcast = delta_broadcast
+        self.edges_per_round, self.quorum_wait, self.sample_seed = edges_per_round, quorum_wait, sample_seed
+        self.sampled, self.connected, self.missed_at = {}, {}, {}
         self.scope = "edge"  # the blocks of the current training round (the instruction config's "scope")
         self.holds: dict[int, str] = {}  # node -> the main-block digest its last training reply reported
         self.bytes_sent: dict[str, float] = {}  # message type -> mean array bytes per instruction, last sent
@@ -369,6 +384,9 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation):
 
         report = TrainRoundReport(
             server_round=server_round,
+            sampled_nodes=list(self.sampled.get(MessageType.TRAIN, [])),
+            connected_nodes=self.connected.get(MessageType.TRAIN, 0),
+            missed_nodes=self.missed(replies),
             received=len(replies),
             accepted=len(accepted),
             accepted_nodes=nodes,

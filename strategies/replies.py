@@ -44,6 +44,12 @@ class TrainRoundReport(_RoundEvaluation):
     """What happened to the replies of one training round (``MEANetStrategy.last_round``)."""
 
     server_round: int
+    sampled_nodes: list[int]
+    """Node ids the round was sent to (:mod:`strategies.fleet`)."""
+    connected_nodes: int
+    """How many edges were connected when the round was sampled."""
+    missed_nodes: list[int]
+    """Sampled node ids with no reply by the round's deadline, or that Flower found unavailable (missed heartbeats)."""
     received: int
     """Replies received, error replies included."""
     accepted: int

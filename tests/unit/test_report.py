@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_server.cloud import busy_seconds
-from fl_server.report import markdown_summary, write_report
+from fl_server.report import busy_seconds, markdown_summary, write_report
 
 
 def _report() -> dict:
