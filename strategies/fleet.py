@@ -13,9 +13,9 @@ sampling in ``configure_train`` and ``configure_evaluate``:
 - it remembers whom it sampled (:attr:`FleetSampling.sampled`), so the round's report can name the edges that missed
   the deadline (Flower's ``Strategy.start(timeout=...)`` drops the replies that come later);
 - an edge that missed a round rests for :data:`REST_SECONDS` (sampled only as the quorum needs it, the one that
-  missed longest ago first): Flower
-  lists a device that died as connected until it misses its heartbeats (2 x 30 s), and without the rest every round
-  until then would wait its whole deadline for it. A device that comes back as a new node is sampled at once.
+  missed longest ago first): Flower lists a device that died as connected until it misses its heartbeats
+  (2 x 30 s), and without the rest every round until then would wait its whole deadline for it. A device that
+  comes back as a new node is sampled at once.
 """
 
 from __future__ import annotations
@@ -162,5 +162,5 @@ class FleetSampling(FedAvg):
         missing = [n for n in getattr(self, "sampled", {}).get(kind, []) if n not in answered]
         self.missed_at = {**getattr(self, "missed_at", {}), **dict.fromkeys(missing, time.monotonic())}
         if missing:
-            log(WARNING, "round: %d sampled edge(s) missed the round: %s", len(missing), missing)
+            log(WARNING, "%d sampled edge(s) missed the round: nodes %s", len(missing), missing)
         return missing

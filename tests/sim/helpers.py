@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from meanet_core.training.checkpoint import CheckpointError, safe_load
 
 
 def left_behind(home: Path) -> list[str]:
@@ -17,3 +20,25 @@ def left_behind(home: Path) -> list[str]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return left
+
+
+def saved_position(state: Path) -> dict[str, Any] | None:
+    try:
+        return dict(safe_load(state)["position"])
+    except CheckpointError:  # not written yet
+        return None
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once (collected first, so none is orphaned and missed)."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(family, timeout=30)

@@ -20,9 +20,8 @@ import psutil
 import pytest
 
 from fl_server.launch import FlowerRun, flwr_run, loopback_federation, run_deployment, run_simulation, start_supernode
-from tests.sim.helpers import left_behind
+from tests.sim.helpers import kill_tree, left_behind, saved_position
 from tests.sim.test_faults import tiny_config
-from tests.sim.test_resume import _kill_tree, _position
 
 pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")
 
@@ -31,7 +30,7 @@ ROUND_TIMEOUT = 60.0
 
 def _round(state: Path) -> int:
     """The edge rounds the server has recorded (``state.pt``'s position)."""
-    position = _position(state) or {}
+    position = saved_position(state) or {}
     return int(position.get("round", 0)) if position.get("phase") == "federation" else 0
 
 
@@ -105,7 +104,7 @@ def test_a_supernode_killed_mid_round_is_missed_and_trains_again_when_it_comes_b
         while time.monotonic() < deadline and not (_clientapps(victim.pid) - seen):
             time.sleep(0.05)
         assert time.monotonic() < deadline, "SuperNode 2 never received a second instruction"
-        _kill_tree(victim.pid)
+        kill_tree(victim.pid)
         timeline["killed"] = time.monotonic() - start
         done = _round(state)  # rounds finished when it was killed
         while time.monotonic() < deadline and _round(state) < done + 2:  # the round it was in, and the next one

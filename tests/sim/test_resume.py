@@ -14,38 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from fl_server.launch import flwr_run, loopback_federation, run_simulation
-from meanet_core.training.checkpoint import CheckpointError, safe_load
+from tests.sim.helpers import kill_tree, saved_position
 from tests.sim.test_faults import tiny_config
 
 pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")
 
 NUM_CLIENTS = 3
-
-
-def _position(state: Path) -> dict[str, Any] | None:
-    try:
-        return dict(safe_load(state)["position"])
-    except CheckpointError:  # not written yet
-        return None
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants at once (collected first, so none is orphaned and missed)."""
-    try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(family, timeout=30)
 
 
 @pytest.mark.sim
@@ -77,10 +54,10 @@ def test_killed_server_resumes_and_a_crashing_client_costs_only_its_update(tmp_p
         threading.Thread(target=follow, daemon=True).start()
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            position = _position(state) if state.is_file() else None
+            position = saved_position(state) if state.is_file() else None
             if position is not None and position["phase"] == "federation" and position["round"] >= 1:
-                _kill_tree(fed.procs[0].pid)  # the SuperLink first
-                killed_at = _position(state)  # the last state written before the kill
+                kill_tree(fed.procs[0].pid)  # the SuperLink first
+                killed_at = saved_position(state)  # the last state written before the kill
                 break
             time.sleep(0.5)
     assert killed_at is not None, "state.pt never recorded a finished round"
