@@ -1,19 +1,24 @@
-"""Communication benchmark: bytes up and down per edge and round, and accuracy at equal rounds, per upload encoding.
+"""Communication benchmark: bytes both ways per edge and experience against FedAvg-full, and accuracy, per encoding.
 
-    MEANET_DATA_DIR=../shared/data python -m benchmarks.perf_communication --json perf_communication.json
+    MEANET_DATA_DIR=../shared/data python -m benchmarks.perf_communication --seeds 0,1 --json perf_communication.json
 
 Runs the real app (cloud ServerApp, edge ClientApps, the signed ``MEANetStrategy``) on Flower's simulation engine
-once per variant, side by side in one invocation, with the same config and seed, and reads each run's
-``report.json``:
+once per variant and seed, side by side in one invocation, on the main job's config (pyproject.toml; ``--set
+KEY=VALUE`` changes it for every variant), and reads each run's ``report.json``:
 
-- ``float32 + full broadcasts``: what MEANet-FL sent before (the edge blocks up as float32, the whole state down);
-- ``float32`` / ``fp16`` / ``int8``: the upload encoding (:mod:`meanet_core.wire.compression`), with delta broadcasts
-  (the main block is left out of the broadcast to an edge that holds it: every round after an experience's first).
+- ``float32``: uploads and broadcasts exact (a broadcast leaves out only what the edge already holds unchanged);
+- ``int8``: int8 uploads and 8-bit broadcasts; ``int4`` (the defaults): int4 uploads
+  (:mod:`meanet_core.wire.compression`) and 6-bit broadcasts (:mod:`meanet_core.wire.broadcast_delta`: the change
+  from the state the edge holds, with the error kept on the cloud);
+- ``float32-full``: every edge gets the whole state every round.
 
-Bytes are those of the arrays in the Flower messages (``ArrayRecord.count_bytes``), per edge and round, against
-full-model FedAvg (the whole float32 MEANet state up and down every round). Accuracy is MEANet + cloud on the test
-images of the seen classes after each experience: the cloud's training is the same in every run (same seed), so a
-difference comes from the edge blocks. Encode time is what the edges report; decode time is the server's.
+Bytes are those of the arrays in the Flower messages (``ArrayRecord.count_bytes``), per edge. FedAvg-full is the whole
+float32 MEANet state up and down every training round and down every evaluated round
+(:func:`fl_server.report.communication`). The simulation's evaluation broadcast also carries the cloud model (a
+deployment's edges call the offload service instead): it is reported apart and left out of the ratios. Accuracy is
+MEANet + cloud on the test images of the seen classes after the last experience. Codec time is the cloud's
+broadcast building (which runs the edges' decoding too) plus the edges' upload encoding and the cloud's decoding,
+against the rounds' wall time.
 """
 
 from __future__ import annotations
@@ -28,104 +33,128 @@ from typing import Any
 import numpy as np
 
 from fl_server.launch import run_simulation
+from fl_server.report import communication
 
 VARIANTS: dict[str, dict[str, object]] = {
-    "float32 + full broadcasts (before)": {"upload-encoding": "float32", "delta-broadcast": False},
-    "float32": {"upload-encoding": "float32", "delta-broadcast": True},
-    "fp16": {"upload-encoding": "fp16", "delta-broadcast": True},
-    "int8": {"upload-encoding": "int8", "delta-broadcast": True},
+    "float32": {"upload-encoding": "float32", "broadcast-encoding": "float32", "delta-broadcast": True},
+    "int8": {"upload-encoding": "int8", "broadcast-encoding": "int8", "delta-broadcast": True},
+    "int4": {"upload-encoding": "int4", "broadcast-encoding": "int6", "delta-broadcast": True},
+    "float32-full": {"upload-encoding": "float32", "delta-broadcast": False},
 }
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
-    """Bytes, ratios, times and accuracies of one run."""
+    """Bytes per kind of round and per experience, codec time and accuracy of one run."""
     rounds = report["rounds"]
-    first = [r for r in rounds if r["round"] == 1]
-    later = [r for r in rounds if r["round"] > 1]
-    full = float(np.mean([r["full_state_bytes"] for r in rounds]))
-    up = float(np.mean([r["bytes_received_per_client"] for r in rounds]))
-    down_first = float(np.mean([r["bytes_broadcast_per_client"] for r in first]))
-    down_later = float(np.mean([r["bytes_broadcast_per_client"] for r in later])) if later else float("nan")
+    kinds: dict[str, dict[str, float]] = {}
+    for r in rounds:
+        full = float(r["full_state_bytes"])
+        row = kinds.setdefault(r["phase"], {"max_upload": 0.0, "max_later_download": 0.0, "first_download": 0.0})
+        row["max_upload"] = max(row["max_upload"], r["bytes_received_per_client"] / full)
+        down = [r["bytes_broadcast_per_client"], r.get("bytes_evaluate_per_client", 0.0) - r.get(
+            "bytes_cloud_model_per_client", 0.0)]  # fmt: skip
+        first = "main" if int(report["config"]["main-rounds"]) else "edge"
+        if r["phase"] == first and r["round"] == 1:  # the experience's first round
+            row["first_download"] = max(row["first_download"], down[0] / full)
+            down = down[1:]
+        row["max_later_download"] = max(row["max_later_download"], max(down) / full)
+    codec = sum(
+        r.get("broadcast_seconds", 0.0) + r.get("encode_seconds", 0.0) + r.get("decode_seconds", 0.0) * r["accepted"]
+        for r in rounds
+    )
     return {
-        "full_state_bytes": full,
-        "upload_bytes": up,
-        "upload_ratio": up / full,
-        "download_first_round_bytes": down_first,
-        "download_later_rounds_bytes": down_later,
-        "download_later_ratio": down_later / full,
-        # per evaluation instruction (the rounds where the edges evaluated): the state (or delta) + the cloud model
-        "evaluation_broadcast_bytes": float(np.mean([e for r in rounds if (e := r.get("bytes_evaluate_per_client"))]))
-        if any(r.get("bytes_evaluate_per_client") for r in rounds)
-        else 0.0,
-        "encode_ms": 1000 * float(np.mean([r.get("encode_seconds", 0.0) for r in rounds])),
-        "decode_ms": 1000 * float(np.mean([r.get("decode_seconds", 0.0) for r in rounds])),
-        "accepted": [r["accepted"] for r in rounds],
+        "kinds": kinds,
+        "experiences": communication(rounds),
+        "codec_share_of_round_time": codec / max(1e-9, sum(r["wall_seconds"] for r in rounds)),
         "accuracy": [x["evaluation"]["accuracy"] for x in report["experiences"]],
-        "edge_accuracy": [
-            x["evaluation"]["reference_accuracy"]["edge_main_plus_extension"] for x in report["experiences"]
-        ],
+        "reference_accuracy": [x["evaluation"]["reference_accuracy"] for x in report["experiences"]],
+        "exits": [{k: v["fraction"] for k, v in x["evaluation"]["exits"].items()} for x in report["experiences"]],
         "wall_seconds": report.get("wall_seconds", 0.0),
     }
 
 
+def _value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="cifar100")
-    parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--experiences", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per experience")
-    parser.add_argument("--limit-train", type=int, default=6000)
-    parser.add_argument("--cloud-epochs", type=int, default=2)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated names from: " + ", ".join(VARIANTS)
-    )
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every variant runs each")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config change, repeatable")
+    parser.add_argument("--variants", default="float32,int4", help="comma-separated names from: " + ", ".join(VARIANTS))
     parser.add_argument("--json", default="perf_communication.json")
     args = parser.parse_args()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"error: unknown variant(s) {unknown}; valid: {list(VARIANTS)}")
-    base: dict[str, object] = {
-        "dataset": args.dataset, "num-clients": args.clients, "experiences": args.experiences,
-        "rounds-per-experience": args.rounds, "limit-train": args.limit_train, "cloud-epochs": args.cloud_epochs,
-        "local-epochs": args.local_epochs, "evaluate-every": 0,
-    }  # fmt: skip
-    results: dict[str, Any] = {"config": base, "variants": {}}
-    for name in names:
-        with tempfile.TemporaryDirectory() as tmp:
-            report_dir = Path(tmp) / "report"
-            cfg = {**base, **VARIANTS[name], "report-dir": str(report_dir)}
-            print(f"running {name} ...", flush=True)
-            run = run_simulation(cfg, args.clients, timeout=3000, home=Path(tmp) / "flwr")
-            if not run.ok:
-                sys.exit(f"error: {name}: {run.status}: {run.details}\n{run.logs[-3000:]}")
-            results["variants"][name] = summarize(json.loads((report_dir / "report.json").read_text()))
-        with open(args.json, "w") as f:  # nothing lost on a crash
-            json.dump(results, f, indent=2)
-
-    ref = results["variants"].get("float32 + full broadcasts (before)") or next(iter(results["variants"].values()))
-    print(
-        f"\n{args.dataset}, {args.clients} edges, {args.experiences} experiences x {args.rounds} rounds, "
-        f"{args.local_epochs} local epochs; full float32 state {ref['full_state_bytes']:,.0f} B (what full-model "
-        "FedAvg sends each way, each round)"
-    )
-    print(
-        "| variant | upload B/edge/round | upload / full model | download B, round 1 | download B, later rounds "
-        "| later download / full state | evaluation broadcast B | encode ms | decode ms | accuracy per experience "
-        "| vs float32 (points) |"
-    )
-    print("|---|" + "---:|" * 10)
-    float32 = results["variants"].get("float32", ref)
-    for name, v in results["variants"].items():
-        delta = " / ".join(f"{100 * (a - b):+.2f}" for a, b in zip(v["accuracy"], float32["accuracy"], strict=True))
-        print(
-            f"| {name} | {v['upload_bytes']:,.0f} | {v['upload_ratio']:.3f} | {v['download_first_round_bytes']:,.0f} "
-            f"| {v['download_later_rounds_bytes']:,.0f} | {v['download_later_ratio']:.3f} "
-            f"| {v['evaluation_broadcast_bytes']:,.0f} | {v['encode_ms']:.1f} | {v['decode_ms']:.1f} "
-            f"| {' / '.join(f'{a:.4f}' for a in v['accuracy'])} | {delta} |"
-        )
+    base: dict[str, object] = {"evaluate-every": 0}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"error: --set {item!r}: expected KEY=VALUE, e.g. --set limit-train=5000")
+        base[key] = _value(value)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    clients = int(base.get("num-clients", 3))  # type: ignore[call-overload]
+    results: dict[str, Any] = {"config": base, "seeds": seeds, "variants": {n: {} for n in names}}
+    done = Path(args.json)
+    if done.exists():  # runs of an interrupted invocation with the same config are kept, not rerun
+        old = json.loads(done.read_text())
+        if old.get("config") == base:
+            for name, runs in old.get("variants", {}).items():
+                results["variants"].setdefault(name, {}).update({int(k): v for k, v in runs.items()})
+    for seed in seeds:
+        for name in names:
+            if seed in results["variants"][name]:
+                print(f"{name}, seed {seed}: kept from {done}", flush=True)
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                report_dir = Path(tmp) / "report"
+                cfg = {**base, **VARIANTS[name], "seed": seed, "report-dir": str(report_dir)}
+                print(f"running {name}, seed {seed} ...", flush=True)
+                run = run_simulation(cfg, clients, timeout=5400, home=Path(tmp) / "flwr")
+                if not run.ok:
+                    sys.exit(f"error: {name}: {run.status}: {run.details}\n{run.logs[-3000:]}")
+                results["variants"][name][seed] = summarize(json.loads((report_dir / "report.json").read_text()))
+            with open(args.json, "w") as f:  # nothing lost on a crash
+                json.dump(results, f, indent=2)
+    print_tables(results)
     print(f"wrote {args.json}")
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    """The bytes table (per kind of round, both ways, per experience against FedAvg-full) and accuracy, per variant."""
+    print(
+        "\n| variant | main: largest upload / full | edge: largest upload / full | largest later download / full "
+        "| per experience (up + down) / FedAvg-full | cloud model down per experience (simulation only) "
+        "| codec / round time | MEANet + cloud accuracy %, last experience | vs float32 (points) |"
+    )
+    print("|---|" + "---:|" * 8)
+    ref = results["variants"].get("float32", {})
+    for name, runs in results["variants"].items():
+        if not any(s in runs for s in results["seeds"]):
+            continue
+        seeds = sorted(s for s in runs if s in results["seeds"])
+        pick = [runs[s] for s in seeds]
+        kinds = [k for k in ("main", "edge") if k in pick[0]["kinds"]]
+        up = {k: max(p["kinds"][k]["max_upload"] for p in pick) for k in kinds}
+        later = max(p["kinds"][k]["max_later_download"] for p in pick for k in kinds)
+        ratio = [x["ratio_vs_fedavg_full"] for p in pick for x in p["experiences"]]
+        cloud = np.mean([x["cloud_model_down"] for p in pick for x in p["experiences"]])
+        acc = [100 * p["accuracy"][-1] for p in pick]
+        diff = [100 * runs[s]["accuracy"][-1] - 100 * ref[s]["accuracy"][-1] for s in seeds if s in ref]
+        print(
+            f"| {name} | {up.get('main', float('nan')):.3f} | {up.get('edge', float('nan')):.3f} | {later:.3f} "
+            f"| {min(ratio):.3f}-{max(ratio):.3f} | {cloud:,.0f} "
+            f"| {max(p['codec_share_of_round_time'] for p in pick):.3%} "
+            f"| {np.mean(acc):.2f} ± {np.std(acc):.2f} ({', '.join(f'{a:.2f}' for a in acc)}) "
+            f"| {np.mean(diff):+.2f} ({', '.join(f'{d:+.2f}' for d in diff)}) |"
+        )
 
 
 if __name__ == "__main__":

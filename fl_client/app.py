@@ -10,9 +10,10 @@ its partition of the shared stream (:func:`fl_client.data.edge_data`).
 
 ``evaluate``: run the adaptive inference engine on this client's test images (held out from its own ``data-dir``, or
 its shard of the shared test set); complex samples go to the cloud: the real offload service over HTTPS when the run
-config names a ``cloud-url`` (credentials from the SuperNode's node config, :mod:`fl_client.cloud_link`), else the cloud
-model shipped in the instruction (simulation: ``LocalCloud``, an in-process stand-in), else nowhere (the edge's own
-answers, flagged as fallbacks). The reply counts the inputs offloaded, the fallbacks and the bytes sent.
+config names a ``cloud-url`` (credentials from the SuperNode's node config, :mod:`fl_client.cloud_link`), else the
+same service the cloud server runs on loopback for a run without one (the instruction's ``offload-url``), else the cloud
+model shipped in a hand-built instruction (``LocalCloud``, tests), else nowhere (the edge's own answers, flagged as
+fallbacks). The reply counts the inputs offloaded, the fallbacks and the bytes sent.
 
 Both check the cloud's signature on the broadcast against the pinned public key **before** loading anything, and
 refuse (an error reply, with the reason logged) an unsigned, tampered or replayed broadcast: see
@@ -30,7 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common import log
 
-from fl_client.cloud_link import backend_name, remote_cloud
+from fl_client.cloud_link import backend_name, loopback_cloud, remote_cloud
 from fl_client.data import client_index, edge_data
 from fl_client.faults import claimed, inject
 from fl_client.offload import RemoteCloud
@@ -139,14 +140,14 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)  # many clients share the machine in simulation
     cfg, client, e, hard = _setup(msg, context)
     position = verify(msg, context, cfg, client, "train")  # before anything of the broadcast is loaded
-    state = broadcast_state(msg, context)  # a delta broadcast: the main block from this edge's cache
     config = msg.content[keys.CONFIG]
     scope = str(config.get(keys.SCOPE, "edge"))  # verified with the rest of the config
     if scope not in keys.SCOPES:
         raise ValueError(f"the instruction's scope is {scope!r}; this edge trains one of {', '.join(keys.SCOPES)}")
+    state = broadcast_state(msg, context, scope)  # a change: rebuilt from the state this edge holds
     # the node's own data-dir when its node config names one, else its partition of the shared stream
     view = edge_data("train", config, context.node_config, cfg, client, e, state)
-    model = model_from_broadcast(cfg.model, view.num_classes, hard, state, view.mean, view.std)
+    model = model_from_broadcast(cfg.model, view.num_classes, hard, state, view.mean, view.std, scope)
     loaded_digest = digest(model.state_dict())
     sent = {k: v.numpy().copy() for k, v in scoped_state(model.state_dict(), scope).items()}
     data = view.data
@@ -222,7 +223,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     cloud: CloudBackend
     if cfg.cloud_url:  # the real cloud offload service; credentials from this SuperNode's node config
         cloud = remote_cloud(cfg.cloud_url, model, context.node_config)
-    elif keys.CLOUD_ARRAYS in msg.content:  # simulation: the cloud model shipped in the instruction
+    elif isinstance(url := msg.content[keys.CONFIG].get(keys.OFFLOAD_URL), str) and url:  # the server's loopback one
+        cloud = loopback_cloud(url, model, context.node_config, cfg.report_path())
+    elif keys.CLOUD_ARRAYS in msg.content:  # a hand-built instruction with the cloud model in it (tests)
         cloud_model = build_cloud(cfg.cloud_model, view.num_classes, mean=view.mean, std=view.std)
         cloud_model.load_state_dict(msg.content[keys.CLOUD_ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
         cloud = LocalCloud(cloud_model, optimize=True)

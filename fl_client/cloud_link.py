@@ -12,21 +12,30 @@
   ``cloud-timeout``                 deadline of one offload request in seconds, retries included (default 2)
   ================================  =====================================================================
 
-* else the cloud model shipped in the evaluation instruction (simulation): an in-process :class:`LocalCloud`;
+* else the service the cloud server runs on loopback for a federation without ``cloud-url`` (a simulation, a loopback
+  deployment), whose URL the evaluation instruction names (``offload-url``): the same :class:`RemoteCloud`, with the
+  token of the node config or else the run's ``REPORT_DIR/offload-token`` (:func:`loopback_cloud`);
+* else the cloud model shipped in the evaluation instruction (tests that build one by hand): an in-process
+  :class:`LocalCloud`;
 * else nowhere: :class:`EdgeOnly` keeps the edge's own answer for every input the policy would offload, flagged as a
   fallback.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fl_client.offload import RemoteCloud
 from fl_client.predict import EdgeOnly, connect_cloud
 from meanet_core.inference.engine import CloudBackend
+from meanet_core.keys import OFFLOAD_TOKEN_FILE
 from meanet_core.models import MEANet
+
+log = logging.getLogger("meanet.edge")
 
 REMOTE, LOCAL, NONE = "remote", "local", "none"
 """Where the complex inputs went (the evaluation reply's ``edge-info`` ``cloud`` entry)."""
@@ -75,6 +84,22 @@ def remote_cloud(url: str, model: MEANet, node_config: Mapping[str, Any]) -> Rem
     return connect_cloud(url, model, **cloud_options(node_config))
 
 
+def loopback_cloud(url: str, model: MEANet, node_config: Mapping[str, Any], report_dir: Path) -> CloudBackend:
+    """The server's loopback offload service at ``url``, with the node config's credentials, else the run's token
+    file; :class:`EdgeOnly` when there is neither (an edge on another machine: it cannot reach that loopback)."""
+    host = urlsplit(url).hostname
+    if not url.startswith("http://") or host not in ("127.0.0.1", "::1", "localhost"):
+        raise ValueError(f"the instruction's offload-url {url!r} is not a plain-HTTP loopback address; refused")
+    options = {**cloud_options(node_config), "allow_insecure": True}  # the bytes never leave the machine
+    if "token" not in options:
+        try:
+            options["token"] = (report_dir / OFFLOAD_TOKEN_FILE).read_text().strip()
+        except OSError:
+            log.warning("no token for the cloud's loopback offload service %s: answering every input here", url)
+            return EdgeOnly()
+    return connect_cloud(url, model, **options)
+
+
 def backend_name(cloud: CloudBackend) -> str:
     """``remote``, ``local`` or ``none``: where a backend sends the complex inputs."""
     if isinstance(cloud, RemoteCloud):
@@ -84,4 +109,4 @@ def backend_name(cloud: CloudBackend) -> str:
     return LOCAL
 
 
-__all__ = ["LOCAL", "NONE", "REMOTE", "backend_name", "cloud_options", "remote_cloud"]
+__all__ = ["LOCAL", "NONE", "REMOTE", "backend_name", "cloud_options", "loopback_cloud", "remote_cloud"]

@@ -1,11 +1,12 @@
 """What crosses the network for an edge, and what it keeps between messages (in Flower's ``context.state``).
 
-* **Down: delta broadcasts.** A full broadcast carries the whole MEANet; the edge keeps its main block
-  (:data:`~meanet_core.keys.MAIN_CACHE`). Once the cloud knows an edge holds the current main block (the edge reported
-  its digest), it sends only the rest and the digest of the main block to use (:data:`~meanet_core.keys.HELD_MAIN`,
-  covered by the signature). :func:`broadcast_state` rebuilds the full state from the cache, or refuses with a reason
-  when the edge does not hold that block (then the cloud sends the full state in the next round).
-* **Up: compressed updates.** :func:`encode_reply` encodes the trained edge arrays (:mod:`meanet_core.wire.compression`)
+* **Down: changes.** The edge keeps the state it last rebuilt (:data:`~meanet_core.keys.STATE_CACHE`). A broadcast is
+  either that state in full, or the change from the state the edge holds (:mod:`meanet_core.wire.broadcast_delta`)
+  with the digest of that base (:data:`~meanet_core.keys.BASE_DIGEST`); both carry the digest of the state to load
+  (:data:`~meanet_core.keys.STATE_DIGEST`), and the signature covers them. :func:`broadcast_state` rebuilds the state
+  and checks it bit for bit against that digest, or refuses with the reason (then the cloud sends the full state in
+  the next round). A main round's broadcast covers everything but the edge blocks (:func:`~meanet_core.keys.covers`).
+* **Up: compressed updates.** :func:`encode_reply` encodes the trained arrays (:mod:`meanet_core.wire.compression`)
   and keeps the error-feedback residual for the next round of the same experience.
 """
 
@@ -21,41 +22,59 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.common import log
 
 from meanet_core import keys
-from meanet_core.trust.broadcast import digest, main_state
-from meanet_core.wire.compression import encode_update
+from meanet_core.trust.broadcast import digest
+from meanet_core.wire.broadcast_delta import decode_broadcast, payload_entries
+from meanet_core.wire.compression import PayloadError, encode_update
 
 Arrays = dict[str, npt.NDArray[Any]]
 
 
-class MissingMainBlock(RuntimeError):
-    """A delta broadcast names a main block this edge does not hold (a restarted SuperNode, a missed round)."""
+class MissingBase(RuntimeError):
+    """A broadcast's change applies to a state this edge does not hold (a restarted SuperNode, a missed round), or
+    does not rebuild the state whose digest the cloud signed."""
 
 
-def broadcast_state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
-    """The full MEANet state a (verified) broadcast stands for; keeps the main block of a full one for later.
+def broadcast_state(msg: Message, context: Context, scope: str = "edge") -> dict[str, torch.Tensor]:
+    """The state a (verified) broadcast for a round of ``scope`` stands for, kept for the next change.
+
+    Returns the covered entries (:func:`~meanet_core.keys.covers`): a main round's state has no edge block.
 
     Raises
     ------
-    MissingMainBlock
-        A delta broadcast whose main block (by digest) this edge does not hold.
+    MissingBase
+        A change whose base (by digest) this edge does not hold, or whose result is not the signed state.
     """
     record = msg.content[keys.ARRAYS]
     assert isinstance(record, ArrayRecord)  # checked by verify()
     config = msg.content[keys.CONFIG]
-    held = config.get(keys.HELD_MAIN)
-    if held is None:
-        state = record.to_torch_state_dict()
-        context.state[keys.MAIN_CACHE] = ArrayRecord(main_state(state))
-        return state
-    cache = context.state.array_records.get(keys.MAIN_CACHE)
-    cached = cache.to_torch_state_dict() if cache is not None else {}
-    if not cached or digest(cached) != held:
-        have = digest(cached)[:12] if cached else "none"
-        raise MissingMainBlock(
-            f"the broadcast leaves out main block {str(held)[:12]}..., which this edge does not hold (it holds "
-            f"{have}); the cloud sends the full state to this edge in the next round"
+    arrays = {k: v.numpy() for k, v in record.items()}
+    saved = context.state.array_records.get(keys.STATE_CACHE)
+    cache: Arrays = {k: v.numpy() for k, v in saved.items()} if saved is not None else {}
+    base = config.get(keys.BASE_DIGEST)
+    if base is None:
+        state = arrays
+    else:
+        held = {k: v for k, v in cache.items() if keys.covers(k, scope)}
+        if not held or digest(held, prefix="") != base:
+            have = digest(held, prefix="")[:12] if held else "nothing"
+            raise MissingBase(
+                f"the broadcast is a change from state {str(base)[:12]}..., which this edge does not hold (it holds "
+                f"{have}); the cloud sends the full state to this edge in the next round"
+            )
+        try:
+            # the entries the edge holds, and any new one the change carries in full
+            state = decode_broadcast(arrays, held, [*held, *sorted(payload_entries(arrays) - set(held))])
+        except PayloadError as e:
+            raise MissingBase(f"the broadcast's change does not apply: {e}") from e
+    expected = config.get(keys.STATE_DIGEST)
+    if expected is not None and digest(state, prefix="") != expected:
+        raise MissingBase(
+            f"the broadcast rebuilds state {digest(state, prefix='')[:12]}..., not the signed {str(expected)[:12]}...; "
+            "refused (the cloud sends the full state in the next round)"
         )
-    return {**cached, **record.to_torch_state_dict()}
+    cache.update(state)
+    context.state[keys.STATE_CACHE] = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in cache.items()})
+    return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
 def encode_reply(

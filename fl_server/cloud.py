@@ -18,8 +18,10 @@ round it reached.
 
 After each cloud training (and on resume) the newest cloud model is handed to the offload service: written atomically
 to ``REPORT_DIR/cloud-serving.pt`` with ``version`` = the experience index (:mod:`fl_server.offload.handoff`;
-``meanet cloud serve --watch`` follows it). With ``cloud-url`` set the edges call that service, so the cloud model no
-longer rides with their evaluation instructions; with it empty (simulation) it does, as evaluation broadcast bytes.
+``meanet cloud serve --watch`` follows it). With ``cloud-url`` set the edges call that service; with it empty (a
+simulation, a loopback deployment) the server runs the same service on loopback for its edges
+(:mod:`fl_server.offload.loopback`) and names it in the evaluation instruction. Either way no cloud model rides in a
+broadcast, and the round record counts the images the loopback service classified.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fl_server.offload.handoff import SERVING_FILE, serving_version, write_serving_model
-from fl_server.report import busy_seconds, participation
+from fl_server.offload.loopback import LoopbackOffload
+from fl_server.report import round_record
 from meanet_core import keys
 from meanet_core.config import FederationConfig
 from meanet_core.data import ImageTensors
@@ -51,6 +54,7 @@ from meanet_core.training.precision import resolve_precision
 from meanet_core.training.stages import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
 from meanet_core.trust.broadcast import digest, edge_state, main_state
 from meanet_core.trust.signing import ensure_signing_key
+from strategies.evaluation import CLOUD_MODEL_BYTES
 from strategies.signed import SignedMEANetStrategy
 
 log = logging.getLogger("meanet.server")
@@ -97,6 +101,7 @@ class CloudServer:
             reference_fn=self.reference_update,
             require_main_digest=True,  # our edges always report it
             delta_broadcast=cfg.delta_broadcast,
+            broadcast_encoding=cfg.broadcast_encoding,
         )
         self.report: dict[str, Any] = {
             "config": cfg.as_run_config(),
@@ -109,6 +114,9 @@ class CloudServer:
         self.serving_path = self.out / SERVING_FILE
         self.position: dict[str, Any] = {"experience": 0, "phase": "cloud-start", "round": 0}
         self._val_predictions: tuple[tuple[int, str], np.ndarray] | None = None
+        # without a cloud-url, the real offload service on loopback (started at the first evaluation)
+        self.offload = LoopbackOffload(self.out, self.serving_path) if not cfg.cloud_url else None
+        self._service_images = 0
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
@@ -159,8 +167,8 @@ class CloudServer:
         the same local training as an edge, on up to ``trust-samples`` hard-class validation images of the current
         experience. The strategy scores each edge update by its cosine with this one."""
         exp = self.stream[self.position["experience"]]
-        model = copy.deepcopy(self.model)
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sent.items()})
+        model = copy.deepcopy(self.model)  # a main round sends no edge block: those stay the cloud's
+        model.load_state_dict({**model.state_dict(), **{k: torch.from_numpy(np.array(v)) for k, v in sent.items()}})
         if self.strategy.scope == "main":
             return self._main_reference(model, exp)
         root = exp.val.subset(np.flatnonzero(model.is_hard(exp.val.y).numpy()))
@@ -375,7 +383,9 @@ class CloudServer:
             if server_round == 0:
                 return None
             self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
-            record = self._round_record(e, "main", start_round + server_round, round_start, full_bytes)
+            record = round_record(
+                self.strategy, self.report["rounds"], e, "main", start_round + server_round, round_start, full_bytes
+            )
             record["main_block_changed"] = digest(self.model.state_dict()) != sent_digest
             self.report["rounds"].append(record)
             self.position = {"experience": e, "phase": "main-federation", "round": start_round + server_round}
@@ -394,40 +404,13 @@ class CloudServer:
         )
         self.strategy.aggregation = cfg.rule("edge")
 
-    def _round_record(self, e: int, phase: str, rnd: int, round_start: float, full_bytes: int) -> dict[str, Any]:
-        """What one training round cost and did (the strategy's round report, timings, bytes each way)."""
-        info: dict[str, Any] = dict(self.strategy.last_round or {})
-        info.pop("main_digests", {})
-        slowest = max(info.get("client_train_seconds") or [0.0])
-        intervals = info.get("client_train_intervals") or []
-        local = busy_seconds(intervals) if intervals else slowest
-        record = {
-            "experience": e,
-            "phase": phase,  # "main": the edges trained the main block; "edge": adaptive + extension
-            "round": rnd,
-            "wall_seconds": time.perf_counter() - round_start,
-            "local_training_seconds": local,  # time during which at least one edge was training
-            "slowest_edge_training_seconds": slowest,
-            "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
-            **info,
-            "participation": participation(self.report["rounds"], info),  # clients trained / missed / rejoined
-            "bytes_broadcast_per_client": self.strategy.bytes_sent.get("train", 0.0),
-            "full_state_bytes": full_bytes,
-        }
-        # Full-model FedAvg would upload (and download) the whole MEANet state every round.
-        record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(1, full_bytes)
-        record["download_ratio_vs_full_state"] = record["bytes_broadcast_per_client"] / max(1, full_bytes)
-        return record
-
     def _federate(self, e: int, start_round: int, grid: Grid) -> None:
         cfg = self.cfg
         hard = [int(c) for c in self.model.hard_classes.tolist()]
         state = self.model.state_dict()
         broadcast = ArrayRecord(state)
         full_bytes = broadcast.count_bytes()
-        main_digest = digest(state)
-        # with a real offload service (cloud-url) the edges call it; otherwise the cloud model rides with evaluation
-        self.strategy.cloud_arrays = None if cfg.cloud_url else ArrayRecord(self.cloud.state_dict())
+        self.strategy.cloud_arrays = None  # the edges call the offload service: cloud-url, or ours on loopback
         # the class list is the cloud's: it travels (signed) to edges that read their own folders (fl_client.local_data)
         config = ConfigRecord(
             {keys.EXPERIENCE: e, keys.HARD_CLASSES: hard, keys.CLASS_NAMES: [*self.splits.class_names]}
@@ -451,14 +434,24 @@ class CloudServer:
             info: dict[str, Any] = dict(self.strategy.last_round or {})  # `last` is the experience's last round
             digests: dict[int, str] = info.get("main_digests", {})
             evaluated = self.strategy.evaluates(server_round)
-            record = self._round_record(e, "edge", start_round + server_round, round_start, full_bytes)
+            record = round_record(
+                self.strategy, self.report["rounds"], e, "edge", start_round + server_round, round_start, full_bytes
+            )
             # Flower runs the edges' evaluation before this callback; 0 on rounds without one
             record["client_evaluation_seconds"] = self.strategy.last_evaluation_seconds.pop(server_round, 0.0)
-            record["main_digest_matches"] = len(digests) > 0 and all(d == main_digest for d in digests.values())
-            record["main_block_unchanged"] = digest(self.model.state_dict()) == main_digest
+            # the main block the edges loaded: as broadcast this round (with int8 broadcasts, its reconstruction)
+            sent_main = self.strategy.sent_main_digest
+            record["main_digest_matches"] = len(digests) > 0 and all(d == sent_main for d in digests.values())
+            record["main_block_unchanged"] = digest(self.model.state_dict()) == sent_main
             # what each edge received: the training instruction (full state, or a delta without the main block)
             # and, on rounds with a client evaluation, the evaluation instruction (with the cloud model if sent)
             record["bytes_evaluate_per_client"] = self.strategy.bytes_sent.pop("evaluate", 0.0) if evaluated else 0.0
+            cloud_bytes = self.strategy.bytes_sent.pop(CLOUD_MODEL_BYTES, 0.0)
+            record["bytes_cloud_model_per_client"] = cloud_bytes if evaluated else 0.0  # within the evaluation bytes
+            record["broadcast_seconds"] += self.strategy.broadcast_seconds.pop("evaluate", 0.0)
+            if evaluated and self.offload is not None:  # what the loopback service classified for the edges
+                images = int(self.offload.metrics().get("images", 0))
+                record["offload_service_images"], self._service_images = images - self._service_images, images
             self.report["rounds"].append(record)
             self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
             self._save()
@@ -470,7 +463,9 @@ class CloudServer:
             initial_arrays=broadcast,
             num_rounds=rounds_left,
             train_config=config,
-            evaluate_config=ConfigRecord({**config, **routing}),
+            evaluate_config=ConfigRecord(
+                {**config, **routing, **({keys.OFFLOAD_URL: self.offload.url} if self.offload else {})}
+            ),
             evaluate_fn=after_round,
             timeout=cfg.round_timeout,  # a reply after it is dropped (its edge: missed_nodes)
         )
@@ -503,6 +498,19 @@ class CloudServer:
 
         self._resume()
         t0 = time.perf_counter()
+        try:
+            self._run_experiences(grid)
+        finally:
+            if self.offload is not None:
+                self.offload.stop()
+        self.report["wall_seconds"] = self.report.get("wall_seconds", 0.0) + time.perf_counter() - t0
+        paths = write_report(self.report, self.out)
+        self.say(f"report: {paths[0]}")
+        return self.report
+
+    def _run_experiences(self, grid: Grid) -> None:
+        from fl_server.report import write_report
+
         for e in range(self.position["experience"], self.cfg.experiences):
             self._begin(e)
             phase = self.position["phase"] if e == self.position["experience"] else "cloud-start"
@@ -533,7 +541,3 @@ class CloudServer:
             self.position = {"experience": e + 1, "phase": "cloud-start", "round": 0}
             self._save()
             write_report(self.report, self.out)
-        self.report["wall_seconds"] = self.report.get("wall_seconds", 0.0) + time.perf_counter() - t0
-        paths = write_report(self.report, self.out)
-        self.say(f"report: {paths[0]}")
-        return self.report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,37 @@ def busy_seconds(intervals: list[tuple[float, float]] | list[list[float]]) -> fl
         total += b - max(a, end)
         end = b
     return total
+
+
+def round_record(
+    strategy: Any, earlier: list[dict[str, Any]], e: int, phase: str, rnd: int, round_start: float, full_bytes: int
+) -> dict[str, Any]:
+    """What one training round cost and did: ``strategy``'s round report (a :class:`~strategies.MEANetStrategy`),
+    timings, bytes each way; ``earlier`` is the run's earlier round records."""
+    info: dict[str, Any] = dict(strategy.last_round or {})
+    info.pop("main_digests", {})
+    slowest = max(info.get("client_train_seconds") or [0.0])
+    intervals = info.get("client_train_intervals") or []
+    local = busy_seconds(intervals) if intervals else slowest
+    record = {
+        "experience": e,
+        "phase": phase,  # "main": the edges trained the main block; "edge": adaptive + extension
+        "round": rnd,
+        "wall_seconds": time.perf_counter() - round_start,
+        "local_training_seconds": local,  # time during which at least one edge was training
+        "slowest_edge_training_seconds": slowest,
+        "overhead_seconds": info.get("train_phase_seconds", 0.0) - local,  # messaging, model loading, waiting
+        **info,
+        "participation": participation(earlier, info),  # clients trained / missed / rejoined
+        "bytes_broadcast_per_client": strategy.bytes_sent.get("train", 0.0),
+        "full_state_bytes": full_bytes,
+        # the cloud's time to build the round's broadcast (the change, and the state the edges rebuild from it)
+        "broadcast_seconds": strategy.broadcast_seconds.pop("train", 0.0),
+    }
+    # Full-model FedAvg would upload (and download) the whole MEANet state every round.
+    record["upload_ratio_vs_full_model"] = record.get("bytes_received_per_client", 0.0) / max(1, full_bytes)
+    record["download_ratio_vs_full_state"] = record["bytes_broadcast_per_client"] / max(1, full_bytes)
+    return record
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
@@ -278,6 +310,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
             f"| {r.get('bytes_evaluate_per_client', 0):,.0f} | {'-' if acc is None else f'{acc:.4f}'} |"
         )
     lines += bytes_by_phase_table(report["rounds"])
+    lines += communication_table(report["rounds"])
     lines += participation_table(report["rounds"])
     lines += per_edge_table(report["rounds"])
     if "wall_seconds" in report:
@@ -306,6 +339,63 @@ def bytes_by_phase_table(rounds: list[dict[str, Any]]) -> list[str]:
     for phase, row in sorted(phases.items()):
         name = "main (edges train the main block)" if phase == "main" else "edge (adaptive + extension)"
         lines.append(f"| {name} | {row['rounds']:.0f} | {row['down_per_client']:,.0f} | {row['up_per_client']:,.0f} |")
+    return lines
+
+
+def communication(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per experience, what each edge received and sent, beside what FedAvg of the whole model would have moved in
+    the same rounds (the full float32 state down and up every training round, and down every evaluated round).
+
+    ``down`` counts the MEANet's training and evaluation broadcasts; ``cloud_model_down`` the cloud model that rides
+    with a simulation's evaluation broadcast (a deployment's edges call the offload service instead). ``max_upload``
+    is the largest upload of the experience over the full state; ``max_later_download`` the largest training or
+    evaluation broadcast after the experience's first round.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for r in rounds:
+        full = float(r.get("full_state_bytes") or 0) or 1.0
+        row = out.setdefault(
+            r["experience"],
+            {"experience": r["experience"], "rounds": 0, "evaluated_rounds": 0, "down": 0.0, "cloud_model_down": 0.0,
+             "up": 0.0, "fedavg_full": 0.0, "max_upload": 0.0, "max_later_download": 0.0, "full_state_bytes": full},
+        )  # fmt: skip
+        cloud = r.get("bytes_cloud_model_per_client", 0.0)
+        train_down, eval_down = r.get("bytes_broadcast_per_client", 0.0), r.get("bytes_evaluate_per_client", 0.0)
+        up = r.get("bytes_received_per_client", 0.0)
+        evaluated = eval_down > 0
+        row["rounds"] += 1
+        row["evaluated_rounds"] += int(evaluated)
+        row["down"] += train_down + eval_down - cloud
+        row["cloud_model_down"] += cloud
+        row["up"] += up
+        row["fedavg_full"] += full * (2 + int(evaluated))
+        row["max_upload"] = max(row["max_upload"], up / full)
+        later = [eval_down - cloud] + ([train_down] if row["rounds"] > 1 else [])
+        row["max_later_download"] = max(row["max_later_download"], max(later) / full)
+    for row in out.values():
+        row["ratio_vs_fedavg_full"] = (row["down"] + row["up"]) / max(1.0, row["fedavg_full"])
+    return [out[e] for e in sorted(out)]
+
+
+def communication_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of :func:`communication`."""
+    rows = communication(rounds)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Bytes per edge and experience, both ways, against FedAvg of the whole float32 model in the same rounds:",
+        "",
+        "| experience | rounds (evaluated) | down B | up B | FedAvg-full B | ratio | largest upload / full "
+        "| largest later download / full | cloud model down B (simulation) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['experience']} | {x['rounds']} ({x['evaluated_rounds']}) | {x['down']:,.0f} | {x['up']:,.0f} "
+            f"| {x['fedavg_full']:,.0f} | {x['ratio_vs_fedavg_full']:.3f} | {x['max_upload']:.3f} "
+            f"| {x['max_later_download']:.3f} | {x['cloud_model_down']:,.0f} |"
+        )
     return lines
 
 

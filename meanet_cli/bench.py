@@ -67,6 +67,14 @@ def bench_continual(
     offload_labels: int = typer.Option(
         0, help="MEANet-FL: per experience, label this many of the edges' least confident images at the cloud"
     ),
+    upload_encoding: str = typer.Option(
+        "int8", help="MEANet-FL uploads, as the federation's upload-encoding: int4 | int8 | fp16 | float32"
+    ),
+    broadcast_encoding: str = typer.Option(
+        "full",
+        help="MEANet-FL downloads: full (the state each round) | int6 | int8 | float32 (the change from what the "
+        "edges hold, as the federation's broadcast-encoding)",
+    ),
     precision: str = typer.Option(
         "auto", help="fp32 | bf16 (bfloat16 autocast: faster where native) | auto (bf16 where the CPU has it natively)"
     ),
@@ -108,6 +116,7 @@ def bench_continual(
             cloud_epochs=cloud_epochs, cloud_lr=cloud_lr, cloud_init=cloud_init, cloud_distill=cloud_distill,
             extension_epochs=extension_epochs, extension_distill=extension_distill, offload_labels=offload_labels,
             hard_method=hard_method, hard_candidates=hard_candidates, hard_fraction=hard_fraction,
+            upload_encoding=upload_encoding, broadcast_encoding=broadcast_encoding,
             precision=precision,
             data_dir=data_dir,
         )  # fmt: skip

@@ -16,6 +16,7 @@ from meanet_core.faults import FAULT_KINDS, parse_faults
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS, build_cloud, build_meanet, can_grow
 from meanet_core.training.precision import PRECISIONS, resolve_precision
 from meanet_core.training.stages import HARD_METHODS, StageConfig
+from meanet_core.wire.broadcast_delta import ENCODINGS as BROADCAST_ENCODINGS
 from meanet_core.wire.compression import ENCODINGS
 
 T = TypeVar("T")
@@ -227,8 +228,11 @@ class FederationConfig:
     max_claim: float = 0.0  # an example count weighs at most this; 0 = no cap
     krum_malicious: int = 1  # multi-krum: clients assumed malicious (f); n - f updates are kept
     trust_samples: int = 512  # fltrust: the cloud's validation images (hard classes) behind its reference update
-    upload_encoding: str = "int8"  # float32 | fp16 | int8: how edges upload their blocks (meanet_core.wire.compression)
-    delta_broadcast: bool = True  # leave the main block out of a broadcast to an edge that already holds it
+    upload_encoding: str = "int4"  # float32 | fp16 | int8 | int4: how edges upload (meanet_core.wire.compression)
+    delta_broadcast: bool = True  # an edge holding the last broadcast gets the change from it (strategies.broadcasts)
+    broadcast_encoding: str = (
+        "int6"  # int6 | int8 | float32: changed weights in a broadcast (the cloud keeps the error)
+    )
     limit_train: int = 0  # 0 = every training image
     faults: str = ""  # fault injection for tests and demos, e.g. "0:nan,1:scale=100" (meanet_core.faults); "" = none
     seed: int = 0  # seeds the partition, the initial weights and the data order
@@ -265,6 +269,7 @@ class FederationConfig:
             "aggregation": AGGREGATIONS,
             "main_aggregation": ("", *AGGREGATIONS),
             "upload_encoding": ENCODINGS,
+            "broadcast_encoding": BROADCAST_ENCODINGS,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:

@@ -110,12 +110,25 @@ OLD_CLASSES = "old-classes"
 """Config entry of a main-round instruction: the classes seen before this experience (a list of int). The edge
 distils the main block's logits over them from the block it received (LwF), so the new data does not erase them."""
 
-HELD_MAIN = "held-main-digest"
-"""Config entry of a *delta* broadcast, which leaves the main block out: the digest of the main block the edge must
-already hold (from an earlier full broadcast, kept in its state under :data:`MAIN_CACHE`). The signature covers it."""
+OFFLOAD_URL = "offload-url"
+"""Config entry of an evaluation instruction from a federation without ``cloud-url``: the URL of the offload service
+the cloud server runs on loopback for its edges (:mod:`fl_server.offload.loopback`). Signed with the rest."""
 
-MAIN_CACHE = "meanet-main-block"
-"""Key of the ``ArrayRecord`` in an edge's ``context.state`` holding the last main block it received in full."""
+OFFLOAD_TOKEN_FILE = "offload-token"
+"""File name, in the report folder, of the bearer token of that loopback service (mode 0600)."""
+
+STATE_DIGEST = "state-digest"
+"""Config entry of every broadcast: the digest (:func:`meanet_core.trust.broadcast.digest`, every entry) of the state
+the edge must load, over the keys the broadcast covers (:func:`covers`). A compressed broadcast sends a change, and the
+edge checks that what it rebuilt is exactly this state. The signature covers it."""
+
+BASE_DIGEST = "base-digest"
+"""Config entry of a *compressed* broadcast (:mod:`meanet_core.wire.broadcast_delta`): the digest of the state the
+change applies to, over the keys the broadcast covers, which the edge must hold (kept in its state under
+:data:`STATE_CACHE`). The signature covers it."""
+
+STATE_CACHE = "meanet-broadcast-cache"
+"""Key of the ``ArrayRecord`` in an edge's ``context.state`` holding the state it last rebuilt from a broadcast."""
 
 UPLOAD_RESIDUAL = "meanet-upload-residual"
 """Key of the ``ArrayRecord`` in an edge's ``context.state`` holding what its compressed uploads have not sent yet
@@ -194,6 +207,18 @@ def is_edge_key(name: str) -> bool:
 def is_main_key(name: str) -> bool:
     """Whether a state-dict entry belongs to the main block (``main.*``)."""
     return name.startswith(MAIN_PREFIX)
+
+
+def covers(name: str, scope: str) -> bool:
+    """Whether a broadcast for a round of ``scope`` carries a state-dict entry: a main round everything but the edge
+    blocks (it trains the main block, and the edge blocks would go unused), an edge round and an evaluation everything.
+
+    >>> covers("extension.fc.weight", "main"), covers("normalize.mean", "main"), covers("extension.fc.weight", "edge")
+    (False, True, True)
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown round scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    return scope == "edge" or not is_edge_key(name)
 
 
 def in_scope(name: str, scope: str) -> bool:

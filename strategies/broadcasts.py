@@ -1,59 +1,170 @@
-"""What goes down to the edges: delta broadcasts that leave out a main block the edge already holds.
+"""What goes down to the edges: each round's state as a change from the state the edges already hold.
 
-A MEANet broadcast is the whole state (main block + edge blocks + buffers); the main block changes only when the
-cloud retrains it (an experience's first round). :class:`DeltaBroadcasts` is mixed into
-:class:`~strategies.MEANetStrategy` ahead of Flower's ``FedAvg`` and replaces ``FedAvg._construct_messages``: an edge
-that reported holding the current main block (its last training reply's ``main-digest``) gets the instruction without
-it, plus the digest of the block to use (``held-main-digest``), sealed by :meth:`DeltaBroadcasts.seal` (signed by
-:class:`~strategies.SignedMEANetStrategy`); every other edge gets the full state. The edge side is
-:mod:`fl_client.transport`.
+:class:`DeltaBroadcasts` is mixed into :class:`~strategies.MEANetStrategy` ahead of Flower's ``FedAvg``.
+
+* **What a round covers.** A main round trains only the main block: its broadcast carries every entry but the edge
+  blocks (:func:`~meanet_core.keys.covers`). An edge round and an evaluation carry the whole state.
+* **One reference.** The strategy keeps :attr:`~DeltaBroadcasts.reference`, the state the edges were last sent, and
+  turns each round's arrays into a change from it (:func:`~meanet_core.wire.broadcast_delta.encode_broadcast`: unchanged
+  entries left out, changed weights as 6- or 8-bit changes). The state every edge of the round loads is the
+  *reconstruction*, computed here exactly as the edge computes it, so the arrays the strategy validates the replies
+  against, keeps and signs are bit for bit the ones the edges hold (:meth:`~DeltaBroadcasts.prepare_broadcast`).
+* **Who gets what.** An edge whose last reply succeeded holds the reference (per group of entries: the edge blocks,
+  the rest), and gets the change with the digests of its base and of the result (``base-digest``, ``state-digest``),
+  sealed by :meth:`~DeltaBroadcasts.seal` (signed by :class:`~strategies.SignedMEANetStrategy`). Every other edge (new,
+  restarted, or one that missed or failed a round) gets the reconstruction in full. The edge side is
+  :mod:`fl_client.transport`.
+
+``broadcast_encoding = "float32"`` keeps changed entries exact (only unchanged ones are left out); ``delta_broadcast =
+False`` sends every edge the full state of each round, with no reference.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from meanet_core.keys import HELD_MAIN, is_main_key
+from meanet_core.keys import BASE_DIGEST, STATE_DIGEST, covers, is_edge_key
+from meanet_core.trust.broadcast import digest
+from meanet_core.wire.broadcast_delta import ENCODINGS, broadcast_change
+
+BROADCAST_ENCODINGS: tuple[str, ...] = ENCODINGS
+"""How a changed weight goes down: a 6- or 8-bit change (the error stays on the server), or exactly."""
+
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+def _group(key: str) -> str:
+    return "edge" if is_edge_key(key) else "rest"
+
+
+def group_digests(state: Arrays, keys: Iterable[str]) -> dict[str, str | None]:
+    """The digest of ``state`` over each group's share of ``keys`` (``None`` where ``state`` lacks one of them)."""
+    out: dict[str, str | None] = {}
+    by_group: dict[str, list[str]] = {}
+    for key in keys:
+        by_group.setdefault(_group(key), []).append(key)
+    for group, names in by_group.items():
+        out[group] = digest({k: state[k] for k in names}, prefix="") if all(k in state for k in names) else None
+    return out
+
+
+@dataclass
+class BroadcastPlan:
+    """One round's broadcast: the state the edges load and the change that makes it from the reference."""
+
+    state: Arrays
+    """The reconstruction over the covered keys: what every edge of the round loads."""
+    state_digest: str
+    base_digest: str | None
+    """Digest of the reference over the covered keys it has (``None``: it has none, everyone gets the state)."""
+    held_before: dict[str, str | None]
+    """Per group, the reference's digest an edge must hold to take the change."""
+    held_after: dict[str, str | None]
+    """Per group, the digest an edge holds once it took this broadcast."""
+    change: Arrays | None
+    """The change's payload (``None`` with ``delta_broadcast`` off)."""
+    sealed: dict[str, RecordDict] = field(default_factory=dict)
 
 
 class DeltaBroadcasts:
-    """The delta-broadcast part of :class:`~strategies.MEANetStrategy` (see the module docstring)."""
+    """The broadcast part of :class:`~strategies.MEANetStrategy` (see the module docstring)."""
 
     arrayrecord_key: str
     configrecord_key: str
     delta_broadcast: bool
-    holds: dict[int, str]
-    """Node id -> the main-block digest its last training reply reported."""
-    sent_main_digest: str | None
-    """Digest of the main block of the arrays being sent."""
+    broadcast_encoding: str
+    reference: Arrays
+    """The state the edges were last sent (every entry ever sent, as they rebuilt it)."""
+    node_holds: dict[int, dict[str, str | None]]
+    """Node id -> group -> digest of what it holds (set when its reply to a broadcast succeeded)."""
+    plans: dict[str, BroadcastPlan]
+    """Message type -> the plan of the broadcast last prepared for it."""
+    broadcast_seconds: dict[str, float]
+    """Message type -> seconds the last :meth:`prepare_broadcast` took (encoding, and the edges' decoding, on the
+    cloud)."""
+
+    def prepare_broadcast(self, arrays: ArrayRecord, scope: str, message_type: str) -> ArrayRecord:
+        """The state a round of ``scope`` broadcasts for ``arrays``: the reconstruction over the covered keys.
+
+        The plan is kept for :meth:`_construct_messages` and :meth:`took_broadcast`; the reference moves to the new
+        state (the edges that take it hold it).
+        """
+        started = time.perf_counter()
+        target = {k: v.numpy() for k, v in arrays.items() if covers(k, scope)}
+        # the change applies to the entries the reference has (a new entry, e.g. the edge blocks after main rounds
+        # alone, goes in full within the change); an edge holds that base when it holds each of its groups
+        known = [k for k in target if k in self.reference]
+        before = group_digests(self.reference, known)
+        base = digest({k: self.reference[k] for k in known}, prefix="") if known else None
+        change: Arrays | None = None
+        if not self.delta_broadcast:
+            state = target
+        else:
+            change, state = broadcast_change(target, self.reference, self.broadcast_encoding)
+        self.reference = {**self.reference, **state}
+        after = group_digests(self.reference, target)
+        self.plans[message_type] = BroadcastPlan(
+            state=state,
+            state_digest=digest(state, prefix=""),
+            base_digest=base,
+            held_before=before,
+            held_after=after,
+            change=change,
+        )
+        self.broadcast_seconds[message_type] = time.perf_counter() - started
+        return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in state.items()})  # 0-d stays 0-d
+
+    def _holds_base(self, node: int, plan: BroadcastPlan) -> bool:
+        held = self.node_holds.get(node, {})
+        return plan.base_digest is not None and all(held.get(g) == d for g, d in plan.held_before.items())
+
+    def took_broadcast(self, node: int, message_type: str, ok: bool) -> None:
+        """Record an edge's reply to the broadcast of ``message_type``: on success it holds the new state; on an
+        error (or no reply) what it holds is unknown, and it gets the full state next time."""
+        plan = self.plans.get(message_type)
+        if ok and plan is not None:
+            self.node_holds[node] = {**self.node_holds.get(node, {}), **plan.held_after}
+        else:
+            self.node_holds.pop(node, None)
 
     def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> Iterable[Message]:
-        """FedAvg's one message per node, except that an edge holding the current main block gets a delta."""
-        delta: RecordDict | None = None
+        """One message per node: the change to an edge that holds the reference, the full state to the others; each
+        kind built and sealed once."""
+        plan = self.plans.get(message_type)
         messages = []
         for node in node_ids:
-            content = record
-            if self.delta_broadcast and self.sent_main_digest and self.holds.get(node) == self.sent_main_digest:
-                delta = delta or self._delta_record(record, message_type)
-                content = delta
+            if plan is None:  # prepare_broadcast not called: Flower's own path
+                content = record
+            else:
+                kind = "change" if plan.change is not None and self._holds_base(node, plan) else "full"
+                if kind not in plan.sealed:
+                    plan.sealed[kind] = self._sealed_record(record, plan, kind, message_type)
+                content = plan.sealed[kind]
             messages.append(Message(content=content, message_type=message_type, dst_node_id=node))
         return messages
 
-    def _delta_record(self, record: RecordDict, purpose: str) -> RecordDict:
-        """``record`` without the main block, with the digest of the one to use, sealed by :meth:`seal`."""
+    def _sealed_record(self, record: RecordDict, plan: BroadcastPlan, kind: str, purpose: str) -> RecordDict:
+        """``record`` as the full state or as the change, with the digests it must rebuild, sealed by :meth:`seal`."""
         arrays = record[self.arrayrecord_key]
         config = record[self.configrecord_key]
         assert isinstance(arrays, ArrayRecord) and isinstance(config, ConfigRecord)  # FedAvg built them
-        kept = ArrayRecord({k: v for k, v in arrays.items() if not is_main_key(k)})
-        held = ConfigRecord({**dict(config.items()), HELD_MAIN: self.sent_main_digest or ""})
-        return RecordDict({self.arrayrecord_key: kept, self.configrecord_key: self.seal(kept, held, purpose)})
+        entries: dict[str, Any] = {**dict(config.items()), STATE_DIGEST: plan.state_digest}
+        if kind == "change":
+            assert plan.change is not None and plan.base_digest is not None
+            arrays = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in plan.change.items()})
+            entries[BASE_DIGEST] = plan.base_digest
+        sealed = self.seal(arrays, ConfigRecord(entries), purpose)
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: sealed})
 
     def seal(self, arrays: ArrayRecord, config: ConfigRecord, purpose: str) -> ConfigRecord:
-        """The config of an instruction built here (a delta): as it is; :class:`~strategies.SignedMEANetStrategy`
-        signs it."""
+        """The config of an instruction as sent: as it is here; :class:`~strategies.SignedMEANetStrategy` signs it."""
         return config
 
 

@@ -15,6 +15,9 @@ from meanet_core.trust.broadcast import digest
 from strategies.broadcasts import mean_array_bytes
 from strategies.replies import TrainRoundReport, evaluation_per_node, offload_totals
 
+CLOUD_MODEL_BYTES = "evaluate-cloud-model"
+"""Key of :attr:`bytes_sent`: the bytes of the cloud model each evaluation instruction carried (simulation)."""
+
 
 class EdgeEvaluation(FedAvg):
     """FedAvg's evaluation, with the rounds chosen by :attr:`evaluate_rounds`, :attr:`cloud_arrays` added to every
@@ -27,6 +30,7 @@ class EdgeEvaluation(FedAvg):
     evaluate_rounds: Callable[[int], bool] | None
     last_evaluation_seconds: dict[int, float]
     _evaluate_sent_at: float | None
+    _evaluate_sent_to: list[int]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -37,14 +41,25 @@ class EdgeEvaluation(FedAvg):
         """
         if not self.evaluates(server_round):
             return []  # Flower's Strategy.start sends nothing and aggregates nothing this round
+        arrays = self.prepare_broadcast(arrays, "edge", MessageType.EVALUATE)
         self.sent_main_digest = digest({k: v.numpy() for k, v in arrays.items() if is_main_key(k)})
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         if self.cloud_arrays is not None:
             for msg in messages:  # the full and the delta instructions each share one RecordDict: harmless
                 msg.content[CLOUD_ARRAYS] = self.cloud_arrays
+        self._evaluate_sent_to = [m.metadata.dst_node_id for m in messages]
         self.bytes_sent[MessageType.EVALUATE] = mean_array_bytes(messages)
+        self.bytes_sent[CLOUD_MODEL_BYTES] = float(self.cloud_arrays.count_bytes()) if self.cloud_arrays else 0.0
         self._evaluate_sent_at = time.perf_counter()
         return messages
+
+    def prepare_broadcast(self, arrays: ArrayRecord, scope: str, message_type: str) -> ArrayRecord:
+        """The state to send: ``arrays`` (:class:`~strategies.broadcasts.DeltaBroadcasts`, ahead of this class in
+        :class:`~strategies.MEANetStrategy`, makes it the edges' reconstruction)."""
+        return arrays
+
+    def took_broadcast(self, node: int, message_type: str, ok: bool) -> None:
+        """Record an edge's reply to a broadcast (see :class:`~strategies.broadcasts.DeltaBroadcasts`)."""
 
     def evaluates(self, server_round: int) -> bool:
         """Whether the edges evaluate after ``server_round`` (:attr:`evaluate_rounds`; every round when unset)."""
@@ -62,6 +77,10 @@ class EdgeEvaluation(FedAvg):
             self.last_evaluation_seconds[server_round] = time.perf_counter() - self._evaluate_sent_at
             self._evaluate_sent_at = None
         replies = list(replies)
+        answered = {m.metadata.src_node_id: not m.has_error() for m in replies}
+        for node in self._evaluate_sent_to:  # none on a round without evaluation
+            self.took_broadcast(node, MessageType.EVALUATE, answered.get(node, False))
+        self._evaluate_sent_to = []
         metrics = super().aggregate_evaluate(server_round, replies)
         report = self.round_reports.get(server_round)
         if report is not None:

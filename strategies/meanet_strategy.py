@@ -49,7 +49,7 @@ from strategies.aggregation import (
     validate_update,
 )
 from strategies.bounds import UpdateBounds
-from strategies.broadcasts import DeltaBroadcasts, mean_array_bytes
+from strategies.broadcasts import BROADCAST_ENCODINGS, DeltaBroadcasts, mean_array_bytes
 from strategies.evaluation import EdgeEvaluation
 from strategies.fleet import FleetSampling
 from strategies.replies import (
@@ -116,9 +116,13 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
         Drop a reply that does not report the main-block digest it loaded. A reported digest that differs from the
         digest of the main block sent is always dropped.
     delta_broadcast : bool (default: False)
-        Leave the main block out of the instructions to an edge that reported holding it (its last training reply's
-        digest is the current one): such an instruction carries the rest and the digest of the main block to use
-        (``held-main-digest``). Every other edge gets the full state. :attr:`bytes_sent` says what each costs.
+        Send an edge that holds the last broadcast state (its last reply succeeded) the change from it, with the
+        digests of its base and of the state to rebuild (``base-digest``, ``state-digest``); every other edge gets the
+        full state (:mod:`strategies.broadcasts`). :attr:`bytes_sent` says what each costs. Either way a main round
+        sends no edge block.
+    broadcast_encoding : str (default: "int6")
+        With ``delta_broadcast``: ``"int6"``/``"int8"`` send changed weights as 6-/8-bit changes (the edges load the
+        reconstruction, which is also what this strategy checks and keeps), ``"float32"`` exactly.
     edges_per_round : int, optional
         Edges sampled per round (seeded by ``sample_seed``, the experience and the round); ``None`` (default):
         ``fraction_train``/``fraction_evaluate`` of the connected edges, as in FedAvg. A round starts once
@@ -184,6 +188,7 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
         reference_fn: ReferenceFn | None = None,
         require_main_digest: bool = False,
         delta_broadcast: bool = False,
+        broadcast_encoding: str = "int6",
         edges_per_round: int | None = None,
         quorum_wait: float = 300.0,
         sample_seed: int = 0,
@@ -205,6 +210,10 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
         ):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number or None (off); got {value!r}")
+        if broadcast_encoding not in BROADCAST_ENCODINGS:
+            raise ValueError(
+                f"unknown broadcast_encoding {broadcast_encoding!r}; expected one of {', '.join(BROADCAST_ENCODINGS)}"
+            )
         if krum_malicious < 0:
             raise ValueError(f"krum_malicious must be >= 0; got {krum_malicious}")
         if (edges_per_round is not None and edges_per_round < 1) or not quorum_wait >= 0:
@@ -234,11 +243,11 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
         self.krum_malicious = krum_malicious
         self.reference_fn = reference_fn
         self.require_main_digest = require_main_digest
-        self.delta_broadcast = delta_broadcast
+        self.delta_broadcast, self.broadcast_encoding = delta_broadcast, broadcast_encoding
+        self.reference, self.node_holds, self.plans, self.broadcast_seconds = {}, {}, {}, {}
         self.edges_per_round, self.quorum_wait, self.sample_seed = edges_per_round, quorum_wait, sample_seed
         self.sampled, self.connected, self.missed_at = {}, {}, {}
         self.scope = "edge"  # the blocks of the current training round (the instruction config's "scope")
-        self.holds: dict[int, str] = {}  # node -> the main-block digest its last training reply reported
         self.bytes_sent: dict[str, float] = {}  # message type -> mean array bytes per instruction, last sent
         self.sent_main_digest: str | None = None
         self._claims: dict[int, float] = {}  # node -> the weight it was allowed earlier in this experience
@@ -253,6 +262,7 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
         self.evaluate_rounds: Callable[[int], bool] | None = None
         self.last_evaluation_seconds: dict[int, float] = {}
         self._evaluate_sent_at: float | None = None
+        self._evaluate_sent_to: list[int] = []
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -296,7 +306,9 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
                 f"({' or '.join(EDGE_PREFIXES) if scope == 'edge' else MAIN_PREFIX}); "
                 f"expected a full MEANet state dict (found {len(arrays)} entries, e.g. {list(arrays)[:3]})"
             )
-        # A snapshot sharing the (immutable) bytes: later changes to `arrays` cannot alter what we compare against.
+        # what the edges load (a main round: no edge block; a compressed broadcast: the reconstruction), kept as a
+        # snapshot sharing the (immutable) bytes: later changes to `arrays` cannot alter what we compare against
+        arrays = self.prepare_broadcast(arrays, scope, MessageType.TRAIN)
         self.current_arrays = ArrayRecord.from_array_dict(dict(arrays.items()))
         self.current_round = server_round
         self.sent_main_digest = digest({k: v.numpy() for k, v in self.current_arrays.items()})
@@ -348,7 +360,7 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
             for msg in error_replies
         ]
         for node_id, _ in dropped:
-            self.holds.pop(node_id, None)  # it may have lost its state (or lacks the main block): send it in full
+            self.took_broadcast(node_id, MessageType.TRAIN, ok=False)  # it may have lost its state: the full one next
         for node_id, error in dropped:
             log(WARNING, "aggregate_train: round %d: no update from node %d: %s", server_round, node_id, error)
         reference = {k: v.numpy() for k, v in self.current_arrays.items() if in_scope(k, self.scope)}
@@ -363,9 +375,9 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
             content = msg.content
             if len(content.array_records) == 1:
                 received_bytes.append(next(iter(content.array_records.values())).count_bytes())
+            self.took_broadcast(node_id, MessageType.TRAIN, ok=True)  # it keeps what it rebuilt (fl_client.transport)
             if (reported := main_digest(content)) is not None:
                 main_digests[node_id] = reported
-                self.holds[node_id] = reported  # the edge keeps the main block it loaded (fl_client.transport)
             if (client := client_index(content)) is not None:
                 clients[node_id] = client
             verdict = self._judge(content, reference, reported)
@@ -386,7 +398,7 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
             server_round=server_round,
             sampled_nodes=list(self.sampled.get(MessageType.TRAIN, [])),
             connected_nodes=self.connected.get(MessageType.TRAIN, 0),
-            missed_nodes=self.missed(replies),
+            missed_nodes=self._missed_train(replies),
             received=len(replies),
             accepted=len(accepted),
             accepted_nodes=nodes,
@@ -450,6 +462,12 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
             len(dropped),
         )
         return arrays, metrics
+
+    def _missed_train(self, replies: list[Message]) -> list[int]:
+        missed = self.missed(replies)
+        for node in missed:
+            self.took_broadcast(node, MessageType.TRAIN, ok=False)
+        return missed
 
     def _aggregate_arrays(
         self, accepted: list[tuple[Message, Reply]], reference: Arrays, report: TrainRoundReport

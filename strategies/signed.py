@@ -51,6 +51,12 @@ class SignedMEANetStrategy(MEANetStrategy):
         self.run_id = run_id
         self.round_offset = 0
 
+    def with_round(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
+        """A copy of ``config`` with the signed round (``round_offset + server_round``)."""
+        with_round = ConfigRecord(dict(config.items()))
+        with_round[keys.BROADCAST_ROUND] = self.round_offset + server_round
+        return with_round
+
     def signed_config(
         self,
         server_round: int,
@@ -60,14 +66,12 @@ class SignedMEANetStrategy(MEANetStrategy):
         cloud_arrays: ArrayRecord | None = None,
     ) -> ConfigRecord:
         """A copy of ``config`` with the signed round and the signature of (arrays, config, purpose, run) added."""
-        with_round = ConfigRecord(dict(config.items()))
-        with_round[keys.BROADCAST_ROUND] = self.round_offset + server_round
-        return self._sign(arrays, with_round, purpose, cloud_arrays)
+        return self._sign(arrays, self.with_round(server_round, config), purpose, cloud_arrays)
 
     def seal(self, arrays: ArrayRecord, config: ConfigRecord, purpose: str) -> ConfigRecord:
-        """Sign an instruction the strategy built after signing the full one (a delta broadcast): the signature covers
-        exactly what is sent, the digest of the main block the edge must hold (``held-main-digest``) included, at the
-        signed round of the full one."""
+        """Sign an instruction as sent (the full state or the change, :mod:`strategies.broadcasts`): the signature
+        covers exactly its arrays and config, the digests of the state to rebuild and of its base included, at the
+        round :meth:`with_round` set, and the cloud model of an evaluation instruction when it rides along."""
         return self._sign(arrays, config, purpose, self.cloud_arrays if purpose == "evaluate" else None)
 
     def _sign(
@@ -87,14 +91,12 @@ class SignedMEANetStrategy(MEANetStrategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        signed = self.signed_config(server_round, arrays, config, "train")
-        return super().configure_train(server_round, arrays, signed, grid)
+        return super().configure_train(server_round, arrays, self.with_round(server_round, config), grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         if not self.evaluates(server_round):
             return []  # no client evaluation this round: nothing to sign
-        # MEANetStrategy adds `cloud_arrays` to each evaluation instruction: the signature covers them too.
-        signed = self.signed_config(server_round, arrays, config, "evaluate", self.cloud_arrays)
-        return super().configure_evaluate(server_round, arrays, signed, grid)
+        # each instruction is signed as built (seal); MEANetStrategy adds `cloud_arrays`, which the signature covers
+        return super().configure_evaluate(server_round, arrays, self.with_round(server_round, config), grid)

@@ -12,6 +12,8 @@ from meanet_core.data import PARTITION_SCHEMES
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS, build_cloud, build_meanet, can_grow
 from meanet_core.training.precision import resolve_precision
 from meanet_core.training.stages import HARD_METHODS
+from meanet_core.wire.broadcast_delta import ENCODINGS as BROADCAST_ENCODINGS
+from meanet_core.wire.compression import ENCODINGS as UPLOAD_ENCODINGS
 
 MEANET_FL_METHODS = ("meanet-fl-naive", "meanet-fl-ewc", "meanet-fl-lwf", "meanet-fl-replay")
 MEANET_FL_MAIN_METHODS = ("meanet-fl-main-naive", "meanet-fl-main-lwf", "meanet-fl-main-replay")
@@ -107,6 +109,8 @@ class BenchConfig:
     extension_epochs: int | None = None
     extension_distill: float = 0.0
     offload_labels: int = 0
+    upload_encoding: str = "int8"
+    broadcast_encoding: str = "full"
     precision: str = "auto"
     data_dir: str | None = None
 
@@ -139,6 +143,12 @@ class BenchConfig:
                 raise BenchConfigError(
                     f"cloud init {self.cloud_init!r} cannot grow {self.cloud_model} from {self.model}: {problem}"
                 )
+        downs = ("full", *BROADCAST_ENCODINGS)
+        if self.upload_encoding not in UPLOAD_ENCODINGS or self.broadcast_encoding not in downs:
+            raise BenchConfigError(
+                f"upload encoding {self.upload_encoding!r} / broadcast encoding {self.broadcast_encoding!r}: expected "
+                f"one of {', '.join(UPLOAD_ENCODINGS)} / full, {', '.join(BROADCAST_ENCODINGS)}"
+            )
         if self.hard_candidates not in HARD_CANDIDATES:
             raise BenchConfigError(f"unknown hard candidates {self.hard_candidates!r}; valid: seen, new")
         if self.hard_method not in HARD_METHODS:
@@ -233,6 +243,8 @@ METHOD_SETTINGS: dict[str, Callable[[str], bool]] = {
     "extension_epochs": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
     "extension_distill": lambda m: m.startswith("meanet-"),
     "offload_labels": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
+    "upload_encoding": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
+    "broadcast_encoding": lambda m: m in MEANET_FL_METHODS or m in MEANET_FL_MAIN_METHODS,
 }
 """Settings that only some methods read, and which (the others' results do not depend on them)."""
 
@@ -246,6 +258,8 @@ LATER_SETTINGS: dict[str, Any] = {
     "extension_distill": 0.0,
     "offload_labels": 0,
     "hard_candidates": "seen",
+    "upload_encoding": "int8",
+    "broadcast_encoding": "full",
 }
 """Settings added after results were stored, with the value those runs had (float32; the cloud model trained
 ``epochs`` epochs)."""

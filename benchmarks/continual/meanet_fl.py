@@ -44,6 +44,7 @@ from meanet_core.data.streams import concat
 from meanet_core.models import grow_from_main
 from meanet_core.training.stages import hard_subset, train_cloud, train_extension, train_main
 from meanet_core.trust.broadcast import digest, edge_state, main_state
+from meanet_core.wire.broadcast_delta import broadcast_change
 from meanet_core.wire.compression import decode_update, encode_update, payload_bytes
 from strategies.aggregation import coordinate_median, weighted_average
 
@@ -107,6 +108,17 @@ class MEANetFL(Method):
             for i, edge in enumerate(self.client_edges)
         ]
         self.cloud_macs = 0
+        self.reference: dict[str, np.ndarray] = {}  # what every edge holds: the state last sent (broadcast-encoding)
+
+    def _send(self, target: dict[str, torch.Tensor]) -> tuple[int, dict[str, torch.Tensor]]:
+        """What one edge downloads for ``target`` and the state it loads, counted as the federation sends it
+        (``broadcast_encoding``: the whole state, or the change from what every edge holds, here the last state)."""
+        encoding = self.ctx.cfg.broadcast_encoding
+        if encoding == "full":
+            return state_bytes(target), target
+        payload, state = broadcast_change({k: v.numpy() for k, v in target.items()}, self.reference, encoding)
+        self.reference.update(state)
+        return payload_bytes(payload), {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
     def _main_block(self, t: int, snap: Snapshot) -> MainBlock:
         """Load the main block of experience ``t`` and its hard classes into ``self.model``: here the shared cloud
@@ -197,7 +209,8 @@ class MEANetFL(Method):
                 progress=False,
             )
         seconds["extension_training"] = time.perf_counter() - t0
-        broadcast = {k: v.clone() for k, v in self.model.state_dict().items()}
+        down, broadcast = self._send({k: v.clone() for k, v in self.model.state_dict().items()})
+        self.model.load_state_dict(broadcast)  # the cloud keeps what its edges load (a quantised change)
         sent_edge = {k: v.numpy() for k, v in edge_state(broadcast).items()}
         updates: list[tuple[dict[str, np.ndarray], float]] = []
         client_seconds = []
@@ -221,11 +234,11 @@ class MEANetFL(Method):
             edge_used += len(data)
             edge.store_extension_rows()  # and back, for the upload
             trained_edge = {k: v.detach().numpy().copy() for k, v in edge_state(model.state_dict()).items()}
-            # int8 as the federation uploads it (upload-encoding int8; one round, so no error feedback carried): the
+            # encoded as the federation uploads it (upload_encoding; one round, so no error feedback carried): the
             # bytes are the payload's, and the cloud aggregates what it decodes from it
-            payload, _ = encode_update(trained_edge, sent_edge, "int8")
+            payload, _ = encode_update(trained_edge, sent_edge, cfg.upload_encoding)
             edge_up += payload_bytes(payload)
-            updates.append((decode_update(payload, sent_edge, "int8"), len(data)))
+            updates.append((decode_update(payload, sent_edge, cfg.upload_encoding), len(data)))
         if updates:
             merged = weighted_average(updates)
             self.model.load_state_dict({**broadcast, **{k: torch.from_numpy(v) for k, v in merged.items()}})
@@ -245,7 +258,7 @@ class MEANetFL(Method):
         seconds["evaluation"] = eval_s + main.outputs_seconds + cloud.outputs_seconds
         sent = {
             "data_up": image_bytes(ctx, len(ctx.scenario.experiences[t].cloud) + labelled),
-            "model_down": cfg.clients * state_bytes(broadcast) + main.bytes_down,
+            "model_down": cfg.clients * down + main.bytes_down,
             "model_up": edge_up + main.bytes_up,
         }
         exp = ctx.scenario.experiences[t]
@@ -340,9 +353,11 @@ class MEANetFLMain(MEANetFL):
         up = down = trained = used = 0
         round_seconds, clients_trained = [], []
         for r in range(n_rounds):
-            sent = {k: v.detach().clone() for k, v in main_state(self.model.state_dict()).items()}
+            # the main block (and no edge block), to every edge: in full, or the change from what they hold
+            one, sent = self._send({k: v.detach().clone() for k, v in main_state(self.model.state_dict()).items()})
+            self.model.load_state_dict({**self.model.state_dict(), **sent})
             sent_arrays = {k: v.numpy() for k, v in sent.items()}
-            down += cfg.clients * state_bytes(sent)  # the float32 main block, to every edge
+            down += cfg.clients * one
             updates: list[tuple[dict[str, np.ndarray], float]] = []
             client_seconds = []
             for i, data in enumerate(exp.clients):
@@ -367,11 +382,11 @@ class MEANetFLMain(MEANetFL):
                 trained_arrays = {
                     k: v.detach().numpy().copy() for k, v in main_state(self.scratch.state_dict()).items()
                 }
-                # the upload is int8 as in the federation (upload-encoding int8): its bytes are counted from the
-                # payload itself, and the cloud aggregates what it decodes from it (the quantisation is simulated)
-                payload, residual[i] = encode_update(trained_arrays, sent_arrays, "int8", residual.get(i))
+                # the upload encoded as in the federation (upload_encoding): its bytes are counted from the payload
+                # itself, and the cloud aggregates what it decodes from it (the quantisation is simulated)
+                payload, residual[i] = encode_update(trained_arrays, sent_arrays, cfg.upload_encoding, residual.get(i))
                 up += payload_bytes(payload)
-                updates.append((decode_update(payload, sent_arrays, "int8"), len(data)))
+                updates.append((decode_update(payload, sent_arrays, cfg.upload_encoding), len(data)))
                 if r == 0:
                     used += len(data)
             if updates:  # weights-free: the median ignores the example counts

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from meanet_core.keys import EDGE_PREFIXES, MAIN_PREFIX, in_scope, is_edge_key
+from meanet_core.keys import EDGE_PREFIXES, MAIN_PREFIX, covers, in_scope, is_edge_key
 from meanet_core.models import MEANet, build_meanet
 
 
@@ -49,13 +49,16 @@ def model_from_broadcast(
     state: Mapping[str, torch.Tensor],
     mean: Sequence[float],
     std: Sequence[float],
+    scope: str = "edge",
 ) -> MEANet:
-    """Build the MEANet an edge runs from a broadcast; every key must match (strict load)."""
+    """Build the MEANet an edge runs from a broadcast for a round of ``scope``; every key the broadcast covers must
+    match (strict load). A main round's broadcast has no edge block: those stay as built (they are not used)."""
     model = build_meanet(arch, num_classes, hard_classes, mean=mean, std=std)
     try:
         missing, unexpected = model.load_state_dict(dict(state), strict=False)
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"the broadcast does not fit a {arch} MEANet: {e}") from e
+    missing = [k for k in missing if covers(k, scope)]
     if missing or unexpected:
         raise ValueError(
             f"the broadcast does not fit a {arch} MEANet with {len(hard_classes)} hard classes: "

@@ -8,12 +8,15 @@ An edge sends the *change* of each floating edge array from what the cloud sent 
 ``int8``    the change quantised to int8 with one float32 scale per output channel (row of dimension 0; one per tensor
             for 0-d and 1-d arrays): ``q = round(change / scale)``, ``scale = max |change| / 127`` (a quarter of the
             bytes plus the scales)
+``int4``    the same with 15 levels, ``scale = max |change| / 7``, two values packed in a byte (``q + 8`` in each
+            nibble, low nibble first): an eighth of the bytes plus the scales
 =========== ============================================================================================================
 
 Integer entries (BatchNorm's ``num_batches_tracked``) always travel as they are. ``int8`` and ``fp16`` keep **error
 feedback**: what the encoding lost this round (``change - decoded change``) is returned as a residual, which the edge
 keeps in its state and adds to its next change, so nothing is lost for good (Seide et al. 2014; Karimireddy et al.
-2019). An ``int8`` payload carries, for each floating key ``k``, ``k`` (int8) and ``k + SCALE_SUFFIX`` (float32).
+2019). An ``int8`` payload carries, for each floating key ``k``, ``k`` (int8) and ``k + SCALE_SUFFIX`` (float32); an
+``int4`` payload ``k`` (uint8, ``ceil(size / 2)`` packed bytes) and the same scales.
 
 :func:`decode_update` is the server's side: it rebuilds the arrays ``sent + change`` with the dtypes sent, or raises
 :class:`PayloadError` naming what is malformed (a missing or extra key, a wrong dtype or shape, a non-finite or
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-ENCODINGS: tuple[str, ...] = ("float32", "fp16", "int8")
+ENCODINGS: tuple[str, ...] = ("float32", "fp16", "int8", "int4")
 """Upload encodings, by their run-config name (``upload-encoding``)."""
 
 SCALE_SUFFIX = "|scale"
@@ -45,11 +48,35 @@ def _floating(value: npt.NDArray[Any]) -> bool:
     return bool(np.issubdtype(np.asarray(value).dtype, np.floating))
 
 
-def _scales(change: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-    """One scale per row of dimension 0 (per tensor for 0-d and 1-d arrays): ``max |change| / 127``."""
+_LEVELS = {"int8": 127, "int4": 7}
+"""The largest quantised magnitude of each integer encoding."""
+
+
+def _scales(change: npt.NDArray[np.float64], levels: int = 127) -> npt.NDArray[np.float32]:
+    """One scale per row of dimension 0 (per tensor for 0-d and 1-d arrays): ``max |change| / levels``."""
     if change.ndim <= 1:
-        return np.asarray(np.max(np.abs(change), initial=0.0) / 127.0, dtype=np.float32)
-    return (np.max(np.abs(change.reshape(change.shape[0], -1)), axis=1, initial=0.0) / 127.0).astype(np.float32)
+        return np.asarray(np.max(np.abs(change), initial=0.0) / levels, dtype=np.float32)
+    return (np.max(np.abs(change.reshape(change.shape[0], -1)), axis=1, initial=0.0) / levels).astype(np.float32)
+
+
+def pack_int4(q: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Values in [-7, 7] (any shape) as ``ceil(size / 2)`` bytes: ``q + 8`` in each nibble, low nibble first."""
+    flat = (np.asarray(q, dtype=np.int16).reshape(-1) + 8).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.array([8], dtype=np.uint8)])  # a zero in the unused last nibble
+    return np.ascontiguousarray(flat[0::2] | (flat[1::2] << 4))
+
+
+def unpack_int4(packed: npt.NDArray[np.uint8], shape: tuple[int, ...]) -> npt.NDArray[np.int8]:
+    """The values :func:`pack_int4` packed, in ``shape``; :class:`PayloadError` for a wrong length or a nibble 0."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if packed.dtype != np.uint8 or packed.shape != ((size + 1) // 2,):
+        raise PayloadError(f"int4 payload: {packed.dtype} {packed.shape}, expected uint8 ({(size + 1) // 2},)")
+    nibbles = np.empty(2 * packed.size, dtype=np.uint8)
+    nibbles[0::2], nibbles[1::2] = packed & 0x0F, packed >> 4
+    if np.any(nibbles[:size] == 0):
+        raise PayloadError("int4 payload: a nibble of 0 (values are stored as q + 8 with q in [-7, 7])")
+    return (nibbles[:size].astype(np.int16) - 8).astype(np.int8).reshape(shape)
 
 
 def _expand(scale: npt.NDArray[Any], ndim: int) -> npt.NDArray[np.float64]:
@@ -113,10 +140,11 @@ def encode_update(
             payload[key] = coded
             left[key] = (change - coded.astype(np.float64)).astype(np.float32)
             continue
-        scale = _scales(change)
+        levels = _LEVELS[encoding]
+        scale = _scales(change, levels)
         full = _expand(scale, change.ndim)
-        q = np.clip(np.rint(np.divide(change, full, out=np.zeros_like(change), where=full > 0)), -127, 127)
-        payload[key] = q.astype(np.int8)
+        q = np.clip(np.rint(np.divide(change, full, out=np.zeros_like(change), where=full > 0)), -levels, levels)
+        payload[key] = q.astype(np.int8) if encoding == "int8" else pack_int4(q)
         payload[key + SCALE_SUFFIX] = scale
         left[key] = (change - q * full).astype(np.float32)
     return payload, left
@@ -135,7 +163,7 @@ def decode_update(
     if encoding == "float32":
         return {k: np.asarray(v) for k, v in payload.items()}
     expected = set(sent)
-    if encoding == "int8":
+    if encoding in _LEVELS:
         expected |= {k + SCALE_SUFFIX for k, v in sent.items() if _floating(v)}
     extra, missing = sorted(set(payload) - expected), sorted(expected - set(payload))
     if extra or missing:
@@ -144,12 +172,17 @@ def decode_update(
     for key, ref in sent.items():
         ref = np.asarray(ref)
         coded = np.asarray(payload[key])
+        if encoding == "int4" and _floating(ref):
+            try:
+                coded = unpack_int4(coded, ref.shape)
+            except PayloadError as e:
+                raise PayloadError(f"'{key}': {e}") from None
         if coded.shape != ref.shape:
             raise PayloadError(f"{encoding} payload: '{key}' has shape {coded.shape}, expected {ref.shape}")
         if not _floating(ref):
             out[key] = coded
             continue
-        want = np.float16 if encoding == "fp16" else np.int8
+        want = np.float16 if encoding == "fp16" else np.int8  # int4: unpacked above
         if coded.dtype != want:
             raise PayloadError(f"{encoding} payload: '{key}' has dtype {coded.dtype}, expected {np.dtype(want)}")
         if encoding == "fp16":
@@ -159,10 +192,10 @@ def decode_update(
             rows = () if ref.ndim <= 1 else (ref.shape[0],)
             if scale.dtype != np.float32 or scale.shape != rows:
                 raise PayloadError(
-                    f"int8 payload: '{key}{SCALE_SUFFIX}' is {scale.dtype} {scale.shape}, expected float32 {rows}"
+                    f"{encoding} payload: '{key}{SCALE_SUFFIX}' is {scale.dtype} {scale.shape}, expected float32 {rows}"
                 )
             if not np.all(np.isfinite(scale)) or np.any(scale < 0):
-                raise PayloadError(f"int8 payload: '{key}{SCALE_SUFFIX}' has a negative or non-finite scale")
+                raise PayloadError(f"{encoding} payload: '{key}{SCALE_SUFFIX}' has a negative or non-finite scale")
             change = coded.astype(np.float64) * _expand(scale, ref.ndim)
         out[key] = np.asarray((ref.astype(np.float64) + change).astype(ref.dtype))
     return out

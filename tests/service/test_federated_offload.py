@@ -24,7 +24,7 @@ from fl_server.offload.service import BackgroundServer, ServiceConfig, create_ap
 from fl_server.report import markdown_summary
 from meanet_core import keys
 from meanet_core.config import FederationConfig
-from meanet_core.trust.signing import ensure_signing_key
+from meanet_core.trust.signing import VERIFY_KEY_FILE, ensure_signing_key
 from meanet_core.trust.tls import DevCertificates, write_dev_certificates
 from strategies.meanet_strategy import MEANetStrategy
 from strategies.signed import SignedMEANetStrategy
@@ -100,6 +100,28 @@ def _evaluation(edge: dict[str, Any], cloud_arrays: bool = False) -> Message:
     if cloud is not None:
         content[keys.CLOUD_ARRAYS] = cloud
     return Message(content=content, dst_node_id=1, message_type="evaluate")
+
+
+def _loopback_evaluation(edge: dict[str, Any], url: str) -> Message:
+    """A signed evaluation instruction naming the cloud server's own (loopback) offload service."""
+    strategy: SignedMEANetStrategy = edge["strategy"]
+    config = ConfigRecord({keys.EXPERIENCE: 0, keys.HARD_CLASSES: [3, 8], keys.OFFLOAD_URL: url})
+    signed = strategy.signed_config(1, edge["arrays"], config, "evaluate", None)
+    signed[keys.SERVER_ROUND] = 1
+    return Message(content=RecordDict({keys.ARRAYS: edge["arrays"], keys.CONFIG: signed}), dst_node_id=1,
+                   message_type="evaluate")  # fmt: skip
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_an_edge_without_the_loopback_services_token_answers_every_input_itself(
+    edge: dict[str, Any], tmp_path: Path
+) -> None:
+    from fl_client.app import app
+
+    run_config = {**edge["run_config"], "report-dir": str(tmp_path)}  # another machine: no REPORT_DIR/offload-token
+    pinned = Path(edge["run_config"]["report-dir"]) / VERIFY_KEY_FILE  # as a device pins it
+    reply = app(_loopback_evaluation(edge, "http://127.0.0.1:9"), _context(run_config, **{"verify-key": str(pinned)}))
+    assert not reply.has_error() and reply.content[keys.EDGE_INFO][keys.CLOUD_BACKEND] == "none"  # type: ignore[index]
 
 
 def _served_images(server: BackgroundServer, certs: DevCertificates) -> int:

@@ -251,17 +251,36 @@ def test_the_server_writes_each_experiences_cloud_model_to_the_serving_file(tmp_
 
 
 @pytest.mark.parametrize("cloud_url", ["", "https://cloud.example:8443"])
-def test_the_cloud_model_rides_with_evaluation_only_without_a_cloud_url(tmp_path: Path, monkeypatch, cloud_url) -> None:
+def test_no_cloud_model_rides_with_evaluation_and_without_a_cloud_url_the_server_serves_it_on_loopback(
+    tmp_path: Path, monkeypatch, cloud_url
+) -> None:
+    from meanet_core import keys
+
     server = _server(tmp_path, cloud_url)
+    server._publish_cloud(0)
     captured: dict[str, Any] = {}
 
     def start(**kw: Any) -> SimpleNamespace:
-        captured["cloud_arrays"] = server.strategy.cloud_arrays
+        captured["cloud_arrays"], captured["config"] = server.strategy.cloud_arrays, kw["evaluate_config"]
         return SimpleNamespace(evaluate_metrics_clientapp={})
 
     monkeypatch.setattr(server.strategy, "start", start)
-    server._federate(0, 0, grid=None)
-    assert (captured["cloud_arrays"] is None) == bool(cloud_url)
+    try:
+        server._federate(0, 0, grid=None)
+        assert captured["cloud_arrays"] is None  # one offload path: the service, never a shipped cloud model
+        url = captured["config"].get(keys.OFFLOAD_URL)
+        if cloud_url:
+            assert url is None and server.offload is None  # the edges call the run's cloud-url
+            return
+        assert url.startswith("http://127.0.0.1:")  # the real service, on loopback, for the run's own edges
+        token_file = tmp_path / "report" / keys.OFFLOAD_TOKEN_FILE
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        info = httpx.get(f"{url}/info", headers={"Authorization": f"Bearer {token_file.read_text()}"})
+        assert info.status_code == 200 and info.json()["model_version"] == 0  # the serving file's model
+        assert httpx.get(f"{url}/info").status_code == 401  # and only for who holds the token
+    finally:
+        if server.offload is not None:
+            server.offload.stop()
 
 
 @pytest.mark.parametrize(

@@ -249,3 +249,21 @@ def test_a_method_that_learns_nothing_scores_as_such(tmp_path: Path) -> None:
         assert r["final_average_accuracy"] == pytest.approx(max(a[-1]).item() / 5)
         assert r["final_average_accuracy"] <= 0.15
     assert results["summary"]["naive"]["final_forgetting"] == {"mean": 0.0, "std": 0.0, "n": 2}
+
+
+def test_meanet_fl_counts_its_bytes_with_the_federations_encodings(tmp_path: Path) -> None:
+    """``--upload-encoding int4 --broadcast-encoding int6``: uploads and downloads counted (and decoded) by the very
+    codecs of ``meanet federate``; the downloads after the first are changes from what the edges hold."""
+    budgets = {}
+    for name, extra in (("full", []), ("compressed", ["--upload-encoding", "int4", "--broadcast-encoding", "int6"])):
+        out = tmp_path / name
+        args = [*TINY, "--methods", "meanet-fl-main-naive", "--main-rounds", "2", *extra, "--out", str(out)]
+        result = CliRunner().invoke(app, ["bench", "continual", *args])
+        assert result.exit_code == 0, result.output
+        exps = json.loads((out / "results.json").read_text())["runs"]["0"]["meanet-fl-main-naive"]["experiences"]
+        budgets[name] = [e["extra"]["budget"] for e in exps]
+    full, small = budgets["full"], budgets["compressed"]
+    assert 0 < small[1]["bytes_down"] < 0.3 * full[1]["bytes_down"]  # changes, not the state, every time
+    assert small[0]["bytes_down"] < full[0]["bytes_down"]  # only the very first broadcast is the whole (main) block
+    for a, b in zip(small, full, strict=True):  # int4 against int8 uploads (the cloud's images are the same)
+        assert a["bytes_up"] < b["bytes_up"]

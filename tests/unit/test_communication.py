@@ -1,6 +1,7 @@
-"""Communication: compressed uploads (int8 / fp16 with error feedback) and delta broadcasts (no main block resent).
+"""Communication: compressed uploads (int8 / int4 / fp16 with error feedback) and compressed broadcasts (the change
+from the state the edge holds, rebuilt bit for bit).
 
-The codec is pure numpy; the strategy tests send real ``Message`` replies; the delta-broadcast test runs the real
+The codecs are pure numpy; the strategy tests send real ``Message`` replies; the broadcast tests run the real
 ClientApp against the real signed strategy (the fixtures of ``test_signing.py``).
 """
 
@@ -11,16 +12,16 @@ from unittest.mock import Mock
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fl_client.transport import MissingMainBlock
+from fl_client.transport import MissingBase
 from meanet_core import keys
+from meanet_core.trust.broadcast import digest
 from meanet_core.trust.signing import BroadcastRejected
+from meanet_core.wire.broadcast_delta import SHAPE_SUFFIX, decode_broadcast, encode_broadcast, q_suffix
 from meanet_core.wire.compression import SCALE_SUFFIX, PayloadError, decode_update, encode_update, payload_bytes
-from tests.unit.strategy_helpers import plain_strategy
 from tests.unit.test_signing import _context, edge  # noqa: F401  (edge is a fixture)
-from tests.unit.test_strategy import edge_of, reply, send, sent_state
 
 
 def _sent() -> dict[str, np.ndarray]:
@@ -56,7 +57,9 @@ def _err(a: dict[str, np.ndarray], b: dict[str, np.ndarray], sent: dict[str, np.
 
 
 # ----------------------------------------------------------------------------------------- the codec
-@pytest.mark.parametrize(("encoding", "max_error", "max_bytes"), [("fp16", 1e-3, 0.52), ("int8", 0.02, 0.27)])
+@pytest.mark.parametrize(
+    ("encoding", "max_error", "max_bytes"), [("fp16", 1e-3, 0.52), ("int8", 0.02, 0.27), ("int4", 0.3, 0.15)]
+)
 def test_a_compressed_update_decodes_close_to_the_original_at_a_fraction_of_the_bytes(
     encoding: str, max_error: float, max_bytes: float
 ) -> None:
@@ -71,21 +74,24 @@ def test_a_compressed_update_decodes_close_to_the_original_at_a_fraction_of_the_
     if encoding == "int8":
         assert payload["extension.conv.weight"].dtype == np.int8
         assert payload["extension.conv.weight" + SCALE_SUFFIX].shape == (16,)  # one scale per output channel
+    if encoding == "int4":  # two values a byte
+        assert payload["extension.conv.weight"].dtype == np.uint8 and payload["extension.conv.weight"].size == 576
     assert set(residual) == {k for k, v in sent.items() if v.dtype.kind == "f"}
 
 
-def test_error_feedback_sends_over_rounds_what_one_round_loses() -> None:
+@pytest.mark.parametrize("encoding", ["int8", "int4"])
+def test_error_feedback_sends_over_rounds_what_one_round_loses(encoding: str) -> None:
     sent = _sent()
     rounds = [_trained(sent, seed, scale=0.01) for seed in range(8)]
     total_true = {k: sum(r[k].astype(np.float64) - sent[k] for r in rounds) for k in sent if sent[k].dtype.kind == "f"}
     with_feedback, without = dict.fromkeys(total_true, 0.0), dict.fromkeys(total_true, 0.0)
     residual: dict[str, np.ndarray] | None = None
     for r in rounds:  # every round starts from `sent` (the aggregate is not the point here)
-        payload, residual = encode_update(r, sent, "int8", residual)
-        plain, _ = encode_update(r, sent, "int8")
+        payload, residual = encode_update(r, sent, encoding, residual)
+        plain, _ = encode_update(r, sent, encoding)
         for k in total_true:
-            with_feedback[k] = with_feedback[k] + decode_update(payload, sent, "int8")[k].astype(np.float64) - sent[k]
-            without[k] = without[k] + decode_update(plain, sent, "int8")[k].astype(np.float64) - sent[k]
+            with_feedback[k] = with_feedback[k] + decode_update(payload, sent, encoding)[k].astype(np.float64) - sent[k]
+            without[k] = without[k] + decode_update(plain, sent, encoding)[k].astype(np.float64) - sent[k]
     err = {name: sum(float(np.sum((d[k] - total_true[k]) ** 2)) for k in total_true) for name, d in
            (("feedback", with_feedback), ("plain", without))}  # fmt: skip
     assert err["feedback"] < 0.25 * err["plain"]  # what is left behind is at most one round's rounding
@@ -96,7 +102,7 @@ def test_float32_is_the_arrays_themselves_and_bad_input_is_refused() -> None:
     payload, residual = encode_update(trained, sent, "float32")
     assert residual == {} and all(np.array_equal(payload[k], trained[k]) for k in sent)
     with pytest.raises(ValueError, match="unknown upload encoding"):
-        encode_update(trained, sent, "int4")
+        encode_update(trained, sent, "int2")
     with pytest.raises(ValueError, match="non-finite"):
         encode_update({**trained, "extension.fc.bias": np.full(10, np.nan, np.float32)}, sent, "int8")
     with pytest.raises(ValueError, match="dtype"):
@@ -143,46 +149,139 @@ def test_a_malformed_payload_is_refused_naming_what_is_wrong(how: str, message: 
         decode_update(_corrupt(payload, how), sent, "int8")
 
 
-# ----------------------------------------------------------------------------------------- the strategy
-def _encoded_reply(
-    instruction: Message, state: dict[str, np.ndarray], delta: float, encoding: str, **kw: Any
-) -> Message:
-    sent = edge_of(state)
-    trained = {k: (v + delta).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in sent.items()}
-    payload, _ = encode_update(trained, sent, encoding)
-    msg = reply(instruction, _corrupt(payload, kw["corrupt"]) if "corrupt" in kw else payload, 10)
-    msg.content[keys.EDGE_INFO] = ConfigRecord({keys.ENCODING: encoding})
-    return msg
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("short", "expected uint8"), ("zero-nibble", "nibble of 0"), ("int8", "expected uint8"), ("extra", "unexpected")],
+)
+def test_a_malformed_int4_payload_is_refused(how: str, message: str) -> None:
+    sent = _sent()
+    payload, _ = encode_update(_trained(sent, 3), sent, "int4")
+    w = "extension.conv.weight"
+    bad = dict(payload)
+    if how == "short":
+        bad[w] = payload[w][:-1]
+    elif how == "zero-nibble":
+        bad[w] = payload[w].copy()
+        bad[w][3] &= 0xF0
+    elif how == "int8":
+        bad[w] = payload[w].astype(np.int8)
+    else:
+        bad["extension.evil"] = np.zeros(3, np.uint8)
+    with pytest.raises(PayloadError, match=message):
+        decode_update(bad, sent, "int4")
+
+
+# ----------------------------------------------------------------------------------------- the broadcast codec
+def _model_state() -> dict[str, np.ndarray]:
+    return {**_sent(), "main.conv.weight": np.random.default_rng(5).standard_normal((32, 16, 3, 3)).astype(np.float32)}
+
+
+@pytest.mark.parametrize(("bits", "max_error", "max_bytes"), [(8, 0.02, 0.27), (6, 0.06, 0.21)])
+def test_a_broadcast_change_rebuilds_exactly_what_the_cloud_computed_at_a_fraction_of_the_bytes(
+    bits: int, max_error: float, max_bytes: float
+) -> None:
+    base = _model_state()
+    target = {**_trained(base, 4, scale=0.02), "extension.fc.bias": base["extension.fc.bias"]}  # one key unchanged
+    payload, rebuilt = encode_broadcast(target, base, bits)
+    q = q_suffix(bits)
+    assert "extension.fc.bias" not in payload and "extension.fc.bias" + q not in payload  # left out
+    assert payload["main.conv.weight" + q].size == 32 * 16 * 9 * bits // 8  # packed, bits a value
+    assert payload["extension.bn.running_var"].dtype == np.float32  # 1-d: exact
+    assert int(payload["extension.bn.num_batches_tracked"]) == 45  # integers: exact
+    on_edge = decode_broadcast(payload, base, target.keys())  # what the edge computes
+    assert digest(on_edge, prefix="") == digest(rebuilt, prefix="")  # bit for bit
+    assert not np.array_equal(rebuilt["main.conv.weight"], target["main.conv.weight"])  # lossy, yet close:
+    assert _err(rebuilt, target, base) < max_error
+    assert payload_bytes(payload) < max_bytes * payload_bytes(target)
+    # the error stays on the cloud: the next change is taken from the reconstruction and carries what was lost
+    again, rebuilt2 = encode_broadcast(target, rebuilt, bits)
+    assert _err(rebuilt2, target, base) < 0.1 * _err(rebuilt, target, base)
+    assert {k.split("|")[0] for k in again} == {"main.conv.weight", "extension.conv.weight"}
+
+
+def test_a_new_or_reshaped_weight_goes_as_a_change_from_zeros_with_its_dimensions() -> None:
+    base = _model_state()
+    target = {
+        **base,
+        "main.conv.weight": base["main.conv.weight"][:8],
+        "extension.new.weight": base["main.conv.weight"],
+    }
+    payload, rebuilt = encode_broadcast(target, base, 6)
+    assert payload["main.conv.weight" + SHAPE_SUFFIX].tolist() == [8, 16, 3, 3]
+    assert payload["extension.new.weight" + SHAPE_SUFFIX].tolist() == [32, 16, 3, 3]
+    held = dict(base)  # the old shape, and nothing of the new entry
+    assert digest(decode_broadcast(payload, held, target.keys()), prefix="") == digest(rebuilt, prefix="")
+    assert (
+        np.abs(rebuilt["extension.new.weight"] - target["extension.new.weight"]).max()
+        < 0.02 * np.abs(target["extension.new.weight"]).max()
+    )
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("extra", "unexpected or unpaired"),
+        ("unpaired", "unexpected or unpaired"),
+        ("both", "unexpected or unpaired"),
+        ("not-held", "neither sent nor held"),
+        ("change-not-held", "does not hold"),
+        ("short", "expected uint8"),
+        ("low", "not a 6-bit change"),
+        ("scale", "negative or non-finite"),
+        ("scale-shape", "expected float32"),
+        ("dims", "not the dimensions"),
+    ],
+)
+def test_a_malformed_broadcast_change_is_refused(how: str, message: str) -> None:
+    base = _model_state()
+    payload, _ = encode_broadcast(_trained(base, 6), base, 6)
+    w, q = "main.conv.weight", q_suffix(6)
+    bad, held, keys_ = dict(payload), dict(base), list(base)
+    if how == "extra":
+        bad["extension.evil"] = np.zeros(2, np.float32)
+    elif how == "unpaired":
+        del bad[w + SCALE_SUFFIX]
+    elif how == "both":
+        bad[w + q_suffix(8)] = np.zeros(base[w].size, np.uint8)
+    elif how == "not-held":
+        del held["extension.fc.bias"], bad["extension.fc.bias"]
+    elif how == "change-not-held":
+        del held[w]
+    elif how == "short":
+        bad[w + q] = bad[w + q][:-1]
+    elif how == "low":
+        bad[w + q] = np.zeros_like(bad[w + q])  # every 6-bit field 0: the value -32, outside [-31, 31]
+    elif how == "scale":
+        bad[w + SCALE_SUFFIX] = np.full(32, np.inf, np.float32)
+    elif how == "scale-shape":
+        bad[w + SCALE_SUFFIX] = bad[w + SCALE_SUFFIX][:-1]
+    else:
+        bad[w + SHAPE_SUFFIX] = np.array([1 << 20, 1 << 20], np.int64)  # a 4 TB "weight"
+    with pytest.raises(PayloadError, match=message):
+        decode_broadcast(bad, held, keys_)
+
+
+# ----------------------------------------------------------------------------------------- compressed broadcasts
+def _retrained(arrays: ArrayRecord, scale: float = 0.01) -> ArrayRecord:
+    """Every floating entry moved a little: what a round of cloud and edge training does to the state."""
+    rng = np.random.default_rng(9)
+    out = ArrayRecord()
+    for k, v in arrays.items():
+        a = v.numpy()
+        out[k] = Array((a + scale * rng.standard_normal(a.shape)).astype(a.dtype) if a.dtype.kind == "f" else a)
+    return out
+
+
+def _fresh(strategy: Any) -> None:
+    strategy.delta_broadcast, strategy.reference, strategy.node_holds, strategy.plans = True, {}, {}, {}
 
 
 @pytest.mark.usefixtures("task_identity")
-def test_the_strategy_decodes_compressed_updates_and_drops_a_malformed_one() -> None:
-    state = sent_state()
-    strategy = plain_strategy(max_norm_ratio=1.0)
-    instructions = send(strategy, state)
-    replies = [
-        _encoded_reply(instructions[11], state, 0.1, "int8"),
-        _encoded_reply(instructions[12], state, 0.3, "fp16"),
-        reply(instructions[13], edge_of(state), 10),  # float32, nothing changed
-    ]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None and strategy.last_round is not None and strategy.last_round["accepted"] == 3
-    np.testing.assert_allclose(arrays["extension.fc.bias"].numpy(), state["extension.fc.bias"] + 0.4 / 3, atol=2e-3)
-
-    instructions = send(strategy, state, server_round=2)
-    bad = _encoded_reply(instructions[11], state, 0.1, "int8", corrupt="nan-scale")
-    strategy.aggregate_train(2, [bad, *(reply(instructions[n], edge_of(state), 10) for n in (12, 13))])
-    [(node, reason)] = strategy.last_round["dropped"]
-    assert node == 11 and "malformed compressed update" in reason and "non-finite" in reason
-
-
-# ----------------------------------------------------------------------------------------- delta broadcasts
-@pytest.mark.usefixtures("task_identity")
-def test_an_edge_holding_the_main_block_gets_a_signed_delta_and_uses_its_cache(edge: dict[str, Any]) -> None:  # noqa: F811
+def test_an_edge_holding_the_last_state_gets_a_signed_change_and_rebuilds_it(edge: dict[str, Any]) -> None:  # noqa: F811
     from fl_client.app import app
 
     strategy = edge["strategy"]
-    strategy.delta_broadcast = True
+    _fresh(strategy)
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = [1, 2]
     config = ConfigRecord({keys.EXPERIENCE: 0, keys.HARD_CLASSES: [3, 8]})
@@ -190,33 +289,75 @@ def test_an_edge_holding_the_main_block_gets_a_signed_delta_and_uses_its_cache(e
 
     first = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, edge["arrays"], config, grid)}
     full_bytes = strategy.bytes_sent["train"]
-    answer = app(first[1], context)  # a full broadcast: the edge keeps its main block
-    assert not answer.has_error() and keys.MAIN_CACHE in context.state.array_records
-    assert answer.content[keys.EDGE_INFO][keys.ENCODING] == "int8"  # type: ignore[index]
-    aggregated, _ = strategy.aggregate_train(1, [answer])
-    assert aggregated is not None and strategy.holds[1] == strategy.sent_main_digest
+    assert keys.BASE_DIGEST not in first[1].content[keys.CONFIG]  # nobody holds anything yet: the full state
+    answer = app(first[1], context)
+    assert not answer.has_error() and keys.STATE_CACHE in context.state.array_records
+    strategy.aggregate_train(1, [answer])  # node 2 did not answer: it will get the full state
 
-    second = {m.metadata.dst_node_id: m for m in strategy.configure_train(2, aggregated, config, grid)}
-    delta, full = second[1].content, second[2].content
-    assert not any(k.startswith(keys.MAIN_PREFIX) for k in delta[keys.ARRAYS])  # type: ignore[union-attr]
-    assert any(k.startswith(keys.MAIN_PREFIX) for k in full[keys.ARRAYS])  # node 2 never said it holds it
-    assert delta[keys.CONFIG][keys.HELD_MAIN] == strategy.sent_main_digest  # type: ignore[index]
-    delta_bytes = delta[keys.ARRAYS].count_bytes()  # type: ignore[union-attr]
-    assert delta_bytes < 0.5 * full[keys.ARRAYS].count_bytes()  # type: ignore[union-attr]
-    assert strategy.bytes_sent["train"] == pytest.approx((delta_bytes + full_bytes) / 2)
+    target = _retrained(edge["arrays"])  # the cloud retrained everything
+    second = {m.metadata.dst_node_id: m for m in strategy.configure_train(2, target, config, grid)}
+    change, full = second[1].content, second[2].content
+    assert change[keys.CONFIG][keys.BASE_DIGEST] and keys.BASE_DIGEST not in full[keys.CONFIG]  # type: ignore[index]
+    change_bytes = change[keys.ARRAYS].count_bytes()  # type: ignore[union-attr]
+    assert change_bytes < 0.22 * full_bytes  # 6-bit changes (and the 1-d entries exact)
+    assert strategy.bytes_sent["train"] == pytest.approx((change_bytes + full_bytes) / 2)
+    sent = {k: v.numpy() for k, v in strategy.current_arrays.items()}  # what the strategy checks replies against
+    assert digest(sent, prefix="") == change[keys.CONFIG][keys.STATE_DIGEST] == full[keys.CONFIG][keys.STATE_DIGEST]  # type: ignore[index]
+    assert {k: v.numpy() for k, v in full[keys.ARRAYS].items()}.keys() == sent.keys()  # type: ignore[union-attr]
 
-    answer = app(second[1], context)  # verifies the delta's own signature, rebuilds the state from its cache
+    answer = app(second[1], context)  # verifies the change's signature, rebuilds the state from what it holds
     assert not answer.has_error()
+    held = {k: v.numpy() for k, v in context.state.array_records[keys.STATE_CACHE].items()}
+    assert digest(held, prefix="") == digest(sent, prefix="")  # bit for bit the signed state
     assert answer.content[keys.EDGE_INFO][keys.MAIN_DIGEST] == strategy.sent_main_digest  # type: ignore[index]
 
-    tampered = Message(content=RecordDict({k: v for k, v in delta.items()}), dst_node_id=1, message_type="train")
-    tampered.content[keys.CONFIG] = ConfigRecord({**dict(delta[keys.CONFIG].items()), keys.HELD_MAIN: "0" * 64})  # type: ignore[union-attr]
+    name = next(k for k in change[keys.ARRAYS] if k.endswith(q_suffix(6)))  # type: ignore[union-attr]
+    blob = change[keys.ARRAYS][name].numpy().copy()  # type: ignore[index,union-attr]
+    blob[len(blob) // 2] ^= 1
+    tampered = Message(content=RecordDict(dict(change.items())), dst_node_id=1, message_type="train")
+    tampered.content[keys.ARRAYS] = ArrayRecord({**dict(change[keys.ARRAYS].items()), name: Array(blob)})  # type: ignore[union-attr]
     with pytest.raises(BroadcastRejected, match="does not match its signature"):
-        app(tampered, context)  # the digest the edge must hold is covered by the signature
+        app(tampered, context)  # a tampered change
+    tampered = Message(content=RecordDict(dict(change.items())), dst_node_id=1, message_type="train")
+    tampered.content[keys.CONFIG] = ConfigRecord({**dict(change[keys.CONFIG].items()), keys.BASE_DIGEST: "0" * 64})  # type: ignore[union-attr]
+    with pytest.raises(BroadcastRejected, match="does not match its signature"):
+        app(tampered, context)  # the base it applies to is signed
 
-    with pytest.raises(MissingMainBlock, match="does not hold"):
-        app(second[1], _context(edge))  # a restarted edge: no cache; Flower turns this into an error reply
-    strategy.aggregate_train(2, [Message(Error(code=0, reason="MissingMainBlock"), reply_to=second[1])])
-    third = {m.metadata.dst_node_id: m for m in strategy.configure_train(3, aggregated, config, grid)}
-    assert any(k.startswith(keys.MAIN_PREFIX) for k in third[1].content[keys.ARRAYS])  # so it gets the full state
+    other = _context(edge)  # an edge holding another state: the change applies to a base it does not have
+    app(first[1], other)
+    other.state[keys.STATE_CACHE] = _retrained(other.state.array_records[keys.STATE_CACHE], 0.5)
+    with pytest.raises(MissingBase, match="does not hold"):
+        app(second[1], other)
+    with pytest.raises(MissingBase, match="does not hold"):
+        app(second[1], _context(edge))  # a restarted edge: nothing kept; Flower turns this into an error reply
+    strategy.aggregate_train(2, [Message(Error(code=0, reason="MissingBase"), reply_to=second[1])])
+    third = {m.metadata.dst_node_id: m for m in strategy.configure_train(3, target, config, grid)}
+    assert keys.BASE_DIGEST not in third[1].content[keys.CONFIG]  # so it gets the full state
+    restarted = _context(edge)
+    assert not app(third[1], restarted).has_error()
+    _fresh(strategy)
+    strategy.delta_broadcast = False
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_main_round_sends_no_edge_block_and_the_edge_trains_the_main_block(edge: dict[str, Any]) -> None:  # noqa: F811
+    from fl_client.app import app
+
+    strategy = edge["strategy"]
+    _fresh(strategy)
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = [1, 2]
+    config = ConfigRecord({keys.EXPERIENCE: 0, keys.HARD_CLASSES: [3, 8], keys.SCOPE: "main"})
+    context = _context(edge)
+    for rnd, arrays in ((1, edge["arrays"]), (2, _retrained(edge["arrays"]))):  # the full state, then a change
+        msg = next(m for m in strategy.configure_train(rnd, arrays, config, grid) if m.metadata.dst_node_id == 1)
+        sent = msg.content[keys.ARRAYS]
+        assert sent and not any(keys.is_edge_key(k) for k in sent)  # type: ignore[union-attr]
+        assert (keys.BASE_DIGEST in msg.content[keys.CONFIG]) == (rnd == 2)
+        answer = app(msg, context)
+        assert not answer.has_error()
+        assert answer.content[keys.ARRAYS] and all(k.startswith(keys.MAIN_PREFIX) for k in answer.content[keys.ARRAYS])  # type: ignore[union-attr]
+        arrays_back, _ = strategy.aggregate_train(rnd, [answer])
+        assert arrays_back is not None and not any(keys.is_edge_key(k) for k in arrays_back)
+    _fresh(strategy)
     strategy.delta_broadcast = False
