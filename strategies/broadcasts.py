@@ -44,15 +44,12 @@ def _group(key: str) -> str:
     return "edge" if is_edge_key(key) else "rest"
 
 
-def group_digests(state: Arrays, keys: Iterable[str]) -> dict[str, str | None]:
-    """The digest of ``state`` over each group's share of ``keys`` (``None`` where ``state`` lacks one of them)."""
-    out: dict[str, str | None] = {}
+def group_digests(state: Arrays, keys: Iterable[str]) -> dict[str, str]:
+    """The digest of ``state`` over each group's share of ``keys`` (every key must be in ``state``)."""
     by_group: dict[str, list[str]] = {}
     for key in keys:
         by_group.setdefault(_group(key), []).append(key)
-    for group, names in by_group.items():
-        out[group] = digest({k: state[k] for k in names}, prefix="") if all(k in state for k in names) else None
-    return out
+    return {group: digest({k: state[k] for k in names}, prefix="") for group, names in by_group.items()}
 
 
 @dataclass
@@ -64,9 +61,9 @@ class BroadcastPlan:
     state_digest: str
     base_digest: str | None
     """Digest of the reference over the covered keys it has (``None``: it has none, everyone gets the state)."""
-    held_before: dict[str, str | None]
+    held_before: dict[str, str]
     """Per group, the reference's digest an edge must hold to take the change."""
-    held_after: dict[str, str | None]
+    held_after: dict[str, str]
     """Per group, the digest an edge holds once it took this broadcast."""
     change: Arrays | None
     """The change's payload (``None`` with ``delta_broadcast`` off)."""
@@ -82,7 +79,7 @@ class DeltaBroadcasts:
     broadcast_encoding: str
     reference: Arrays
     """The state the edges were last sent (every entry ever sent, as they rebuilt it)."""
-    node_holds: dict[int, dict[str, str | None]]
+    node_holds: dict[int, dict[str, str]]
     """Node id -> group -> digest of what it holds (set when its reply to a broadcast succeeded)."""
     plans: dict[str, BroadcastPlan]
     """Message type -> the plan of the broadcast last prepared for it."""
