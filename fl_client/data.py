@@ -26,19 +26,40 @@ from meanet_core.data import streams
 from meanet_core.data.streams import EdgeView
 
 
-def client_index(node_config: dict[str, object], cfg: FederationConfig) -> int:
-    """This node's partition id, from ``--node-config "partition-id=I num-partitions=N"`` (simulation sets both)."""
+def client_index(node_config: Mapping[str, object], cfg: FederationConfig) -> int:
+    """This edge's index: its ``partition-id`` (``--node-config "partition-id=I num-partitions=N"``; simulation sets
+    both).
+
+    * An edge without its own images takes slice ``I`` of the shared stream, so ``num-partitions`` must equal the
+      run's ``num-clients`` and ``I`` lie below it.
+    * An edge with its own ``data-dir`` reads nothing of the shared stream: its ``partition-id`` is only its name in
+      the reports and its training seed (any distinct integer >= 0), ``num-partitions`` is not needed, and the fleet
+      is whoever connects, however many (``num-clients`` counts only the shared stream's slices).
+
+    Raises
+    ------
+    ValueError
+        Naming the node config and what to start the SuperNode with.
+    """
+    own = node_data_dir(node_config) is not None
     try:
-        index, count = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[call-overload]
+        index = int(node_config["partition-id"])  # type: ignore[call-overload]
+        count = None if own else int(node_config["num-partitions"])  # type: ignore[call-overload]
     except (KeyError, TypeError, ValueError) as e:
+        wanted = "'partition-id=I' (any distinct I >= 0: its name in the reports)" if own else (
+            f"'partition-id=I num-partitions={cfg.num_clients}'")  # fmt: skip
         raise ValueError(
-            "this SuperNode has no valid partition: start it with --node-config "
-            f"'partition-id=I num-partitions={cfg.num_clients}' (got node config {node_config})"
+            f"this SuperNode has no valid partition: start it with --node-config {wanted} (got node config "
+            f"{dict(node_config)})"
         ) from e
-    if count != cfg.num_clients or not 0 <= index < count:
+    if index < 0:
+        raise ValueError(f"node config partition-id={index}: an edge's partition-id must be >= 0")
+    if count is not None and (count != cfg.num_clients or index >= count):
         raise ValueError(
             f"node config partition-id={index} num-partitions={count} does not fit the run's "
-            f"num-clients={cfg.num_clients}: give each of the {cfg.num_clients} SuperNodes a distinct partition-id"
+            f"num-clients={cfg.num_clients}: an edge without its own data-dir takes a slice of the shared stream, so "
+            f"give each of the {cfg.num_clients} slices' SuperNodes a distinct partition-id below {cfg.num_clients} "
+            f"(or name the device's own images with data-dir)"
         )
     return index
 

@@ -87,7 +87,7 @@ class CloudServer:
             run_id=run_id,
             min_train_nodes=1,
             min_evaluate_nodes=1,
-            min_available_nodes=min(cfg.min_edges, cfg.num_clients),  # the quorum (strategies.fleet)
+            min_available_nodes=cfg.min_edges,  # the quorum (strategies.fleet); a fleet may outnumber num-clients
             edges_per_round=cfg.edges_per_round or None,
             quorum_wait=cfg.quorum_wait,
             sample_seed=cfg.seed,

@@ -448,6 +448,20 @@ def _toml(value: object) -> str:
     return str(value)
 
 
+def check_quorum(run_config: Mapping[str, object], num_supernodes: int) -> None:
+    """Refuse a loopback run whose quorum (``min-edges``, else the app's default) exceeds the SuperNodes it starts:
+    no round could ever start."""
+    import tomllib  # Python 3.11+, as the CLI's
+
+    default = tomllib.loads((app_dir() / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]["min-edges"]
+    quorum = int(run_config.get("min-edges", default))  # type: ignore[call-overload]
+    if quorum > num_supernodes:
+        raise ValueError(
+            f"min-edges={quorum} is more than the {num_supernodes} edge(s) this run starts: no round could reach "
+            f"its quorum; set min-edges to at most {num_supernodes} (e.g. -c min-edges={num_supernodes})"
+        )
+
+
 def run_simulation(
     run_config: dict[str, object],
     num_supernodes: int,
@@ -457,6 +471,7 @@ def run_simulation(
     stream_to_stdout: bool = False,
 ) -> FlowerRun:
     """The app on Flower's simulation engine (Ray), one CPU per ClientApp."""
+    check_quorum(run_config, num_supernodes)
     with loopback_federation(simulation=True, home=home) as fed:
         return flwr_run(
             fed.connection,
@@ -485,6 +500,7 @@ def run_deployment(
     against its ``broadcast-signing.pub``. ``node_configs``: one mapping per SuperNode, merged into its
     ``--node-config`` (e.g. its own ``data-dir``, and ``cloud-ca``/``cloud-token-file`` for the offload service).
     """
+    check_quorum(run_config, num_supernodes)
     if secure is not None:
         run_config = {"signing-key": str(secure.resolve() / "broadcast-signing.key"), **run_config}
     with loopback_federation(
@@ -496,6 +512,7 @@ def run_deployment(
 __all__: Sequence[str] = [
     "FlowerRun",
     "Loopback",
+    "check_quorum",
     "ended_with",
     "flower_env",
     "list_supernodes",

@@ -238,7 +238,7 @@ def federate(
     stops here, before anything starts (``--fresh`` or another ``--report-dir`` starts over)."""
     import tomllib
 
-    from fl_server.launch import app_dir, run_deployment, run_simulation
+    from fl_server.launch import app_dir, check_quorum, run_deployment, run_simulation
     from meanet_core.config import FederationConfig
 
     overrides = _run_config_overrides(config)
@@ -265,6 +265,10 @@ def federate(
         _fail(f"--secure {secure} is not a folder; write one with `meanet certs --out {secure}`")
     defaults = tomllib.loads((app_dir() / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     cfg = FederationConfig.from_run_config({**defaults, **overrides})  # a ConfigError names the bad key
+    try:
+        check_quorum({**defaults, **overrides}, cfg.num_clients)
+    except ValueError as e:
+        _fail(f"{e} (or more clients: --num-clients)")
     if cfg.report_path().exists() and not cfg.report_path().is_dir():
         _fail(f"the report folder {cfg.report_path()} is a file; pass --report-dir with a folder")
     from meanet_core.training.checkpoint import CheckpointError, load_server_state

@@ -184,8 +184,8 @@ class FederationConfig:
     dataset: str = "cifar100"
     model: str = "resnet20_cifar"
     cloud_model: str = "resnet32_cifar"
-    num_clients: int = 3  # the edges' data partitions (each SuperNode's partition-id; in simulation: the edges)
-    min_edges: int = 2  # the quorum: connected edges a round needs to start (at most num-clients)
+    num_clients: int = 3  # slices of the shared stream (in simulation: the edges); own-data edges need none
+    min_edges: int = 2  # the quorum: connected edges a round needs to start
     edges_per_round: int = 0  # edges sampled per round, seeded by seed (0 = every connected edge)
     round_timeout: float = 600.0  # seconds a round waits for replies; later ones are dropped, their edges missed
     quorum_wait: float = 300.0  # seconds a round waits for min-edges connected edges; then the run stops, resumable

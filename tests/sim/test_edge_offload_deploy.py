@@ -4,7 +4,9 @@ Real components throughout: Flower's SuperLink and two SuperNodes as subprocesse
 ImageFolder (different classes and counts, made here from the digits data) named in its node config along with the
 cloud service's CA and token file; ``meanet cloud serve`` as a subprocess over TLS with a bearer token (``meanet
 certs`` made the certificates). The run's ``cloud-url`` names the service: the edges' complex inputs go there over
-HTTPS, and the report says, per edge, what each trained and evaluated on, offloaded, fell back on and sent.
+HTTPS, and the report says, per edge, what each trained and evaluated on, offloaded, fell back on and sent. The
+edges name themselves (partition ids 7 and 12) and outnumber the run's ``num-clients`` (1 slice of the shared stream,
+which they do not read): the fleet is whoever connects.
 """
 
 from __future__ import annotations
@@ -113,7 +115,9 @@ def test_edges_with_their_own_data_offload_to_the_real_cloud_service(
     credentials = {"cloud-ca": str(certs / "ca.pem"), "cloud-token-file": str(tmp_path / "token"), "cloud-timeout": 60}
     report_dir = tmp_path / "report"
     run_config: dict[str, object] = {
-        "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": 2,
+        # num-clients counts the shared stream's slices; these edges read none, so the fleet outnumbers it
+        "dataset": "digits", "model": "resnet20_cifar", "cloud-model": "resnet20_cifar", "num-clients": 1,
+        "min-edges": 2,
         "experiences": 1, "rounds-per-experience": 1, "main-rounds": 0, "cloud-epochs": 1, "local-epochs": 1,
         "cloud-model-epochs": 1, "extension-epochs": 1,
         "batch-size": 64, "limit-train": 400, "report-dir": str(report_dir), "cloud-url": url,
@@ -121,7 +125,8 @@ def test_edges_with_their_own_data_offload_to_the_real_cloud_service(
         # cloud epoch most are (the calibrated rule can keep every input of an edge's classes on the extension)
         "policy": "paper", "entropy-threshold": 0.25,
     }  # fmt: skip
-    node_configs = [{"data-dir": str(folder), **credentials} for folder in folders]
+    ids = (7, 12)  # an edge with its own data names itself: any distinct ids, not positions, no num-partitions check
+    node_configs = [{"data-dir": str(f), "partition-id": i, **credentials} for f, i in zip(folders, ids, strict=True)]
     run = run_deployment(run_config, 2, timeout=500, home=tmp_path / "flwr", node_configs=node_configs)
     assert run.ok, f"{run.status}: {run.details}\n{run.logs[-4000:]}"
 
@@ -131,12 +136,12 @@ def test_edges_with_their_own_data_offload_to_the_real_cloud_service(
     hard = set(report["experiences"][0]["hard_classes"])
     seed = int(report["config"]["seed"])
     per_node = rnd["client_evaluation_per_node"]
-    assert len(per_node) == 2, rnd
+    assert len(per_node) == 2 and sorted(int(m["client"]) for m in per_node.values()) == [7, 12], rnd
     offloaded = 0
     for node, m in per_node.items():
         client = int(m["client"])
         assert rnd["clients"][node] == client  # the same edge trained and evaluated
-        own = read_edge_data(folders[client], NAMES, image_size=32, seed=seed)
+        own = read_edge_data(folders[ids.index(client)], NAMES, image_size=32, seed=seed)
         train_hard = sum(int(c) in hard for c in own.train(0).y.tolist())
         assert rnd["claims"][node] == train_hard, (node, client, rnd["claims"], hard)  # its own folder's hard images
         assert m[keys.NUM_EXAMPLES] == len(own.test(0)), (node, m)  # and its own held-out images

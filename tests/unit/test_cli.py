@@ -79,3 +79,10 @@ def test_federate_refuses_the_state_of_another_config_before_starting(tmp_path: 
     assert result.exit_code != 0
     assert "belongs to a run with other settings" in result.output and "--fresh" in result.output
     assert "running the federation" not in result.output  # nothing was started
+
+
+def test_federate_refuses_a_quorum_larger_than_its_edges_before_starting(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["federate", "--report-dir", str(tmp_path / "r"), "-c", "min-edges=4"])
+    assert result.exit_code != 0
+    assert "min-edges=4 is more than the 3 edge(s)" in result.output and "-c min-edges=3" in result.output
+    assert "running the federation" not in result.output

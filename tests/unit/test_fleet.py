@@ -131,6 +131,52 @@ def test_an_edge_that_misses_the_deadline_or_goes_away_is_listed_as_missed() -> 
     assert {m.metadata.dst_node_id for m in _train(needy, 2)} == set(FLEET) - {gone.metadata.dst_node_id}
 
 
+def _round(strategy: MEANetStrategy, server_round: int, connected: list[int]) -> dict[int, Message]:
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = connected
+    messages = strategy.configure_train(server_round, _record(), ConfigRecord({EXPERIENCE: 0}), grid)
+    return {m.metadata.dst_node_id: m for m in messages}
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_claims_and_fltrust_hold_when_the_edges_change_from_round_to_round() -> None:
+    """Round 1: edges a, b, c, d. Round 2: d has gone, e is new and lies (a huge count, a step against the server's
+    own update), a inflates its count. Round 3: d is back, after missing round 2, and inflates its count. Every claim
+    is bounded by the others of its own round and by the same node's earlier claim, however long ago."""
+    state = sent_state()
+    server = shifted(edge_of(state), 0.02)  # the server's own update on its clean data points this way
+    strategy = MEANetStrategy(min_available_nodes=2, aggregation="fltrust", reference_fn=lambda sent: server)
+    a, b, c, d, e = FLEET[:5]
+
+    def honest(m: Message, n: float, k: float = 1.0) -> Message:
+        return reply(m, shifted(edge_of(state), 0.02 * k), n)
+
+    sent = _round(strategy, 1, [a, b, c, d])
+    strategy.aggregate_train(1, [honest(sent[a], 500), honest(sent[b], 400, 1.1), honest(sent[c], 450, 0.9),
+                                 honest(sent[d], 300, 1.2)])  # fmt: skip
+    assert strategy.last_round is not None and not strategy.last_round["clipped_claims"]
+
+    sent = _round(strategy, 2, [a, b, c, e])
+    assert d not in sent
+    liar = reply(sent[e], shifted(edge_of(state), -0.02), 1e9)
+    strategy.aggregate_train(2, [honest(sent[a], 5000), honest(sent[b], 400, 1.1), honest(sent[c], 450, 0.9), liar])
+    r2 = strategy.last_round
+    assert r2 is not None
+    clipped = dict(r2["clipped_claims"])
+    assert set(clipped) == {a, e}
+    assert "weighed as 500" in clipped[a] and "its own earlier claim" in clipped[a]  # 2 x the others' median is 900
+    assert "median" in clipped[e] and "weighed as 900" in clipped[e]  # new: no earlier claim, the others bound it
+    assert r2["trust_scores"][e] == 0.0 and min(r2["trust_scores"][n] for n in (a, b, c)) > 0.5
+    assert any(n == e for n, _ in r2["ignored_by_rule"])
+
+    sent = _round(strategy, 3, [a, b, c, d])  # d is back, e has gone
+    strategy.aggregate_train(3, [honest(sent[a], 500), honest(sent[b], 400, 1.1), honest(sent[c], 450, 0.9),
+                                 honest(sent[d], 700, 1.2)])  # fmt: skip
+    r3 = strategy.last_round
+    assert r3 is not None
+    assert [(n, "weighed as 300" in why) for n, why in r3["clipped_claims"]] == [(d, True)]  # its round-1 claim
+
+
 # ----------------------------------------------------------------------------------------- the round record
 def test_participation_names_trained_missed_and_rejoined_clients_across_a_restart() -> None:
     r1 = {"accepted_nodes": [907, 13], "missed_nodes": [442], "sampled_nodes": [13, 442, 907], "connected_nodes": 3,

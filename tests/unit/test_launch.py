@@ -38,3 +38,12 @@ def test_loopback_federation_wants_one_node_config_per_supernode(tmp_path: Path)
         ),
     ):
         pass
+
+
+def test_a_loopback_run_refuses_a_quorum_it_cannot_reach() -> None:
+    launch.check_quorum({"min-edges": 3}, 3)
+    launch.check_quorum({}, 2)  # the app's default quorum, 2
+    with pytest.raises(ValueError, match="min-edges=3 is more than the 2 edge"):
+        launch.check_quorum({"min-edges": 3}, 2)
+    with pytest.raises(ValueError, match="min-edges=2 is more than the 1 edge"):
+        launch.run_simulation({}, 1)  # before anything starts

@@ -147,6 +147,25 @@ def test_the_node_config_names_the_data_or_not(tmp_path: Path) -> None:
         read_edge_data(tmp_path, NAMES, image_size=8).test(0)
 
 
+def test_an_edge_with_its_own_data_names_itself_and_a_shared_slice_must_fit_num_clients(tmp_path: Path) -> None:
+    from fl_client.data import client_index
+
+    cfg = FederationConfig.from_run_config({"num-clients": 3})
+    own = {"data-dir": str(tmp_path)}
+    assert client_index({**own, "partition-id": 907}, cfg) == 907  # its name in the fleet, no num-partitions
+    assert client_index({**own, "partition-id": 5, "num-partitions": 1}, cfg) == 5  # a stale count is not read
+    assert client_index({"partition-id": 2, "num-partitions": 3}, cfg) == 2
+    with pytest.raises(ValueError, match=r"partition-id=I' \(any distinct I >= 0"):
+        client_index(own, cfg)
+    with pytest.raises(ValueError, match="partition-id=I num-partitions=3"):
+        client_index({"partition-id": 1}, cfg)
+    for bad in ({"partition-id": 3, "num-partitions": 3}, {"partition-id": 0, "num-partitions": 4}):
+        with pytest.raises(ValueError, match=r"does not fit the run's num-clients=3.*data-dir"):
+            client_index(bad, cfg)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        client_index({**own, "partition-id": -1}, cfg)
+
+
 # ------------------------------------------------------------------------------------------------ the ClientApp
 RUN = 11
 
