@@ -5,7 +5,9 @@
   with the digest of that base (:data:`~meanet_core.keys.BASE_DIGEST`); both carry the digest of the state to load
   (:data:`~meanet_core.keys.STATE_DIGEST`), and the signature covers them. :func:`broadcast_state` rebuilds the state
   and checks it bit for bit against that digest, or refuses with the reason (then the cloud sends the full state in
-  the next round). A main round's broadcast covers everything but the edge blocks (:func:`~meanet_core.keys.covers`).
+  the next round). An edge that missed the last broadcasts may get a catch-up: their changes in order
+  (:data:`~meanet_core.keys.CATCH_UP`), each checked against its digests. A main round's broadcast covers everything
+  but the edge blocks (:func:`~meanet_core.keys.covers`).
 * **Up: compressed updates.** :func:`encode_reply` encodes the trained arrays (:mod:`meanet_core.wire.compression`)
   and keeps the error-feedback residual for the next round of the same experience.
 """
@@ -54,18 +56,14 @@ def broadcast_state(msg: Message, context: Context, scope: str = "edge") -> dict
     if base is None:
         state = arrays
     else:
-        held = {k: v for k, v in cache.items() if keys.covers(k, scope)}
-        if not held or digest(held, prefix="") != base:
-            have = digest(held, prefix="")[:12] if held else "nothing"
-            raise MissingBase(
-                f"the broadcast is a change from state {str(base)[:12]}..., which this edge does not hold (it holds "
-                f"{have}); the cloud sends the full state to this edge in the next round"
-            )
-        try:
-            # the entries the edge holds, and any new one the change carries in full
-            state = decode_broadcast(arrays, held, [*held, *sorted(payload_entries(arrays) - set(held))])
-        except PayloadError as e:
-            raise MissingBase(f"the broadcast's change does not apply: {e}") from e
+        for step_scope, step_base, step_digest, change in _steps(arrays, config, scope, str(base)):
+            state = _apply_change(change, cache, step_scope, step_base)
+            if step_digest is not None and digest(state, prefix="") != step_digest:
+                raise MissingBase(
+                    f"a catch-up step rebuilds state {digest(state, prefix='')[:12]}..., not the signed "
+                    f"{step_digest[:12]}...; refused (the cloud sends the full state in the next round)"
+                )
+            cache.update(state)
     expected = config.get(keys.STATE_DIGEST)
     if expected is not None and digest(state, prefix="") != expected:
         raise MissingBase(
@@ -75,6 +73,46 @@ def broadcast_state(msg: Message, context: Context, scope: str = "edge") -> dict
     cache.update(state)
     context.state[keys.STATE_CACHE] = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in cache.items()})
     return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+
+
+def _steps(arrays: Arrays, config: Any, scope: str, base: str) -> list[tuple[str, str, str | None, Arrays]]:
+    """The changes a broadcast carries, in order: ``(scope, base digest, state digest or None, payload)``. One change
+    (:data:`~meanet_core.keys.BASE_DIGEST` alone; the last step's digest is checked by the caller), or a catch-up
+    (:data:`~meanet_core.keys.CATCH_UP`: step *i*'s arrays prefixed ``"i>"``)."""
+    catch_up = config.get(keys.CATCH_UP)
+    if catch_up is None:
+        return [(scope, base, None, arrays)]
+    try:
+        steps = [str(entry).split(":") for entry in catch_up]
+        if not steps or any(len(parts) != 3 or parts[0] not in keys.SCOPES for parts in steps):
+            raise ValueError("each step must be 'scope:base digest:state digest'")
+        if steps[0][1] != base or steps[-1][0] != scope:
+            raise ValueError("its first base or its last scope does not match the broadcast")
+        payloads: list[Arrays] = [{} for _ in steps]
+        for key, value in arrays.items():
+            index, sep, name = key.partition(">")
+            if not sep or not index.isdigit() or int(index) >= len(steps):
+                raise ValueError(f"array {key!r} names no step of {len(steps)}")
+            payloads[int(index)][name] = value
+    except ValueError as e:
+        raise MissingBase(f"the broadcast's catch-up is malformed: {e}") from e
+    return [(s, b, d, payload) for (s, b, d), payload in zip(steps, payloads, strict=True)]
+
+
+def _apply_change(change: Arrays, cache: Arrays, scope: str, base: str) -> Arrays:
+    """The state one change makes of what the edge holds over ``scope``'s entries, whose digest must be ``base``."""
+    held = {k: v for k, v in cache.items() if keys.covers(k, scope)}
+    if not held or digest(held, prefix="") != base:
+        have = digest(held, prefix="")[:12] if held else "nothing"
+        raise MissingBase(
+            f"the broadcast is a change from state {base[:12]}..., which this edge does not hold (it holds "
+            f"{have}); the cloud sends the full state to this edge in the next round"
+        )
+    try:
+        # the entries the edge holds, and any new one the change carries in full
+        return decode_broadcast(change, held, [*held, *sorted(payload_entries(change) - set(held))])
+    except PayloadError as e:
+        raise MissingBase(f"the broadcast's change does not apply: {e}") from e
 
 
 def encode_reply(

@@ -11,9 +11,14 @@
   against, keeps and signs are bit for bit the ones the edges hold (:meth:`~DeltaBroadcasts.prepare_broadcast`).
 * **Who gets what.** An edge whose last reply succeeded holds the reference (per group of entries: the edge blocks,
   the rest), and gets the change with the digests of its base and of the result (``base-digest``, ``state-digest``),
-  sealed by :meth:`~DeltaBroadcasts.seal` (signed by :class:`~strategies.SignedMEANetStrategy`). Every other edge (new,
-  restarted, or one that missed or failed a round) gets the reconstruction in full. The edge side is
-  :mod:`fl_client.transport`.
+  sealed by :meth:`~DeltaBroadcasts.seal` (signed by :class:`~strategies.SignedMEANetStrategy`).
+* **Catching up.** An edge that was not sent the last broadcasts (not sampled in those rounds) still holds an older
+  reconstruction. The strategy keeps the changes of the last :data:`HISTORY` broadcasts, and such an edge gets, in
+  one message, the changes since the state it holds, in order (:data:`~meanet_core.keys.CATCH_UP`), when they weigh
+  less than the full state. Each step rebuilds exactly the reconstruction it rebuilt for everyone else, so the edge
+  ends on the same signed state.
+* Every other edge (new, restarted, one whose reply failed or missed the deadline, or too far behind) gets the
+  reconstruction in full. The edge side is :mod:`fl_client.transport`.
 
 ``broadcast_encoding = "float32"`` keeps changed entries exact (only unchanged ones are left out); ``delta_broadcast =
 False`` sends every edge the full state of each round, with no reference.
@@ -30,12 +35,15 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from meanet_core.keys import BASE_DIGEST, STATE_DIGEST, covers, is_edge_key
+from meanet_core.keys import BASE_DIGEST, CATCH_UP, STATE_DIGEST, covers, is_edge_key
 from meanet_core.trust.broadcast import digest
 from meanet_core.wire.broadcast_delta import ENCODINGS, broadcast_change
 
 BROADCAST_ENCODINGS: tuple[str, ...] = ENCODINGS
 """How a changed weight goes down: a 6- or 8-bit change (the error stays on the server), or exactly."""
+
+HISTORY = 8
+"""How many broadcasts back an edge can catch up from with their changes (rather than the full state)."""
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -67,7 +75,25 @@ class BroadcastPlan:
     """Per group, the digest an edge holds once it took this broadcast."""
     change: Arrays | None
     """The change's payload (``None`` with ``delta_broadcast`` off)."""
+    scope: str = "edge"
+    full_bytes: int = 0
+    """Bytes of :attr:`state`: a catch-up that weighs as much goes as the full state instead."""
     sealed: dict[str, RecordDict] = field(default_factory=dict)
+    node_after: dict[int, dict[str, str]] = field(default_factory=dict)
+    """Node id -> group -> digest it holds once it took this broadcast (as sent to it: change, catch-up or full)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One past broadcast's change, kept so that an edge that missed it can still apply it (:data:`HISTORY`)."""
+
+    scope: str
+    change: Arrays
+    base_digest: str
+    state_digest: str
+    held_before: dict[str, str]
+    held_after: dict[str, str]
+    nbytes: int
 
 
 class DeltaBroadcasts:
@@ -86,6 +112,8 @@ class DeltaBroadcasts:
     broadcast_seconds: dict[str, float]
     """Message type -> seconds the last :meth:`prepare_broadcast` took (encoding, and the edges' decoding, on the
     cloud)."""
+    history: list[Step]
+    """The changes of the last :data:`HISTORY` broadcasts, oldest first (the newest is the current plan's)."""
 
     def prepare_broadcast(self, arrays: ArrayRecord, scope: str, message_type: str) -> ArrayRecord:
         """The state a round of ``scope`` broadcasts for ``arrays``: the reconstruction over the covered keys.
@@ -107,56 +135,93 @@ class DeltaBroadcasts:
             change, state = broadcast_change(target, self.reference, self.broadcast_encoding)
         self.reference = {**self.reference, **state}
         after = group_digests(self.reference, target)
-        self.plans[message_type] = BroadcastPlan(
+        plan = BroadcastPlan(
             state=state,
             state_digest=digest(state, prefix=""),
             base_digest=base,
             held_before=before,
             held_after=after,
             change=change,
+            scope=scope,
+            full_bytes=sum(int(np.asarray(v).nbytes) for v in state.values()),
         )
+        self.plans[message_type] = plan
+        if change is None or base is None:  # nothing to change from: nobody can catch up across this one
+            self.history = []
+        else:
+            nbytes = sum(int(np.asarray(v).nbytes) for v in change.values())
+            step = Step(scope, change, base, plan.state_digest, before, after, nbytes)
+            self.history = [*self.history, step][-HISTORY:]
         self.broadcast_seconds[message_type] = time.perf_counter() - started
         return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in state.items()})  # 0-d stays 0-d
 
-    def _holds_base(self, node: int, plan: BroadcastPlan) -> bool:
-        held = self.node_holds.get(node, {})
-        return plan.base_digest is not None and all(held.get(g) == d for g, d in plan.held_before.items())
+    def _catch_up(self, node: int, plan: BroadcastPlan) -> tuple[list[Step], dict[str, str]] | None:
+        """The fewest last steps of :attr:`history` that take what ``node`` holds to ``plan``'s state, and what it
+        then holds; ``None`` when no such steps weigh less than the full state (it gets the full state)."""
+        held = self.node_holds.get(node)
+        if not held or plan.change is None or plan.base_digest is None or not self.history:
+            return None
+        for start in range(len(self.history) - 1, -1, -1):
+            steps, holds = self.history[start:], dict(held)
+            for step in steps:
+                if not all(holds.get(g) == d for g, d in step.held_before.items()):
+                    break
+                holds.update(step.held_after)
+            else:
+                if sum(step.nbytes for step in steps) < plan.full_bytes:
+                    return steps, holds
+                return None
+        return None
 
     def took_broadcast(self, node: int, message_type: str, ok: bool) -> None:
         """Record an edge's reply to the broadcast of ``message_type``: on success it holds the new state; on an
         error (or no reply) what it holds is unknown, and it gets the full state next time."""
         plan = self.plans.get(message_type)
         if ok and plan is not None:
-            self.node_holds[node] = {**self.node_holds.get(node, {}), **plan.held_after}
+            self.node_holds[node] = plan.node_after.get(node) or {**self.node_holds.get(node, {}), **plan.held_after}
         else:
             self.node_holds.pop(node, None)
 
     def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> Iterable[Message]:
-        """One message per node: the change to an edge that holds the reference, the full state to the others; each
-        kind built and sealed once."""
+        """One message per node: the change to an edge that holds the reference, the changes since what it holds to
+        an edge that missed the last broadcasts, the full state to the others; each kind built and sealed once."""
         plan = self.plans.get(message_type)
         messages = []
         for node in node_ids:
             if plan is None:  # prepare_broadcast not called: Flower's own path
                 content = record
             else:
-                kind = "change" if plan.change is not None and self._holds_base(node, plan) else "full"
+                route = self._catch_up(node, plan)
+                steps = route[0] if route is not None else []
+                kind = f"{len(steps)} step(s)" if steps else "full"
+                plan.node_after[node] = route[1] if route is not None else {
+                    **self.node_holds.get(node, {}), **plan.held_after}  # fmt: skip
                 if kind not in plan.sealed:
-                    plan.sealed[kind] = self._sealed_record(record, plan, kind, message_type)
+                    plan.sealed[kind] = self._sealed_record(record, plan, steps, message_type)
                 content = plan.sealed[kind]
             messages.append(Message(content=content, message_type=message_type, dst_node_id=node))
         return messages
 
-    def _sealed_record(self, record: RecordDict, plan: BroadcastPlan, kind: str, purpose: str) -> RecordDict:
-        """``record`` as the full state or as the change, with the digests it must rebuild, sealed by :meth:`seal`."""
+    def _sealed_record(self, record: RecordDict, plan: BroadcastPlan, steps: list[Step], purpose: str) -> RecordDict:
+        """``record`` as the full state (no ``steps``), the change (one step) or a catch-up (several, prefixed
+        ``"i>"``), with the digests it must rebuild, sealed by :meth:`seal`."""
         arrays = record[self.arrayrecord_key]
         config = record[self.configrecord_key]
         assert isinstance(arrays, ArrayRecord) and isinstance(config, ConfigRecord)  # FedAvg built them
         entries: dict[str, Any] = {**dict(config.items()), STATE_DIGEST: plan.state_digest}
-        if kind == "change":
-            assert plan.change is not None and plan.base_digest is not None
-            arrays = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in plan.change.items()})
-            entries[BASE_DIGEST] = plan.base_digest
+        if len(steps) == 1:
+            arrays = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in steps[0].change.items()})
+            entries[BASE_DIGEST] = steps[0].base_digest
+        elif steps:
+            arrays = ArrayRecord(
+                {
+                    f"{i}>{k}": Array(np.array(v, order="C"))
+                    for i, step in enumerate(steps)
+                    for k, v in step.change.items()
+                }
+            )
+            entries[BASE_DIGEST] = steps[0].base_digest
+            entries[CATCH_UP] = [f"{step.scope}:{step.base_digest}:{step.state_digest}" for step in steps]
         sealed = self.seal(arrays, ConfigRecord(entries), purpose)
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: sealed})
 

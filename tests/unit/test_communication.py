@@ -274,6 +274,7 @@ def _retrained(arrays: ArrayRecord, scale: float = 0.01) -> ArrayRecord:
 
 def _fresh(strategy: Any) -> None:
     strategy.delta_broadcast, strategy.reference, strategy.node_holds, strategy.plans = True, {}, {}, {}
+    strategy.history = []
 
 
 @pytest.mark.usefixtures("task_identity")
@@ -359,5 +360,76 @@ def test_a_main_round_sends_no_edge_block_and_the_edge_trains_the_main_block(edg
         assert answer.content[keys.ARRAYS] and all(k.startswith(keys.MAIN_PREFIX) for k in answer.content[keys.ARRAYS])  # type: ignore[union-attr]
         arrays_back, _ = strategy.aggregate_train(rnd, [answer])
         assert arrays_back is not None and not any(keys.is_edge_key(k) for k in arrays_back)
+    _fresh(strategy)
+    strategy.delta_broadcast = False
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_an_edge_that_missed_broadcasts_catches_up_with_their_changes(
+    edge: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Node 2 trains in round 1, is not sampled in round 2 (a main round) and comes back in round 3 (an edge round):
+    it gets the two changes in one message, checks every step, and loads the signed state of round 3."""
+    from fl_client.app import app
+    from fl_client.transport import broadcast_state
+    from strategies import broadcasts
+
+    strategy = edge["strategy"]
+    _fresh(strategy)
+    for attr in ("min_available_nodes", "min_train_nodes"):  # round 2 goes on with the one edge sampled
+        monkeypatch.setattr(strategy, attr, 1)
+    monkeypatch.setattr(strategy, "missed_at", {})  # nobody rests after the earlier tests' missed rounds
+    grid = Mock(spec=Grid)
+    config = ConfigRecord({keys.EXPERIENCE: 0, keys.HARD_CLASSES: [3, 8]})
+    main = ConfigRecord({**dict(config.items()), keys.SCOPE: "main"})
+    one, two = _context(edge), _context(edge)
+
+    def round_(rnd: int, arrays: ArrayRecord, cfg: ConfigRecord, nodes: list[int]) -> dict[int, Message]:
+        grid.get_node_ids.return_value = nodes
+        return {m.metadata.dst_node_id: m for m in strategy.configure_train(rnd, arrays, cfg, grid)}
+
+    first = round_(1, edge["arrays"], config, [1, 2])
+    full_bytes = first[1].content[keys.ARRAYS].count_bytes()  # type: ignore[union-attr]
+    strategy.aggregate_train(1, [app(first[1], one), app(first[2], two)])
+    second = round_(2, _retrained(edge["arrays"]), main, [1])  # node 2 is not sampled
+    strategy.aggregate_train(2, [app(second[1], one)])
+    third = round_(3, _retrained(edge["arrays"], 0.02), config, [1, 2])
+    change, catch_up = third[1].content, third[2].content
+    assert keys.CATCH_UP not in change[keys.CONFIG]  # type: ignore[operator]  node 1 holds round 2: one change
+    steps = catch_up[keys.CONFIG][keys.CATCH_UP]  # type: ignore[index]
+    assert [s.split(":")[0] for s in steps] == ["main", "edge"]  # type: ignore[union-attr]
+    catch_up_bytes = catch_up[keys.ARRAYS].count_bytes()  # type: ignore[union-attr]
+    assert catch_up_bytes < 0.5 * full_bytes  # two 6-bit changes, not the full state
+    answer = app(third[2], two)
+    assert not answer.has_error()
+    held = {k: v.numpy() for k, v in two.state.array_records[keys.STATE_CACHE].items()}
+    sent = {k: v.numpy() for k, v in strategy.current_arrays.items()}
+    assert digest(held, prefix="") == digest(sent, prefix="") == catch_up[keys.CONFIG][keys.STATE_DIGEST]  # type: ignore[index]
+    answer_one = app(third[1], one)
+    assert not answer_one.has_error()
+
+    # the steps are signed: another order does not verify; a step whose arrays name no step is refused
+    swapped = Message(content=RecordDict(dict(catch_up.items())), dst_node_id=2, message_type="train")
+    swapped.content[keys.CONFIG] = ConfigRecord({**dict(catch_up[keys.CONFIG].items()), keys.CATCH_UP: steps[::-1]})  # type: ignore[union-attr,index]
+    with pytest.raises(BroadcastRejected, match="does not match its signature"):
+        app(swapped, _context(edge))
+    stray = Message(content=RecordDict(dict(catch_up.items())), dst_node_id=2, message_type="train")
+    stray.content[keys.ARRAYS] = ArrayRecord(
+        {k.replace("1>", "7>", 1): v for k, v in catch_up[keys.ARRAYS].items()}  # type: ignore[union-attr]
+    )
+    with pytest.raises(MissingBase, match="names no step of 2"):
+        broadcast_state(stray, two)
+    behind = _context(edge)  # holds round 1's state: round 3's change alone (node 1's) does not apply to it
+    app(first[2], behind)
+    with pytest.raises(MissingBase, match="does not hold"):
+        broadcast_state(third[1], behind)
+    monkeypatch.setattr(broadcasts, "HISTORY", 1)  # keeps one change: node 2, a round behind again, gets the state
+    strategy.aggregate_train(3, [answer_one, answer])
+    fourth = round_(4, _retrained(edge["arrays"], 0.03), main, [1])
+    strategy.aggregate_train(4, [app(fourth[1], one)])
+    fifth = round_(5, _retrained(edge["arrays"], 0.04), config, [1, 2])
+    assert keys.BASE_DIGEST not in fifth[2].content[keys.CONFIG] and keys.BASE_DIGEST in fifth[1].content[keys.CONFIG]  # type: ignore[operator]
+    assert not app(fifth[2], two).has_error()
     _fresh(strategy)
     strategy.delta_broadcast = False
