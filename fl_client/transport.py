@@ -25,7 +25,7 @@ from flwr.common import log
 
 from meanet_core import keys
 from meanet_core.trust.broadcast import digest
-from meanet_core.wire.broadcast_delta import decode_broadcast, payload_entries
+from meanet_core.wire.broadcast_delta import decode_broadcast, payload_entries, payload_entry
 from meanet_core.wire.compression import PayloadError, encode_update
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -53,17 +53,25 @@ def broadcast_state(msg: Message, context: Context, scope: str = "edge") -> dict
     saved = context.state.array_records.get(keys.STATE_CACHE)
     cache: Arrays = {k: v.numpy() for k, v in saved.items()} if saved is not None else {}
     base = config.get(keys.BASE_DIGEST)
-    if base is None:
+    if keys.CATCH_UP in config:
+        for group, step_base, step_digest, change in _steps(arrays, config):
+            _catch_up_group(change, cache, group, step_base, step_digest)
+        state = {k: v for k, v in cache.items() if keys.covers(k, scope)}
+    elif base is None:
         state = arrays
     else:
-        for step_scope, step_base, step_digest, change in _steps(arrays, config, scope, str(base)):
-            state = _apply_change(change, cache, step_scope, step_base)
-            if step_digest is not None and digest(state, prefix="") != step_digest:
-                raise MissingBase(
-                    f"a catch-up step rebuilds state {digest(state, prefix='')[:12]}..., not the signed "
-                    f"{step_digest[:12]}...; refused (the cloud sends the full state in the next round)"
-                )
-            cache.update(state)
+        held = {k: v for k, v in cache.items() if keys.covers(k, scope)}
+        if not held or digest(held, prefix="") != base:
+            have = digest(held, prefix="")[:12] if held else "nothing"
+            raise MissingBase(
+                f"the broadcast is a change from state {str(base)[:12]}..., which this edge does not hold (it holds "
+                f"{have}); the cloud sends the full state to this edge in the next round"
+            )
+        try:
+            # the entries the edge holds, and any new one the change carries in full
+            state = decode_broadcast(arrays, held, [*held, *sorted(payload_entries(arrays) - set(held))])
+        except PayloadError as e:
+            raise MissingBase(f"the broadcast's change does not apply: {e}") from e
     expected = config.get(keys.STATE_DIGEST)
     if expected is not None and digest(state, prefix="") != expected:
         raise MissingBase(
@@ -75,44 +83,51 @@ def broadcast_state(msg: Message, context: Context, scope: str = "edge") -> dict
     return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
-def _steps(arrays: Arrays, config: Any, scope: str, base: str) -> list[tuple[str, str, str | None, Arrays]]:
-    """The changes a broadcast carries, in order: ``(scope, base digest, state digest or None, payload)``. One change
-    (:data:`~meanet_core.keys.BASE_DIGEST` alone; the last step's digest is checked by the caller), or a catch-up
+def _group(key: str) -> str:
+    return "edge" if keys.is_edge_key(key) else "rest"
+
+
+def _steps(arrays: Arrays, config: Any) -> list[tuple[str, str, str, Arrays]]:
+    """A catch-up's changes, in order: ``(group, base digest or "", state digest, payload)``
     (:data:`~meanet_core.keys.CATCH_UP`: step *i*'s arrays prefixed ``"i>"``)."""
-    catch_up = config.get(keys.CATCH_UP)
-    if catch_up is None:
-        return [(scope, base, None, arrays)]
     try:
-        steps = [str(entry).split(":") for entry in catch_up]
-        if not steps or any(len(parts) != 3 or parts[0] not in keys.SCOPES for parts in steps):
-            raise ValueError("each step must be 'scope:base digest:state digest'")
-        if steps[0][1] != base or steps[-1][0] != scope:
-            raise ValueError("its first base or its last scope does not match the broadcast")
+        steps = [str(entry).split(":") for entry in config[keys.CATCH_UP]]
+        if not steps or any(len(parts) != 3 or parts[0] not in ("edge", "rest") or not parts[2] for parts in steps):
+            raise ValueError("each step must be 'group:base digest:state digest', group 'edge' or 'rest'")
         payloads: list[Arrays] = [{} for _ in steps]
         for key, value in arrays.items():
             index, sep, name = key.partition(">")
             if not sep or not index.isdigit() or int(index) >= len(steps):
                 raise ValueError(f"array {key!r} names no step of {len(steps)}")
+            if _group(payload_entry(name)) != steps[int(index)][0]:
+                raise ValueError(f"array {key!r} is not of step {index}'s group {steps[int(index)][0]!r}")
             payloads[int(index)][name] = value
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise MissingBase(f"the broadcast's catch-up is malformed: {e}") from e
-    return [(s, b, d, payload) for (s, b, d), payload in zip(steps, payloads, strict=True)]
+    return [(g, b, d, payload) for (g, b, d), payload in zip(steps, payloads, strict=True)]
 
 
-def _apply_change(change: Arrays, cache: Arrays, scope: str, base: str) -> Arrays:
-    """The state one change makes of what the edge holds over ``scope``'s entries, whose digest must be ``base``."""
-    held = {k: v for k, v in cache.items() if keys.covers(k, scope)}
-    if not held or digest(held, prefix="") != base:
-        have = digest(held, prefix="")[:12] if held else "nothing"
+def _catch_up_group(change: Arrays, cache: Arrays, group: str, base: str, expected: str) -> None:
+    """Apply one group's change to what the edge holds of that group (whose digest must be ``base``; ``""``: the
+    group is new, the change is from nothing), check the result against ``expected``, and keep it in ``cache``."""
+    held = {k: v for k, v in cache.items() if _group(k) == group} if base else {}
+    if base and (not held or digest(held, prefix="") != base):
         raise MissingBase(
-            f"the broadcast is a change from state {base[:12]}..., which this edge does not hold (it holds "
-            f"{have}); the cloud sends the full state to this edge in the next round"
+            f"a catch-up step applies to {group} state {base[:12]}..., which this edge does not hold; the cloud "
+            "sends the full state to this edge in the next round"
         )
     try:
-        # the entries the edge holds, and any new one the change carries in full
-        return decode_broadcast(change, held, [*held, *sorted(payload_entries(change) - set(held))])
+        state = decode_broadcast(change, held, [*held, *sorted(payload_entries(change) - set(held))])
     except PayloadError as e:
-        raise MissingBase(f"the broadcast's change does not apply: {e}") from e
+        raise MissingBase(f"a catch-up step does not apply: {e}") from e
+    if digest(state, prefix="") != expected:
+        raise MissingBase(
+            f"a catch-up step rebuilds {group} state {digest(state, prefix='')[:12]}..., not the signed "
+            f"{expected[:12]}...; refused (the cloud sends the full state in the next round)"
+        )
+    for key in [k for k in cache if _group(k) == group]:
+        del cache[key]
+    cache.update(state)
 
 
 def encode_reply(

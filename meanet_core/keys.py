@@ -128,10 +128,11 @@ change applies to, over the keys the broadcast covers, which the edge must hold 
 :data:`STATE_CACHE`). The signature covers it."""
 
 CATCH_UP = "catch-up"
-"""Config entry of a broadcast to an edge that missed the last broadcasts (not sampled, or its reply lost): the
-changes since the state it holds, in order, one ``"scope:base digest:state digest"`` string per step. The arrays of
-step *i* carry the prefix ``"i>"``; the edge applies each to what it holds, checks both digests at every step, and
-ends on :data:`STATE_DIGEST`. The signature covers it."""
+"""Config entry of a broadcast to an edge that missed some of the last broadcasts (not sampled): the changes since
+the state it holds, per group of entries (the edge blocks, the rest), one ``"group:base digest:state digest"`` string
+per step (an empty base: the group is new to the edge). The arrays of step *i* carry the prefix ``"i>"``; the edge
+applies each step to what it holds of that group, checks both digests, and ends on :data:`STATE_DIGEST`. The
+signature covers it."""
 
 STATE_CACHE = "meanet-broadcast-cache"
 """Key of the ``ArrayRecord`` in an edge's ``context.state`` holding the state it last rebuilt from a broadcast."""

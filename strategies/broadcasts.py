@@ -13,10 +13,10 @@
   the rest), and gets the change with the digests of its base and of the result (``base-digest``, ``state-digest``),
   sealed by :meth:`~DeltaBroadcasts.seal` (signed by :class:`~strategies.SignedMEANetStrategy`).
 * **Catching up.** An edge that was not sent the last broadcasts (not sampled in those rounds) still holds an older
-  reconstruction. The strategy keeps the changes of the last :data:`HISTORY` broadcasts, and such an edge gets, in
-  one message, the changes since the state it holds, in order (:data:`~meanet_core.keys.CATCH_UP`), when they weigh
-  less than the full state. Each step rebuilds exactly the reconstruction it rebuilt for everyone else, so the edge
-  ends on the same signed state.
+  reconstruction. The strategy keeps, per group of entries, the changes of the last :data:`HISTORY` broadcasts that
+  covered it, and such an edge gets, in one message, each group's changes since the state it holds of that group
+  (:data:`~meanet_core.keys.CATCH_UP`), when they weigh less than the full state. Each step rebuilds exactly the
+  reconstruction it rebuilt for everyone else, so the edge ends on the same signed state.
 * Every other edge (new, restarted, one whose reply failed or missed the deadline, or too far behind) gets the
   reconstruction in full. The edge side is :mod:`fl_client.transport`.
 
@@ -37,7 +37,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from meanet_core.keys import BASE_DIGEST, CATCH_UP, STATE_DIGEST, covers, is_edge_key
 from meanet_core.trust.broadcast import digest
-from meanet_core.wire.broadcast_delta import ENCODINGS, broadcast_change
+from meanet_core.wire.broadcast_delta import ENCODINGS, broadcast_change, payload_entry
 
 BROADCAST_ENCODINGS: tuple[str, ...] = ENCODINGS
 """How a changed weight goes down: a 6- or 8-bit change (the error stays on the server), or exactly."""
@@ -75,24 +75,21 @@ class BroadcastPlan:
     """Per group, the digest an edge holds once it took this broadcast."""
     change: Arrays | None
     """The change's payload (``None`` with ``delta_broadcast`` off)."""
-    scope: str = "edge"
     full_bytes: int = 0
     """Bytes of :attr:`state`: a catch-up that weighs as much goes as the full state instead."""
     sealed: dict[str, RecordDict] = field(default_factory=dict)
-    node_after: dict[int, dict[str, str]] = field(default_factory=dict)
-    """Node id -> group -> digest it holds once it took this broadcast (as sent to it: change, catch-up or full)."""
 
 
 @dataclass(frozen=True)
 class Step:
-    """One past broadcast's change, kept so that an edge that missed it can still apply it (:data:`HISTORY`)."""
+    """One past broadcast's change to one group of entries (the edge blocks, or the rest), kept so that an edge that
+    missed it can still apply it (:data:`HISTORY`)."""
 
-    scope: str
+    group: str
     change: Arrays
-    base_digest: str
+    base_digest: str | None
+    """The group's digest before (``None``: the group was new to the edges, the change is from nothing)."""
     state_digest: str
-    held_before: dict[str, str]
-    held_after: dict[str, str]
     nbytes: int
 
 
@@ -112,8 +109,8 @@ class DeltaBroadcasts:
     broadcast_seconds: dict[str, float]
     """Message type -> seconds the last :meth:`prepare_broadcast` took (encoding, and the edges' decoding, on the
     cloud)."""
-    history: list[Step]
-    """The changes of the last :data:`HISTORY` broadcasts, oldest first (the newest is the current plan's)."""
+    history: dict[str, list[Step]]
+    """Group -> its changes in the last :data:`HISTORY` broadcasts that covered it, oldest first."""
 
     def prepare_broadcast(self, arrays: ArrayRecord, scope: str, message_type: str) -> ArrayRecord:
         """The state a round of ``scope`` broadcasts for ``arrays``: the reconstruction over the covered keys.
@@ -142,43 +139,45 @@ class DeltaBroadcasts:
             held_before=before,
             held_after=after,
             change=change,
-            scope=scope,
             full_bytes=sum(int(np.asarray(v).nbytes) for v in state.values()),
         )
         self.plans[message_type] = plan
         if change is None or base is None:  # nothing to change from: nobody can catch up across this one
-            self.history = []
+            self.history = {}
         else:
-            nbytes = sum(int(np.asarray(v).nbytes) for v in change.values())
-            step = Step(scope, change, base, plan.state_digest, before, after, nbytes)
-            self.history = [*self.history, step][-HISTORY:]
+            for group, after_digest in after.items():
+                part = {k: v for k, v in change.items() if _group(payload_entry(k)) == group}
+                nbytes = sum(int(np.asarray(v).nbytes) for v in part.values())
+                step = Step(group, part, before.get(group), after_digest, nbytes)
+                self.history[group] = [*self.history.get(group, []), step][-HISTORY:]
         self.broadcast_seconds[message_type] = time.perf_counter() - started
         return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in state.items()})  # 0-d stays 0-d
 
-    def _catch_up(self, node: int, plan: BroadcastPlan) -> tuple[list[Step], dict[str, str]] | None:
-        """The fewest last steps of :attr:`history` that take what ``node`` holds to ``plan``'s state, and what it
-        then holds; ``None`` when no such steps weigh less than the full state (it gets the full state)."""
+    def _holds_base(self, node: int, plan: BroadcastPlan) -> bool:
+        held = self.node_holds.get(node, {})
+        return plan.base_digest is not None and all(held.get(g) == d for g, d in plan.held_before.items())
+
+    def _catch_up(self, node: int, plan: BroadcastPlan) -> list[Step] | None:
+        """Per group ``plan`` covers, the changes since the state ``node`` holds of it (from the group's
+        :attr:`history`); ``None`` when a group has no such changes or they weigh as much as the full state."""
         held = self.node_holds.get(node)
-        if not held or plan.change is None or plan.base_digest is None or not self.history:
+        if not held or plan.change is None or plan.base_digest is None:
             return None
-        for start in range(len(self.history) - 1, -1, -1):
-            steps, holds = self.history[start:], dict(held)
-            for step in steps:
-                if not all(holds.get(g) == d for g, d in step.held_before.items()):
-                    break
-                holds.update(step.held_after)
-            else:
-                if sum(step.nbytes for step in steps) < plan.full_bytes:
-                    return steps, holds
+        steps: list[Step] = []
+        for group in plan.held_after:
+            history = self.history.get(group, [])
+            start = next((i for i, step in enumerate(history) if step.base_digest == held.get(group)), None)
+            if start is None:
                 return None
-        return None
+            steps += history[start:]
+        return steps if sum(step.nbytes for step in steps) < plan.full_bytes else None
 
     def took_broadcast(self, node: int, message_type: str, ok: bool) -> None:
         """Record an edge's reply to the broadcast of ``message_type``: on success it holds the new state; on an
         error (or no reply) what it holds is unknown, and it gets the full state next time."""
         plan = self.plans.get(message_type)
         if ok and plan is not None:
-            self.node_holds[node] = plan.node_after.get(node) or {**self.node_holds.get(node, {}), **plan.held_after}
+            self.node_holds[node] = {**self.node_holds.get(node, {}), **plan.held_after}
         else:
             self.node_holds.pop(node, None)
 
@@ -191,27 +190,30 @@ class DeltaBroadcasts:
             if plan is None:  # prepare_broadcast not called: Flower's own path
                 content = record
             else:
-                route = self._catch_up(node, plan)
-                steps = route[0] if route is not None else []
-                kind = f"{len(steps)} step(s)" if steps else "full"
-                plan.node_after[node] = route[1] if route is not None else {
-                    **self.node_holds.get(node, {}), **plan.held_after}  # fmt: skip
+                if plan.change is not None and self._holds_base(node, plan):
+                    kind, steps = "change", None
+                else:
+                    steps = self._catch_up(node, plan)
+                    kind = "full" if steps is None else "catch-up from " + ",".join(f"{s.base_digest}" for s in steps)
                 if kind not in plan.sealed:
-                    plan.sealed[kind] = self._sealed_record(record, plan, steps, message_type)
+                    plan.sealed[kind] = self._sealed_record(record, plan, kind, steps or [], message_type)
                 content = plan.sealed[kind]
             messages.append(Message(content=content, message_type=message_type, dst_node_id=node))
         return messages
 
-    def _sealed_record(self, record: RecordDict, plan: BroadcastPlan, steps: list[Step], purpose: str) -> RecordDict:
-        """``record`` as the full state (no ``steps``), the change (one step) or a catch-up (several, prefixed
-        ``"i>"``), with the digests it must rebuild, sealed by :meth:`seal`."""
+    def _sealed_record(
+        self, record: RecordDict, plan: BroadcastPlan, kind: str, steps: list[Step], purpose: str
+    ) -> RecordDict:
+        """``record`` as the full state, the change, or a catch-up (``steps``, each one group's change, their arrays
+        prefixed ``"i>"``), with the digests it must rebuild, sealed by :meth:`seal`."""
         arrays = record[self.arrayrecord_key]
         config = record[self.configrecord_key]
         assert isinstance(arrays, ArrayRecord) and isinstance(config, ConfigRecord)  # FedAvg built them
         entries: dict[str, Any] = {**dict(config.items()), STATE_DIGEST: plan.state_digest}
-        if len(steps) == 1:
-            arrays = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in steps[0].change.items()})
-            entries[BASE_DIGEST] = steps[0].base_digest
+        if kind == "change":
+            assert plan.change is not None and plan.base_digest is not None
+            arrays = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in plan.change.items()})
+            entries[BASE_DIGEST] = plan.base_digest
         elif steps:
             arrays = ArrayRecord(
                 {
@@ -220,8 +222,7 @@ class DeltaBroadcasts:
                     for k, v in step.change.items()
                 }
             )
-            entries[BASE_DIGEST] = steps[0].base_digest
-            entries[CATCH_UP] = [f"{step.scope}:{step.base_digest}:{step.state_digest}" for step in steps]
+            entries[CATCH_UP] = [f"{step.group}:{step.base_digest or ''}:{step.state_digest}" for step in steps]
         sealed = self.seal(arrays, ConfigRecord(entries), purpose)
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: sealed})
 

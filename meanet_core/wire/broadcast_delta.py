@@ -158,9 +158,14 @@ def _split(key: str) -> tuple[str, str]:
     return key, ""
 
 
+def payload_entry(key: str) -> str:
+    """The state entry a payload key belongs to (``"w|q6"`` -> ``"w"``)."""
+    return _split(key)[0]
+
+
 def payload_entries(payload: Mapping[str, Any]) -> set[str]:
     """The state entries a payload carries (exactly, or as a change)."""
-    return {_split(k)[0] for k in payload}
+    return {payload_entry(k) for k in payload}
 
 
 def decode_broadcast(
