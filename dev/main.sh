@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install MEANet-FL into ./.venv (once) and run the federation on Flower's simulation engine with the
 # app's default config (pyproject.toml [tool.flwr.app.config]): CIFAR-100 in 2 experiences, 3 edge clients, 2 main
-# rounds and 2 edge rounds each (about 9 minutes on 2 cores). Extra arguments go to `meanet federate`, e.g.
+# rounds and 2 edge rounds each (about 11 minutes on 2 cores). Extra arguments go to `meanet federate`, e.g.
 # `dev/main.sh -c cloud-epochs=8 -c main-rounds=3`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
