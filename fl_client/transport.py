@@ -5,8 +5,9 @@
   with the digest of that base (:data:`~meanet_core.keys.BASE_DIGEST`); both carry the digest of the state to load
   (:data:`~meanet_core.keys.STATE_DIGEST`), and the signature covers them. :func:`broadcast_state` rebuilds the state
   and checks it bit for bit against that digest, or refuses with the reason (then the cloud sends the full state in
-  the next round). An edge that missed the last broadcasts may get a catch-up: their changes in order
-  (:data:`~meanet_core.keys.CATCH_UP`), each checked against its digests. A main round's broadcast covers everything
+  the next round). An edge that missed the last broadcasts may get a catch-up: per group of entries (the edge
+  blocks, the rest), the changes since what it holds of that group (:data:`~meanet_core.keys.CATCH_UP`), each step
+  checked against its group's digests. A main round's broadcast covers everything
   but the edge blocks (:func:`~meanet_core.keys.covers`).
 * **Up: compressed updates.** :func:`encode_reply` encodes the trained arrays (:mod:`meanet_core.wire.compression`)
   and keeps the error-feedback residual for the next round of the same experience.
@@ -83,23 +84,19 @@ def broadcast_state(msg: Message, context: Context, scope: str = "edge") -> dict
     return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
-def _group(key: str) -> str:
-    return "edge" if keys.is_edge_key(key) else "rest"
-
-
 def _steps(arrays: Arrays, config: Any) -> list[tuple[str, str, str, Arrays]]:
     """A catch-up's changes, in order: ``(group, base digest or "", state digest, payload)``
     (:data:`~meanet_core.keys.CATCH_UP`: step *i*'s arrays prefixed ``"i>"``)."""
     try:
         steps = [str(entry).split(":") for entry in config[keys.CATCH_UP]]
-        if not steps or any(len(parts) != 3 or parts[0] not in ("edge", "rest") or not parts[2] for parts in steps):
+        if not steps or any(len(parts) != 3 or parts[0] not in keys.GROUPS or not parts[2] for parts in steps):
             raise ValueError("each step must be 'group:base digest:state digest', group 'edge' or 'rest'")
         payloads: list[Arrays] = [{} for _ in steps]
         for key, value in arrays.items():
             index, sep, name = key.partition(">")
             if not sep or not index.isdigit() or int(index) >= len(steps):
                 raise ValueError(f"array {key!r} names no step of {len(steps)}")
-            if _group(payload_entry(name)) != steps[int(index)][0]:
+            if keys.group_of(payload_entry(name)) != steps[int(index)][0]:
                 raise ValueError(f"array {key!r} is not of step {index}'s group {steps[int(index)][0]!r}")
             payloads[int(index)][name] = value
     except (TypeError, ValueError) as e:
@@ -110,7 +107,7 @@ def _steps(arrays: Arrays, config: Any) -> list[tuple[str, str, str, Arrays]]:
 def _catch_up_group(change: Arrays, cache: Arrays, group: str, base: str, expected: str) -> None:
     """Apply one group's change to what the edge holds of that group (whose digest must be ``base``; ``""``: the
     group is new, the change is from nothing), check the result against ``expected``, and keep it in ``cache``."""
-    held = {k: v for k, v in cache.items() if _group(k) == group} if base else {}
+    held = {k: v for k, v in cache.items() if keys.group_of(k) == group} if base else {}
     if base and (not held or digest(held, prefix="") != base):
         raise MissingBase(
             f"a catch-up step applies to {group} state {base[:12]}..., which this edge does not hold; the cloud "
@@ -125,7 +122,7 @@ def _catch_up_group(change: Arrays, cache: Arrays, group: str, base: str, expect
             f"a catch-up step rebuilds {group} state {digest(state, prefix='')[:12]}..., not the signed "
             f"{expected[:12]}...; refused (the cloud sends the full state in the next round)"
         )
-    for key in [k for k in cache if _group(k) == group]:
+    for key in [k for k in cache if keys.group_of(k) == group]:
         del cache[key]
     cache.update(state)
 

@@ -211,6 +211,19 @@ def is_edge_key(name: str) -> bool:
     return name.startswith(EDGE_PREFIXES)
 
 
+GROUPS: tuple[str, ...] = ("edge", "rest")
+"""The groups of entries a broadcast tracks apart: the edge blocks, and the rest (what a main round covers)."""
+
+
+def group_of(name: str) -> str:
+    """The broadcast group of a state-dict entry (:data:`GROUPS`).
+
+    >>> group_of("extension.fc.weight"), group_of("main.fc.weight")
+    ('edge', 'rest')
+    """
+    return "edge" if is_edge_key(name) else "rest"
+
+
 def is_main_key(name: str) -> bool:
     """Whether a state-dict entry belongs to the main block (``main.*``)."""
     return name.startswith(MAIN_PREFIX)

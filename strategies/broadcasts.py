@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from meanet_core.keys import BASE_DIGEST, CATCH_UP, STATE_DIGEST, covers, is_edge_key
+from meanet_core.keys import BASE_DIGEST, CATCH_UP, STATE_DIGEST, covers, group_of
 from meanet_core.trust.broadcast import digest
 from meanet_core.wire.broadcast_delta import ENCODINGS, broadcast_change, payload_entry
 
@@ -48,15 +48,11 @@ HISTORY = 8
 Arrays = dict[str, npt.NDArray[Any]]
 
 
-def _group(key: str) -> str:
-    return "edge" if is_edge_key(key) else "rest"
-
-
 def group_digests(state: Arrays, keys: Iterable[str]) -> dict[str, str]:
     """The digest of ``state`` over each group's share of ``keys`` (every key must be in ``state``)."""
     by_group: dict[str, list[str]] = {}
     for key in keys:
-        by_group.setdefault(_group(key), []).append(key)
+        by_group.setdefault(group_of(key), []).append(key)
     return {group: digest({k: state[k] for k in names}, prefix="") for group, names in by_group.items()}
 
 
@@ -146,7 +142,7 @@ class DeltaBroadcasts:
             self.history = {}
         else:
             for group, after_digest in after.items():
-                part = {k: v for k, v in change.items() if _group(payload_entry(k)) == group}
+                part = {k: v for k, v in change.items() if group_of(payload_entry(k)) == group}
                 nbytes = sum(int(np.asarray(v).nbytes) for v in part.values())
                 step = Step(group, part, before.get(group), after_digest, nbytes)
                 self.history[group] = [*self.history.get(group, []), step][-HISTORY:]
