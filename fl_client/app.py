@@ -35,6 +35,7 @@ from fl_client.cloud_link import backend_name, loopback_cloud, remote_cloud
 from fl_client.data import client_index, edge_data
 from fl_client.faults import claimed, inject
 from fl_client.offload import RemoteCloud
+from fl_client.personal_round import personal_metrics, personal_train, store_for
 from fl_client.predict import EdgeOnly
 from fl_client.transport import broadcast_state, encode_reply
 from meanet_core import keys
@@ -148,6 +149,9 @@ def train(msg: Message, context: Context) -> Message:
     # the node's own data-dir when its node config names one, else its partition of the shared stream
     view = edge_data("train", config, context.node_config, cfg, client, e, state)
     model = model_from_broadcast(cfg.model, view.num_classes, hard, state, view.mean, view.std, scope)
+    if scope == "personal":  # the edge's own blocks: trained, kept, never sent (fl_client.personal_round)
+        store = store_for(context, cfg, view, client, pinned_verify_key(context, cfg))
+        return personal_train(msg, cfg, store, model, view, client, cfg.round_cycle(scope, position.round))
     loaded_digest = digest(model.state_dict())
     sent = {k: v.numpy().copy() for k, v in scoped_state(model.state_dict(), scope).items()}
     data = view.data
@@ -231,14 +235,20 @@ def evaluate(msg: Message, context: Context) -> Message:
         cloud = LocalCloud(cloud_model, optimize=True)
     else:  # no cloud: the inputs the policy would offload keep the edge's answer, flagged as fallbacks
         cloud = EdgeOnly()
+    test = view.data
+    if not len(test):
+        raise ValueError(f"edge {client} has no test image at experience {e}: nothing to evaluate")
+    extra: dict[str, float] = {}
     try:
-        engine = AdaptiveEngine(model, _policy(msg, cfg), cloud, optimize=True)  # fused BatchNorm, channels-last
-        test = view.data
-        parts = [engine.predict(test.x[i : i + 256]) for i in range(0, len(test), 256)]
+        if cfg.personal:  # the device as it runs (its own model), beside the global MEANet and the shared main block
+            store = store_for(context, cfg, view, client, pinned_verify_key(context, cfg))
+            pred, extra = personal_metrics(store, model, _policy(msg, cfg), cloud, test)
+        else:
+            engine = AdaptiveEngine(model, _policy(msg, cfg), cloud, optimize=True)  # fused BatchNorm, channels-last
+            pred = Predictions.concat([engine.predict(test.x[i : i + 256]) for i in range(0, len(test), 256)])
     finally:
         if isinstance(cloud, RemoteCloud):
             cloud.close()
-    pred = Predictions.concat(parts)
     summary = summarize(pred, test.y)
     metrics = MetricRecord(
         {
@@ -253,6 +263,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             keys.OFFLOADED: int((pred.bytes_sent > 0).sum()),
             keys.FALLBACKS: summary["fallbacks"],
             keys.BYTES_SENT: int(pred.bytes_sent.sum()),
+            **extra,
         }
     )
     info = ConfigRecord({keys.CLIENT: client, keys.CLOUD_BACKEND: backend_name(cloud)})

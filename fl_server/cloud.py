@@ -35,12 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fl_server.offload.handoff import SERVING_FILE, serving_version, write_serving_model
 from fl_server.offload.loopback import LoopbackOffload
-from fl_server.report import round_record
+from fl_server.rounds import federate_edges, federate_main
 from meanet_core import keys
 from meanet_core.config import FederationConfig
 from meanet_core.data import ImageTensors
@@ -54,7 +53,6 @@ from meanet_core.training.precision import resolve_precision
 from meanet_core.training.stages import predict_logits, select_hard_classes, train_cloud, train_extension, train_main
 from meanet_core.trust.broadcast import digest, edge_state, main_state
 from meanet_core.trust.signing import ensure_signing_key
-from strategies.evaluation import CLOUD_MODEL_BYTES
 from strategies.signed import SignedMEANetStrategy
 
 log = logging.getLogger("meanet.server")
@@ -352,128 +350,12 @@ class CloudServer:
         self.cloud.eval()
 
     def _federate_main(self, e: int, start_round: int, grid: Grid) -> None:
-        """Main rounds: the edges train the main block on their own images; the strategy aggregates ``main.*``."""
-        cfg = self.cfg
-        hard = [int(c) for c in self.model.hard_classes.tolist()]  # as they were; the edges do not train on them
-        broadcast = ArrayRecord(self.model.state_dict())
-        full_bytes = broadcast.count_bytes()
-        sent_digest = digest(self.model.state_dict())
-        config = ConfigRecord(
-            {
-                keys.EXPERIENCE: e,
-                keys.HARD_CLASSES: hard,
-                keys.CLASS_NAMES: [*self.splits.class_names],
-                keys.SCOPE: "main",
-                keys.OLD_CLASSES: self._old_classes(e),
-            }
-        )
-        self.strategy.aggregation = cfg.rule("main")
-        self.strategy.cloud_arrays = None
-        self.strategy.round_offset = start_round
-        self.strategy.evaluate_rounds = lambda r: False  # the edges evaluate after the edge rounds
-        rounds_left = cfg.main_rounds - start_round
-        self.say(
-            f"experience {e}: {rounds_left} main round(s): the edges train the main block on their own images "
-            f"({cfg.rule('main')}, distillation weight {cfg.main_distill:g} on {len(self._old_classes(e))} old classes)"
-        )
-        round_start = time.perf_counter()
-
-        def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            nonlocal round_start
-            if server_round == 0:
-                return None
-            self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
-            record = round_record(
-                self.strategy, self.report["rounds"], e, "main", start_round + server_round, round_start, full_bytes
-            )
-            record["main_block_changed"] = digest(self.model.state_dict()) != sent_digest
-            self.report["rounds"].append(record)
-            self.position = {"experience": e, "phase": "main-federation", "round": start_round + server_round}
-            self._save()
-            round_start = time.perf_counter()
-            return None
-
-        self.strategy.start(
-            grid=grid,
-            initial_arrays=broadcast,
-            num_rounds=rounds_left,
-            train_config=config,
-            evaluate_config=config,
-            evaluate_fn=after_round,
-            timeout=cfg.round_timeout,  # a reply after it is dropped (its edge: missed_nodes)
-        )
-        self.strategy.aggregation = cfg.rule("edge")
+        """Main rounds: the edges train the main block on their own images (:func:`fl_server.rounds.federate_main`)."""
+        federate_main(self, e, start_round, grid)
 
     def _federate(self, e: int, start_round: int, grid: Grid) -> None:
-        cfg = self.cfg
-        hard = [int(c) for c in self.model.hard_classes.tolist()]
-        state = self.model.state_dict()
-        broadcast = ArrayRecord(state)
-        full_bytes = broadcast.count_bytes()
-        self.strategy.cloud_arrays = None  # the edges call the offload service: cloud-url, or ours on loopback
-        # the class list is the cloud's: it travels (signed) to edges that read their own folders (fl_client.local_data)
-        config = ConfigRecord(
-            {keys.EXPERIENCE: e, keys.HARD_CLASSES: hard, keys.CLASS_NAMES: [*self.splits.class_names]}
-        )
-        # The edges evaluate with thresholds fitted to the blocks as broadcast (the server's final evaluation refits).
-        routing = self._policy_config(self._policy(e))
-        rounds_left = cfg.rounds_per_experience - start_round
-        # the signed round counts from the experience's first round, main rounds included
-        self.strategy.round_offset = cfg.main_rounds + start_round
-        every, last = cfg.evaluate_every, cfg.rounds_per_experience
-        self.strategy.evaluate_rounds = lambda r: (
-            start_round + r == last or (every > 0 and (start_round + r) % every == 0)
-        )
-        round_start = time.perf_counter()
-
-        def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            nonlocal round_start
-            if server_round == 0:
-                return None
-            self.model.load_state_dict({**self.model.state_dict(), **arrays.to_torch_state_dict()})
-            info: dict[str, Any] = dict(self.strategy.last_round or {})  # `last` is the experience's last round
-            digests: dict[int, str] = info.get("main_digests", {})
-            evaluated = self.strategy.evaluates(server_round)
-            record = round_record(
-                self.strategy, self.report["rounds"], e, "edge", start_round + server_round, round_start, full_bytes
-            )
-            # Flower runs the edges' evaluation before this callback; 0 on rounds without one
-            record["client_evaluation_seconds"] = self.strategy.last_evaluation_seconds.pop(server_round, 0.0)
-            # the main block the edges loaded: as broadcast this round (with int8 broadcasts, its reconstruction)
-            sent_main = self.strategy.sent_main_digest
-            record["main_digest_matches"] = len(digests) > 0 and all(d == sent_main for d in digests.values())
-            record["main_block_unchanged"] = digest(self.model.state_dict()) == sent_main
-            # what each edge received: the training instruction (full state, or a delta without the main block)
-            # and, on rounds with a client evaluation, the evaluation instruction (with the cloud model if sent)
-            record["bytes_evaluate_per_client"] = self.strategy.bytes_sent.pop("evaluate", 0.0) if evaluated else 0.0
-            cloud_bytes = self.strategy.bytes_sent.pop(CLOUD_MODEL_BYTES, 0.0)
-            record["bytes_cloud_model_per_client"] = cloud_bytes if evaluated else 0.0  # within the evaluation bytes
-            record["broadcast_seconds"] += self.strategy.broadcast_seconds.pop("evaluate", 0.0)
-            if evaluated and self.offload is not None:  # what the loopback service classified for the edges
-                images = int(self.offload.metrics().get("images", 0))
-                record["offload_service_images"], self._service_images = images - self._service_images, images
-            self.report["rounds"].append(record)
-            self.position = {"experience": e, "phase": "federation", "round": start_round + server_round}
-            self._save()
-            round_start = time.perf_counter()
-            return None
-
-        result = self.strategy.start(
-            grid=grid,
-            initial_arrays=broadcast,
-            num_rounds=rounds_left,
-            train_config=config,
-            evaluate_config=ConfigRecord(
-                {**config, **routing, **({keys.OFFLOAD_URL: self.offload.url} if self.offload else {})}
-            ),
-            evaluate_fn=after_round,
-            timeout=cfg.round_timeout,  # a reply after it is dropped (its edge: missed_nodes)
-        )
-        for r, metrics in result.evaluate_metrics_clientapp.items():
-            for rec in self.report["rounds"]:
-                if rec["experience"] == e and rec.get("phase", "edge") == "edge" and rec["round"] == start_round + r:
-                    rec["client_evaluation"] = dict(metrics)
-        self.say(f"experience {e}: {rounds_left} rounds of edge fine-tuning done")
+        """Edge (or personal) rounds after the cloud's training (:func:`fl_server.rounds.federate_edges`)."""
+        federate_edges(self, e, start_round, grid)
 
     def _evaluate(self, e: int) -> None:
         exp = self.stream[e]

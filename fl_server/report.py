@@ -313,6 +313,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     lines += communication_table(report["rounds"])
     lines += participation_table(report["rounds"])
     lines += per_edge_table(report["rounds"])
+    lines += per_device_table(report)
     if "wall_seconds" in report:
         lines += ["", f"Whole run: {report['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
@@ -460,6 +461,46 @@ def per_edge_table(rounds: list[dict[str, Any]]) -> list[str]:
             f"| {'-' if cloud is None else f'{cloud:.3f}'} | {int(m.get(keys.OFFLOADED, 0))} "
             f"| {int(m.get(keys.FALLBACKS, 0))} | {int(m.get(keys.BYTES_SENT, 0)):,} |"
         )
+    return lines
+
+
+def per_device_table(report: dict[str, Any]) -> list[str]:
+    """Markdown lines, for a label-skewed or personal fleet: each device's accuracy on its own test images after each
+    experience (the shared main block alone, the global MEANet as broadcast, the device as run; its own model
+    without the cloud), its hard classes (how many, the main block with its prior against its extension on their
+    test images), whether its policy keeps the extension, and its class prior's strength. None for an IID fleet."""
+    config = report.get("config", {})
+    if config.get("partition", "iid") == "iid" and not config.get("personal"):
+        return []
+    last: dict[int, dict[str, Any]] = {}
+    for r in report["rounds"]:
+        if r.get("phase", "edge") == "edge" and r.get("client_evaluation_per_node"):
+            last[r["experience"]] = r
+    if not last:
+        return []
+
+    def cell(m: dict[str, Any], key: str, digits: int = 4) -> str:
+        return "-" if not isinstance(m.get(key), int | float) else f"{m[key]:.{digits}f}"
+
+    lines = [
+        "",
+        "Per device, on its own test images (in its own class proportions): the shared main block, the global MEANet "
+        "(broadcast edge blocks, the cloud's policy), the device as run (with the cloud); its own model without the "
+        "cloud; on its hard classes' images, its main block (with its prior) against main + its extension.",
+        "",
+        "| experience | device | images | main (shared) | global MEANet | device as run | own, no cloud "
+        "| hard classes | hard: main | hard: + extension | extension kept | prior |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e, r in sorted(last.items()):
+        for _, m in sorted(r["client_evaluation_per_node"].items(), key=lambda kv: kv[1].get("client", kv[0])):
+            kept = m.get("use-extension")
+            lines.append(
+                f"| {e} | {m.get('client', '-')} | {int(m.get(keys.NUM_EXAMPLES, 0))} | {cell(m, 'accuracy-main')} "
+                f"| {cell(m, 'accuracy-global')} | {cell(m, keys.ACCURACY)} | {cell(m, 'accuracy-personal-edge')} "
+                f"| {int(m.get('num-hard', 0))} | {cell(m, 'hard-main')} | {cell(m, 'hard-extension')} "
+                f"| {'-' if kept is None else ('yes' if kept else 'no')} | {cell(m, 'prior-strength', 2)} |"
+            )
     return lines
 
 

@@ -211,6 +211,8 @@ class FederationConfig:
     batch_size: int = 64  # images per training step on the edges and the cloud
     partition: str = "iid"
     alpha: float = 0.5
+    personal: bool = False  # each edge keeps its own adaptive + extension blocks, hard classes, class prior and policy,
+    # trained on its own images and never sent (fl_client.personal_round); the main block stays shared
     cloud_share: float = 0.3
     val_fraction: float = 0.1
     hard_fraction: float = 0.2

@@ -102,9 +102,35 @@ SCOPE = "scope"
 """Config entry of a training instruction: which blocks the edges train and send back, one of :data:`SCOPES`.
 ``"edge"`` (the default when absent): adaptive + extension on hard-class samples, the main block frozen. ``"main"``:
 the main block on all the edge's images of the experience (a *main round*, when the data evolves), the edge blocks
-untouched."""
+untouched. ``"personal"`` (a federation with ``personal = true``): each edge trains its *own* adaptive + extension
+blocks on its own images, keeps them (with its own hard classes, class prior and routing policy) and sends back no
+array at all, only its metrics."""
 
-SCOPES: tuple[str, ...] = ("edge", "main")
+SCOPES: tuple[str, ...] = ("edge", "main", "personal")
+
+PERSONAL_STATE = "meanet-personal"
+"""Key of the ``ConfigRecord`` in an edge's ``context.state`` holding its personal state's bytes
+(:mod:`meanet_core.wire.personal_state`) under ``"bytes"``; never in a message."""
+
+CLOUD_ACCURACY = "cloud-accuracy"
+"""Config entry of a personal round: the cloud model's accuracy on the cloud's validation images, which an edge counts
+on for the inputs it would offload when it calibrates its own routing policy."""
+
+PERSONAL_METRICS: tuple[str, ...] = (
+    "accuracy-main",
+    "accuracy-global",
+    "accuracy-personal-edge",
+    "hard-main",
+    "hard-extension",
+    "hard-images",
+    "num-hard",
+    "use-extension",
+    "prior-strength",
+)
+"""Evaluation metrics of an edge in a personal federation, on its own test images: the shared main block alone, the
+global MEANet (the broadcast edge blocks, the cloud's policy), the device's own model without the cloud; on the
+test images of its own hard classes, its main block (with its prior) against main + its extension; how many such
+images; its hard-class count, whether its policy keeps the extension (1/0), and its prior's strength."""
 
 OLD_CLASSES = "old-classes"
 """Config entry of a main-round instruction: the classes seen before this experience (a list of int). The edge
@@ -238,7 +264,7 @@ def covers(name: str, scope: str) -> bool:
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown round scope {scope!r}; expected one of {', '.join(SCOPES)}")
-    return scope == "edge" or not is_edge_key(name)
+    return scope != "main" or not is_edge_key(name)
 
 
 def in_scope(name: str, scope: str) -> bool:
@@ -251,4 +277,6 @@ def in_scope(name: str, scope: str) -> bool:
         return is_edge_key(name)
     if scope == "main":
         return is_main_key(name)
+    if scope == "personal":  # the edges keep what they train: nothing goes up
+        return False
     raise ValueError(f"unknown round scope {scope!r}; expected one of {', '.join(SCOPES)}")

@@ -52,6 +52,7 @@ from strategies.bounds import UpdateBounds
 from strategies.broadcasts import BROADCAST_ENCODINGS, DeltaBroadcasts, mean_array_bytes
 from strategies.evaluation import EdgeEvaluation
 from strategies.fleet import FleetSampling
+from strategies.personal import PersonalRounds
 from strategies.replies import (
     Reply,
     TrainRoundReport,
@@ -69,7 +70,7 @@ ReferenceFn = Callable[[Arrays], Arrays]
 __all__ = ["MEANetStrategy", "TrainRoundReport"]
 
 
-class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSampling):
+class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSampling, PersonalRounds):
     """FedAvg over MEANet's edge blocks, with per-update validation and robust aggregation options.
 
     Parameters
@@ -300,7 +301,7 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
         if scope not in SCOPES:
             raise ValueError(f"configure_train: config '{SCOPE}' is {scope!r}; expected one of {', '.join(SCOPES)}")
         self.scope = scope
-        if not any(in_scope(k, scope) for k in arrays):
+        if not any(in_scope(k, "edge" if scope == "personal" else scope) for k in arrays):
             raise ValueError(
                 f"configure_train: the arrays to send hold no entry of the {scope} round's blocks "
                 f"({' or '.join(EDGE_PREFIXES) if scope == 'edge' else MAIN_PREFIX}); "
@@ -351,6 +352,8 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
                 server_round,
                 self.current_round,
             )
+        if self.scope == "personal":  # nothing comes up: strategies.personal
+            return self.aggregate_personal(server_round, replies)
         started = time.perf_counter()
         replies = list(replies)
         valid_replies, error_replies = self._check_and_log_replies(replies, is_train=True, validate=False)

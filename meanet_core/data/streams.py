@@ -140,6 +140,29 @@ def eval_shard(test_labels: np.ndarray, client: int, num_clients: int, seed: int
     return partition(test_labels, num_clients, "iid", seed=seed + 7919 * experience)[client]
 
 
+def own_test_shard(test_labels: np.ndarray, held_labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` positions among the test images (labels ``test_labels``) in the class proportions of the labels an
+    edge holds (``held_labels``): its own distribution, for a label-skewed fleet. Each class's images are taken in a
+    seeded order, repeated when the edge's share of a class outnumbers its test images; classes without test images
+    are left out and the others scaled up."""
+    test_labels, held = np.asarray(test_labels, dtype=np.int64), np.asarray(held_labels, dtype=np.int64)
+    classes, counts = np.unique(held, return_counts=True)
+    present = np.isin(classes, test_labels)
+    classes, counts = classes[present], counts[present]
+    if size < 1 or len(classes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    quota = np.floor(size * counts / counts.sum()).astype(np.int64)
+    rest = np.argsort(-(size * counts / counts.sum() - quota), kind="stable")[: size - int(quota.sum())]
+    quota[rest] += 1  # largest remainders: exactly ``size`` in all
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c, k in zip(classes, quota, strict=True):
+        if k:
+            idx = rng.permutation(np.flatnonzero(test_labels == c))
+            picks.append(np.resize(idx, int(k)))
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
+
+
 def make_stream(splits: DatasetSplits, **options: Any) -> list[Experience]:
     """Split ``splits`` into experiences, each divided between the cloud and the edges; ``options`` are
     :func:`plan_stream`'s (``kind``, ``num_experiences``, ``num_clients``, ``cloud_share``, ``partition_scheme``,
@@ -233,5 +256,9 @@ def edge_slice(cfg: StreamSpec, experience: int, client: int, purpose: str) -> E
         data = raw.images("train", train_idx[plan.pool[plan.edge[client]]])
     else:
         seen = of_classes(raw.y_test, plan.seen_classes)
-        data = raw.images("test", seen[eval_shard(raw.y_test[seen], client, cfg.num_clients, cfg.seed, experience)])
+        shard = eval_shard(raw.y_test[seen], client, cfg.num_clients, cfg.seed, experience)
+        if cfg.partition != "iid":  # a label-skewed fleet: each edge is scored on its own class proportions
+            held = np.concatenate([raw.y_train[train_idx[p.pool[p.edge[client]]]] for p in plans[: experience + 1]])
+            shard = own_test_shard(raw.y_test[seen], held, len(shard), cfg.seed * 7919 + client * 104729 + experience)
+        data = raw.images("test", seen[shard])
     return EdgeView(len(raw.class_names), tuple(raw.mean), tuple(raw.std), data)

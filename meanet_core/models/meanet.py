@@ -106,6 +106,7 @@ class MEANet(nn.Module):
     hard_classes: torch.Tensor
     hard_index: torch.Tensor
     extension_residual: torch.Tensor
+    class_prior: torch.Tensor
 
     def __init__(
         self,
@@ -139,6 +140,9 @@ class MEANet(nn.Module):
         # checkpoint and broadcast says how to read its extension; states saved before it existed load as 0)
         self.register_buffer("extension_residual", torch.tensor([int(residual_extension)], dtype=torch.long))
         self._residual = bool(residual_extension)  # the buffer's value, readable on the meta device too
+        # (K,) added to the main block's logits: zeros in the shared model; a device's personal model holds its own
+        # label prior here (meanet_core.inference.personal), so every exit, export and engine reads it
+        self.register_buffer("class_prior", torch.zeros(num_classes))
         self.register_buffer("hard_classes", torch.empty(0, dtype=torch.long))
         self.register_buffer("hard_index", torch.full((num_classes,), -1, dtype=torch.long))
         self._main_frozen = False
@@ -171,6 +175,8 @@ class MEANet(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
+        if prefix + "class_prior" not in state_dict:  # a state saved before personal priors: none
+            state_dict[prefix + "class_prior"] = torch.zeros(self.num_classes)
         key = prefix + "extension_residual"
         if key not in state_dict:  # a state saved before residual extensions: its extension classifies on its own
             state_dict[key] = torch.zeros(1, dtype=torch.long)
@@ -215,7 +221,11 @@ class MEANet(nn.Module):
     def forward_main(self, x: torch.Tensor) -> MainOutput:
         """Main exit: x (B, C, H, W) in [0, 1] -> logits over all classes and the last feature map."""
         features = self.main.forward_features(self.normalize(x))
-        return MainOutput(self.main.forward_head(features), features)
+        return MainOutput(self.main_logits(features), features)
+
+    def main_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The main block's head on its features, plus the model's class prior (zeros unless personal)."""
+        return self.main.forward_head(features) + self.class_prior  # (B, K)
 
     def forward_extension(self, x: torch.Tensor, main_features: torch.Tensor) -> torch.Tensor:
         """Extension exit: logits over the hard classes, from the raw input and the main block's features (in a
@@ -224,7 +234,7 @@ class MEANet(nn.Module):
         adaptive = self.adaptive(self.normalize(x))  # (B, Ca, h, w)
         out = self.extension(features, adaptive)  # (B, H)
         if self.residual_extension:
-            out = out + self.main.forward_head(features)[:, self.hard_classes].detach()  # (B, H)
+            out = out + self.main_logits(features)[:, self.hard_classes].detach()  # (B, H)
         return out
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
