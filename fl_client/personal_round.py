@@ -68,7 +68,8 @@ def personal_train(
     seconds = time.perf_counter() - t0
     if digest(model.state_dict()) != loaded_digest:  # an internal invariant: training never touches the main block
         raise RuntimeError("the main block changed during personal training")
-    store.save(personal_arrays(model), {"experience": int(config[keys.EXPERIENCE]), **outcome.meta()})  # type: ignore[arg-type]
+    own = personal_arrays(model)
+    store.save(own, {"experience": int(config[keys.EXPERIENCE]), **outcome.meta()})  # type: ignore[arg-type]
     val_stats = outcome.val
     metrics = MetricRecord(
         {
@@ -92,6 +93,7 @@ def personal_train(
             keys.TRAIN_STARTED: started,
             keys.TRAIN_ENDED: started + seconds,
             keys.HARD_CLASSES: outcome.hard_classes,
+            keys.PERSONAL_DIGEST: digest(own, prefix=""),
         }
     )
     return Message(content=RecordDict({keys.METRICS: metrics, keys.EDGE_INFO: info}), reply_to=msg)

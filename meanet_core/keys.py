@@ -112,6 +112,10 @@ PERSONAL_STATE = "meanet-personal"
 """Key of the ``ConfigRecord`` in an edge's ``context.state`` holding its personal state's bytes
 (:mod:`meanet_core.wire.personal_state`) under ``"bytes"``; never in a message."""
 
+PERSONAL_DIGEST = "personal-digest"
+"""Edge-info entry of a personal round's reply: the digest of the edge's personal blocks after the round (so a report
+can tell devices' blocks apart without ever seeing them)."""
+
 CLOUD_ACCURACY = "cloud-accuracy"
 """Config entry of a personal round: the cloud model's accuracy on the cloud's validation images, which an edge counts
 on for the inputs it would offload when it calibrates its own routing policy."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 
+from meanet_core.keys import EDGE_INFO, HARD_CLASSES, PERSONAL_DIGEST
 from strategies.aggregation import aggregate_metrics
 from strategies.replies import TrainRoundReport, client_index, main_digest, short_error
 
@@ -38,6 +39,17 @@ def personal_reply_problem(msg: Message, weighted_by_key: str) -> str | None:
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
+
+
+def personal_info(msg: Message) -> dict[str, Any]:
+    """What a personal round's reply says of the edge's own blocks: client index, hard classes, their digest."""
+    info = msg.content.config_records.get(EDGE_INFO)
+    out: dict[str, Any] = {"client": client_index(msg.content)}
+    if info is not None:
+        hard = info.get(HARD_CLASSES)
+        out["hard_classes"] = [int(c) for c in hard] if isinstance(hard, list) else []
+        out["digest"] = str(info.get(PERSONAL_DIGEST, ""))
+    return out
 
 
 class PersonalRounds:
@@ -118,6 +130,7 @@ class PersonalRounds:
             aggregation_seconds=0.0,
             client_train_intervals=[],
         )
+        report["personal_edges"] = {n: personal_info(m) for n, m in zip(nodes, accepted, strict=True)}
         self.last_round = report
         self.round_reports[server_round] = report
         log(INFO, "personal round %d: %d of %d edges trained their own blocks", server_round, len(nodes), len(replies))

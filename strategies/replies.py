@@ -38,6 +38,9 @@ class _RoundEvaluation(TypedDict, total=False):
     ``none``) where it reported them (:func:`evaluation_per_node`)."""
     client_offload_totals: dict[str, int]
     """Inputs offloaded, fallbacks and bytes sent, summed over the edges (:func:`offload_totals`)."""
+    personal_edges: dict[int, dict[str, Any]]
+    """A personal round: node id -> what the edge said of its own blocks (client index, hard classes, the digest of
+    its personal blocks: never the blocks themselves), from its ``edge-info``."""
 
 
 class TrainRoundReport(_RoundEvaluation):

@@ -63,7 +63,7 @@ def encode_personal(state: PersonalState) -> bytes:
         raise ValueError(f"an array may not be named {_META!r}")
     buffer = io.BytesIO()
     meta = np.frombuffer(json.dumps(state.meta, sort_keys=True).encode(), dtype=np.uint8)
-    entries: dict[str, Any] = {_META: meta, **{k: np.ascontiguousarray(v) for k, v in state.arrays.items()}}
+    entries: dict[str, Any] = {_META: meta, **{k: np.array(v, order="C") for k, v in state.arrays.items()}}
     np.savez(buffer, **entries)
     body = buffer.getvalue()
     return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
