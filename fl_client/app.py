@@ -216,6 +216,18 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The server asks this edge's name (:data:`~meanet_core.keys.DEVICE_NAME`): its partition id, by which it samples
+    the fleet so that a rerun of one seed trains the same devices. Nothing else is answered."""
+    asked = msg.content.config_records.get(keys.CONFIG)
+    if asked is None or asked.get(keys.QUERY) != keys.DEVICE_NAME:
+        raise ValueError(f"this edge answers only the query {keys.QUERY}={keys.DEVICE_NAME!r}; got {asked}")
+    cfg = FederationConfig.from_run_config(dict(context.run_config))
+    name = str(client_index(dict(context.node_config), cfg))
+    return Message(RecordDict({keys.EDGE_INFO: ConfigRecord({keys.DEVICE_NAME: name})}), reply_to=msg)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)

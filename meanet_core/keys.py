@@ -112,6 +112,13 @@ PERSONAL_STATE = "meanet-personal"
 """Key of the ``ConfigRecord`` in an edge's ``context.state`` holding its personal state's bytes
 (:mod:`meanet_core.wire.personal_state`) under ``"bytes"``; never in a message."""
 
+QUERY = "query"
+"""Config entry of a query message from the server: what it asks (:data:`DEVICE_NAME`)."""
+
+DEVICE_NAME = "device-name"
+"""What a query asks, and the edge-info entry of the answer: the edge's name (its partition id, or its node-config
+id), by which the server draws its samples so that a rerun samples the same devices."""
+
 PERSONAL_DIGEST = "personal-digest"
 """Edge-info entry of a personal round's reply: the digest of the edge's personal blocks after the round (so a report
 can tell devices' blocks apart without ever seeing them)."""

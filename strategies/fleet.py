@@ -8,8 +8,10 @@ sampling in ``configure_train`` and ``configure_evaluate``:
 - the round starts once ``min_available_nodes`` edges are connected (the ``min-edges`` quorum), waiting at most
   ``quorum_wait`` seconds; then :class:`QuorumError` ends the run with a message naming what was missing;
 - it samples ``edges_per_round`` of the connected edges (or FedAvg's ``fraction_*`` / ``min_*_nodes`` when that is
-  ``None``), drawn from a generator seeded by ``(sample_seed, experience, scope, round, kind)``: the same run config
-  samples the same positions again;
+  ``None``), drawn from a generator seeded by ``(sample_seed, experience, scope, round, kind)`` over the edges in
+  the order of their *names* (their partition id or node-config id, asked once per node with a query message the
+  first time a round samples: Flower's node ids are random per run): a rerun of the same run config trains the same
+  devices;
 - it remembers whom it sampled (:attr:`FleetSampling.sampled`), so the round's report can name the edges that missed
   the deadline (Flower's ``Strategy.start(timeout=...)`` drops the replies that come later);
 - an edge that missed a round rests for :data:`REST_SECONDS` (sampled only as the quorum needs it, the one that
@@ -21,7 +23,7 @@ sampling in ``configure_train`` and ``configure_evaluate``:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 
 import numpy as np
@@ -31,7 +33,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from meanet_core.keys import EXPERIENCE, SCOPE
+from meanet_core.keys import CONFIG, DEVICE_NAME, EDGE_INFO, EXPERIENCE, QUERY, SCOPE
 
 REST_SECONDS = float(HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL)
 """How long an edge that missed a round is left out of the sample: until Flower's own liveness check has decided."""
@@ -78,14 +80,43 @@ def wait_for_quorum(
     return connected
 
 
-def draw(connected: Sequence[int], size: int, seed: Sequence[int]) -> list[int]:
+def draw(connected: Sequence[int], size: int, seed: Sequence[int], names: Mapping[int, str] | None = None) -> list[int]:
     """``size`` of the ``connected`` node ids (all of them when ``size`` is not smaller), sorted; the same ``seed``
-    and the same connected set draw the same sample."""
+    and the same connected set draw the same sample. With ``names`` (node id -> the device's name), the draw goes by
+    the names' order, so the same devices are drawn whatever node ids a run gave them."""
     if size >= len(connected):
         return sorted(connected)
     rng = np.random.default_rng([int(s) for s in seed])
-    nodes = sorted(connected)  # node ids are uint64: drawn by position, never through a numpy array of the ids
+    known = names or {}
+    # node ids are uint64: drawn by position, never through a numpy array of the ids
+    nodes = sorted(connected, key=lambda n: (0, _name_key(known[n]), n) if n in known else (1, "", n))
     return sorted(nodes[int(i)] for i in rng.choice(len(nodes), size=size, replace=False))
+
+
+def _name_key(name: str) -> str:
+    """Names sort as numbers where they are (partition ids: 2 before 10), else as text."""
+    return f"{int(name):020d}" if name.isdigit() else f"~{name}"
+
+
+def ask_names(grid: Grid, nodes: Sequence[int], timeout: float = 30.0) -> dict[int, str]:
+    """The device names of ``nodes`` (a query message each; the edge answers with its name in ``edge-info``); a node
+    that does not answer in ``timeout`` seconds, or answers without a name, is left out (it is drawn by node id)."""
+    messages = [
+        Message(RecordDict({CONFIG: ConfigRecord({QUERY: DEVICE_NAME})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in nodes
+    ]
+    names: dict[int, str] = {}
+    try:
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+    except (RuntimeError, TypeError, ValueError) as e:  # a Grid that cannot send (a test's stand-in)
+        log(WARNING, "could not ask the edges their names (%s); sampling by node id", e)
+        return names
+    for reply in replies:
+        info = None if reply.has_error() else reply.content.config_records.get(EDGE_INFO)
+        name = info.get(DEVICE_NAME) if info is not None else None
+        if isinstance(name, str) and name:
+            names[reply.metadata.src_node_id] = name
+    return names
 
 
 class FleetSampling(FedAvg):
@@ -102,6 +133,8 @@ class FleetSampling(FedAvg):
     """Message type -> how many edges were connected when that round was configured."""
     missed_at: dict[int, float]
     """Node id -> when (``time.monotonic``) it last missed a round; it rests :data:`REST_SECONDS` from then."""
+    names: dict[int, str]
+    """Node id -> the device's name (its answer to :func:`ask_names`), for draws that repeat run to run."""
 
     def _sample(self, server_round: int, config: ConfigRecord, grid: Grid, kind: str) -> list[int]:
         fraction, floor = (
@@ -121,7 +154,11 @@ class FleetSampling(FedAvg):
         scope = _SCOPES.get(str(config.get(SCOPE, "edge")), 0)
         position = getattr(self, "round_offset", 0) + server_round  # the round within the experience, on resume too
         seed = (self.sample_seed, int(experience) if isinstance(experience, int) else 0, scope, position)
-        nodes = draw(connected, size, (*seed, _KINDS[kind]))
+        names = getattr(self, "names", {})
+        if size < len(connected) and (unknown := [n for n in connected if n not in names]):
+            names = {**names, **ask_names(grid, unknown)}
+            self.names = names
+        nodes = draw(connected, size, (*seed, _KINDS[kind]), names)
         self.sampled = {**getattr(self, "sampled", {}), kind: nodes}
         self.connected = {**getattr(self, "connected", {}), kind: len(listed)}
         rest = f" ({len(listed) - len(connected)} resting after a missed round)" if len(listed) > len(connected) else ""

@@ -247,7 +247,7 @@ class MEANetStrategy(UpdateBounds, DeltaBroadcasts, EdgeEvaluation, FleetSamplin
         self.delta_broadcast, self.broadcast_encoding = delta_broadcast, broadcast_encoding
         self.reference, self.node_holds, self.plans, self.broadcast_seconds, self.history = {}, {}, {}, {}, {}
         self.edges_per_round, self.quorum_wait, self.sample_seed = edges_per_round, quorum_wait, sample_seed
-        self.sampled, self.connected, self.missed_at = {}, {}, {}
+        self.sampled, self.connected, self.missed_at, self.names = {}, {}, {}, {}
         self.scope = "edge"  # the blocks of the current training round (the instruction config's "scope")
         self.bytes_sent: dict[str, float] = {}  # message type -> mean array bytes per instruction, last sent
         self.sent_main_digest: str | None = None

@@ -10,7 +10,7 @@ from unittest.mock import Mock
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -81,6 +81,41 @@ def test_draw_is_a_seeded_sorted_subset() -> None:
         for n in draw(FLEET, 2, (5, 0, 0, r, 0)):
             counts[FLEET.index(n)] += 1
     assert counts.min() > 0.5 * counts.mean()  # every edge gets its turn
+
+
+def test_a_draw_by_device_names_samples_the_same_devices_whatever_their_node_ids() -> None:
+    names = ["2", "10", "0", "7", "1", "3"]  # partition ids, in no order; node ids differ from run to run
+    one = dict(zip([901, 17, 5, 444, 23, 3], names, strict=True))
+    two = dict(zip([8, 1_000_003, 77, 2, 64, 90], names, strict=True))
+    for r in range(1, 6):
+        seed = (3, 0, 0, r, 0)
+        picked_one = {one[n] for n in draw(list(one), 3, seed, one)}
+        assert picked_one == {two[n] for n in draw(list(two), 3, seed, two)}
+    unnamed = draw([5, 6, 7, 8], 2, (1,), {5: "b"})  # nodes without a name come after the named ones
+    assert len(unnamed) == 2
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_the_strategy_asks_the_edges_their_names_once_and_draws_by_them() -> None:
+    from fl_client.app import app
+
+    def run(node_ids: list[int]) -> list[str]:
+        contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": 6},
+                               state=RecordDict(), run_config={"num-clients": 6}) for i, n in enumerate(node_ids)}  # fmt: skip
+        grid = Mock(spec=Grid)
+        grid.get_node_ids.return_value = node_ids
+        grid.send_and_receive.side_effect = lambda msgs, timeout: [
+            app(m, contexts[m.metadata.dst_node_id]) for m in msgs
+        ]
+        strategy = MEANetStrategy(edges_per_round=2, sample_seed=4)
+        picked = [
+            m.metadata.dst_node_id for m in strategy.configure_train(2, _record(), ConfigRecord({EXPERIENCE: 0}), grid)
+        ]
+        list(strategy.configure_train(3, _record(), ConfigRecord({EXPERIENCE: 0}), grid))
+        assert grid.send_and_receive.call_count == 1  # asked once per node
+        return sorted(strategy.names[n] for n in picked)
+
+    assert run([11, 12, 13, 14, 15, 16]) == run([96, 5, 41, 7, 300, 2])
 
 
 def _train(strategy: MEANetStrategy, server_round: int, experience: int = 0) -> list[Message]:
