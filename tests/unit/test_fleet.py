@@ -100,8 +100,11 @@ def test_the_strategy_asks_the_edges_their_names_once_and_draws_by_them() -> Non
     from fl_client.app import app
 
     def run(node_ids: list[int]) -> list[str]:
-        contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": 6},
-                               state=RecordDict(), run_config={"num-clients": 6}) for i, n in enumerate(node_ids)}  # fmt: skip
+        def context(i: int, n: int) -> Context:
+            node = {"partition-id": i, "num-partitions": 6}
+            return Context(run_id=1, node_id=n, node_config=node, state=RecordDict(), run_config={"num-clients": 6})
+
+        contexts = {n: context(i, n) for i, n in enumerate(node_ids)}
         grid = Mock(spec=Grid)
         grid.get_node_ids.return_value = node_ids
         grid.send_and_receive.side_effect = lambda msgs, timeout: [
