@@ -23,10 +23,15 @@ def export_model(
     class_names: Path | None = typer.Option(
         None, help="class names in class-id order (JSON list or one per line), when the run cannot tell"
     ),
+    personal: Path | None = typer.Option(
+        None,
+        help="one device's personal state (STATE_DIR/personal.state of its SuperNode, personal = true): export "
+        "that device's model (its own blocks, hard classes, class prior and policy on the shared main block)",
+    ),
 ) -> None:
     """Write a run's edge model as a signed, weights-only file for an edge device (meanet edge predict)."""
     from meanet_core.inference.edge_model import describe_policy
-    from meanet_core.inference.export import export, from_report_dir, from_train_run, read_class_names
+    from meanet_core.inference.export import export, from_report_dir, from_train_run, read_class_names, with_personal
 
     if report_dir is not None and run is None:
         source = from_report_dir(report_dir)
@@ -34,6 +39,8 @@ def export_model(
         source = from_train_run(run)
     else:
         raise ValueError("give one of --report-dir DIR (a federation) or --run RUN (a meanet train run)")
+    if personal is not None:
+        source = with_personal(source, personal)
     names = read_class_names(class_names) if class_names is not None else None
     done = export(source, out, signing_key=signing_key, class_names=names)
     m, policy = source.model, source.policy

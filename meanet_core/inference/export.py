@@ -17,15 +17,18 @@ without reading its images (:func:`meanet_core.data.sources.class_names_of`), el
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from meanet_core.data import data_dir_from_env
 from meanet_core.data.sources import class_names_of
 from meanet_core.inference.edge_model import policy_from_dict, write_edge_model
+from meanet_core.inference.personal import load_personal, policy_from_meta
 from meanet_core.models import MEANet, build_meanet
 from meanet_core.training.checkpoint import (
     SERVER_STATE_FIELDS,
@@ -36,6 +39,7 @@ from meanet_core.training.checkpoint import (
     safe_load,
 )
 from meanet_core.trust.signing import ensure_signing_key, key_fingerprint, load_signing_key
+from meanet_core.wire.personal_state import PersonalStateError, check_owner, decode_personal
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,43 @@ def from_train_run(run: str | os.PathLike[str]) -> ExportSource:
         names, problem = _dataset_class_names(config.get("dataset"), config.get("data_dir"), model.num_classes)
     policy, origin = _eval_policy(folder / "eval.json")
     return ExportSource(model, names, problem, policy, origin, folder, "", f"meanet train run {folder.resolve()}")
+
+
+def with_personal(source: ExportSource, state_file: str | os.PathLike[str]) -> ExportSource:
+    """``source`` as one device runs it: its personal state (the file under its SuperNode's ``state-dir``: its own
+    adaptive + extension blocks, hard classes, class prior and routing policy) on the run's shared main block.
+
+    Raises
+    ------
+    CheckpointError
+        The file is not a personal state, is corrupt, or belongs to another model, class count or federation.
+    """
+    path = Path(state_file)
+    try:
+        state = decode_personal(path.read_bytes())
+        model = copy.deepcopy(source.model)
+        key = source.folder / "broadcast-signing.pub"  # the federation's: a state of another one is refused
+        federation = _fingerprint(key) if key.is_file() else str(state.meta["federation"])
+        check_owner(state, arch=model.arch, num_classes=model.num_classes, federation=federation)
+        load_personal(model, state)
+        policy = policy_from_meta(state.meta).as_dict()
+    except OSError as e:
+        raise CheckpointError(f"cannot read the personal state {path}: {e}") from e
+    except PersonalStateError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    device = state.meta.get("device", "?")
+    return replace(
+        source,
+        model=model.eval(),
+        policy=policy,
+        policy_origin=f"device {device}'s personal state {path}",
+        source=f"{source.source}, personal blocks of device {device} (experience {state.meta.get('experience')})",
+    )
+
+
+def _fingerprint(public_key: Path) -> str:
+    """A federation's name in a personal state: as :func:`fl_client.personal.federation_of` computes it."""
+    return hashlib.sha256(public_key.read_bytes()).hexdigest()[:16]
 
 
 def export(

@@ -200,3 +200,70 @@ def test_a_personal_round_sends_nothing_up_and_the_device_keeps_its_own_blocks(
     leaky.content[keys.ARRAYS] = ArrayRecord({k: Array(np.asarray(v)) for k, v in saved.arrays.items()})
     strategy.aggregate_train(4, [leaky])
     assert strategy.last_round["accepted"] == 0 and "stay on the device" in strategy.last_round["dropped"][0][1]
+
+
+def test_meanet_export_writes_one_devices_personal_model_and_edge_predict_runs_it(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from typer.testing import CliRunner
+
+    from fl_client.personal import federation_of
+    from meanet_cli.main import app as cli
+    from meanet_core.inference.edge_model import load_edge_model
+    from meanet_core.training.checkpoint import FORMAT, atomic_save
+    from meanet_core.trust.signing import private_key_pem, public_key_pem
+
+    report = tmp_path / "fed"
+    report.mkdir()
+    key = Ed25519PrivateKey.generate()
+    (report / "broadcast-signing.key").write_bytes(private_key_pem(key))
+    (report / "broadcast-signing.pub").write_bytes(public_key_pem(key.public_key()))
+    shared = build_meanet("resnet20_cifar", 10, [1, 3, 5])
+    policy = {"name": "calibrated", "main_threshold": 0.25, "extension_threshold": 0.5}
+    atomic_save(
+        {
+            "format": FORMAT,
+            "config": {"model": "resnet20_cifar", "dataset": "digits", "data-dir": "", "signing-key": ""},
+            "position": {"experience": 1, "phase": "cloud-start", "round": 0},
+            "hard_classes": [1, 3, 5],
+            "meanet": shared.state_dict(),
+            "cloud": {},
+            "report": {"experiences": [{"experience": 0, "evaluation": {"policy": policy}}]},
+        },
+        report / "state.pt",
+    )
+    device = build_meanet("resnet20_cifar", 10, [2, 7, 9])
+    device.class_prior.copy_(torch.linspace(-1, 1, 10))
+    torch.nn.init.normal_(device.extension.fc.weight)
+    own = {"main_threshold": 0.1, "extension_threshold": 0.2, "use_extension": True}
+    meta = {"experience": 0, "hard_classes": [2, 7, 9], "policy": {"name": "calibrated", **own}}
+    owner = {"arch": "resnet20_cifar", "num_classes": 10, "federation": federation_of(report / "broadcast-signing.pub")}
+    store = PersonalStore(_context(tmp_path / "node4"), **owner, device=4)  # type: ignore[arg-type]
+    store.save(personal_arrays(device), meta)
+
+    args = ["export", "--report-dir", str(report), "--out", str(tmp_path / "m.pt")]
+    r = CliRunner().invoke(cli, [*args, "--personal", str(tmp_path / "node4" / STATE_FILE)])
+    assert r.exit_code == 0, r.output
+    assert "10 classes (3 hard)" in r.output and "personal state" in r.output and "main_threshold 0.1" in r.output
+    edge = load_edge_model(tmp_path / "m.pt", report / "broadcast-signing.pub")
+    assert edge.model.hard_classes.tolist() == [2, 7, 9] and edge.policy == {"name": "calibrated", **own}
+    assert torch.equal(edge.model.class_prior, device.class_prior)
+    assert torch.equal(edge.model.extension.fc.weight, device.extension.fc.weight)
+    assert torch.equal(edge.model.main.fc.weight, shared.main.fc.weight)  # the shared main block
+    x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "in.npz", x=x)
+    predict = [
+        "edge",
+        "predict",
+        "--model",
+        str(tmp_path / "m.pt"),
+        "--verify-key",
+        str(report / "broadcast-signing.pub"),
+    ]
+    r = CliRunner().invoke(cli, [*predict, "--images", str(tmp_path / "in.npz"), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 7
+
+    other = PersonalStore(_context(tmp_path / "node5"), **{**owner, "federation": "0" * 16}, device=5)  # type: ignore[arg-type]
+    other.save(personal_arrays(device), meta)
+    r = CliRunner().invoke(cli, [*args, "--personal", str(tmp_path / "node5" / STATE_FILE)])
+    assert r.exit_code == 2 and "foreign personal state: its federation" in r.output
