@@ -244,11 +244,11 @@ def test_meanet_export_writes_one_devices_personal_model_and_edge_predict_runs_i
     r = CliRunner().invoke(cli, [*args, "--personal", str(tmp_path / "node4" / STATE_FILE)])
     assert r.exit_code == 0, r.output
     assert "10 classes (3 hard)" in r.output and "personal state" in r.output and "main_threshold 0.1" in r.output
-    edge = load_edge_model(tmp_path / "m.pt", report / "broadcast-signing.pub")
-    assert edge.model.hard_classes.tolist() == [2, 7, 9] and edge.policy == {"name": "calibrated", **own}
-    assert torch.equal(edge.model.class_prior, device.class_prior)
-    assert torch.equal(edge.model.extension.fc.weight, device.extension.fc.weight)
-    assert torch.equal(edge.model.main.fc.weight, shared.main.fc.weight)  # the shared main block
+    exported = load_edge_model(tmp_path / "m.pt", report / "broadcast-signing.pub")
+    assert exported.model.hard_classes.tolist() == [2, 7, 9] and exported.policy == {"name": "calibrated", **own}
+    assert torch.equal(exported.model.class_prior, device.class_prior)
+    assert torch.equal(exported.model.extension.fc.weight, device.extension.fc.weight)
+    assert torch.equal(exported.model.main.fc.weight, shared.main.fc.weight)  # the shared main block
     x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "in.npz", x=x)
     predict = [
