@@ -94,6 +94,7 @@ def personal_train(
             keys.TRAIN_ENDED: started + seconds,
             keys.HARD_CLASSES: outcome.hard_classes,
             keys.PERSONAL_DIGEST: digest(own, prefix=""),
+            keys.PERSONAL_BASE: digest(previous.arrays, prefix="") if previous is not None else "",
         }
     )
     return Message(content=RecordDict({keys.METRICS: metrics, keys.EDGE_INFO: info}), reply_to=msg)

@@ -230,7 +230,12 @@ def start_supernode(
     ``--node-config`` (its own ``data-dir``, cloud credentials...), overriding the ones set here. Returns the process
     and its log file.
     """
-    values: dict[str, object] = {"partition-id": partition, "num-partitions": num_partitions}
+    # its own folder: where it keeps what is its own (a personal state, fl_client.personal), kept across restarts
+    values: dict[str, object] = {
+        "partition-id": partition,
+        "num-partitions": num_partitions,
+        "state-dir": str(fed.home / f"supernode-{partition}"),
+    }
     cmd = [str(VENV_BIN / "flower-supernode"), "--superlink", fed.address]
     if fed.certs is None:
         cmd += ["--insecure"]

@@ -123,6 +123,10 @@ PERSONAL_DIGEST = "personal-digest"
 """Edge-info entry of a personal round's reply: the digest of the edge's personal blocks after the round (so a report
 can tell devices' blocks apart without ever seeing them)."""
 
+PERSONAL_BASE = "personal-base"
+"""Edge-info entry of a personal round's reply: the digest of the personal blocks the edge started the round from
+(its kept state; ``""`` when it had none, or refused it, and started from the broadcast)."""
+
 CLOUD_ACCURACY = "cloud-accuracy"
 """Config entry of a personal round: the cloud model's accuracy on the cloud's validation images, which an edge counts
 on for the inputs it would offload when it calibrates its own routing policy."""

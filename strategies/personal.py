@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 
-from meanet_core.keys import EDGE_INFO, HARD_CLASSES, PERSONAL_DIGEST
+from meanet_core.keys import EDGE_INFO, HARD_CLASSES, PERSONAL_BASE, PERSONAL_DIGEST
 from strategies.aggregation import aggregate_metrics
 from strategies.replies import TrainRoundReport, client_index, main_digest, short_error
 
@@ -42,13 +42,15 @@ def _number(value: object) -> float:
 
 
 def personal_info(msg: Message) -> dict[str, Any]:
-    """What a personal round's reply says of the edge's own blocks: client index, hard classes, their digest."""
+    """What a personal round's reply says of the edge's own blocks: client index, hard classes, the digest of the
+    blocks it started from (``""``: none kept) and of those it keeps."""
     info = msg.content.config_records.get(EDGE_INFO)
     out: dict[str, Any] = {"client": client_index(msg.content)}
     if info is not None:
         hard = info.get(HARD_CLASSES)
         out["hard_classes"] = [int(c) for c in hard] if isinstance(hard, list) else []
         out["digest"] = str(info.get(PERSONAL_DIGEST, ""))
+        out["base"] = str(info.get(PERSONAL_BASE, ""))
     return out
 
 

@@ -78,6 +78,7 @@ def test_a_supernode_killed_mid_round_is_missed_and_trains_again_when_it_comes_b
     cfg = tiny_config(
         report_dir,
         **{"num-clients": 3, "rounds-per-experience": 6, "min-edges": 2, "round-timeout": ROUND_TIMEOUT},
+        personal=True,  # its own blocks live in its SuperNode's state-dir: the restarted one goes on from them
     )
     result: list[FlowerRun | BaseException] = []
     timeline: dict[str, float] = {}
@@ -130,5 +131,10 @@ def test_a_supernode_killed_mid_round_is_missed_and_trains_again_when_it_comes_b
     back = [i for i, (_, _, p) in enumerate(parts) if i > first and 2 in p["trained"]]
     assert back, f"client 2 never trained after it came back: {parts}"
     assert parts[back[0]][2]["rejoined"] == [2]
+    # personal blocks survive the kill: the restarted SuperNode loads its file and goes on from the blocks it kept
+    kept = [e for r in rounds[:first] for e in r["personal_edges"].values() if e["client"] == 2]
+    resumed = [e for e in rounds[back[0]]["personal_edges"].values() if e["client"] == 2]
+    assert kept and resumed and resumed[0]["base"] == kept[-1]["digest"], (kept, resumed)
+    assert (tmp_path / "flwr" / "supernode-2" / "personal.state").is_file()
     assert left_behind(tmp_path / "flwr") == []
     print(json.dumps({"timeline_s": timeline, "waits_s": waits, "rounds": parts}))
