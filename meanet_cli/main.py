@@ -35,7 +35,9 @@ def train(
     epochs: int = typer.Option(30, help="epochs of the main-block stage"),
     cloud_epochs: int | None = typer.Option(None, help="epochs of the cloud model (default: --epochs)"),
     extension_epochs: int | None = typer.Option(None, help="epochs of adaptive + extension (default: --epochs)"),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(
+        128, min=1, help="images per training step; a step that will not fit in memory stops before the first batch"
+    ),
     lr: float = typer.Option(0.1, help="peak learning rate of the one-cycle schedule"),
     weight_decay: float = typer.Option(5e-4),
     label_smoothing: float = typer.Option(0.0),
@@ -46,8 +48,11 @@ def train(
     limit_train: int | None = typer.Option(None, help="train on a seeded subset of this many images"),
     seed: int = typer.Option(0),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
-    image_size: int = typer.Option(
-        224, help="imagefolder: side the images are resized and cropped to; the run is evaluated and served at it"
+    image_size: int | None = typer.Option(
+        None,
+        min=1,
+        help="imagefolder: side the images are resized and cropped to (default: the model's own, 32 for *_cifar "
+        "models, 224 for the others); the run is evaluated and served at it",
     ),
     bad_images: str = typer.Option(
         "skip", help="imagefolder files that are not readable images: skip (with a warning) | error (refuse them)"
