@@ -68,8 +68,8 @@ def check_memory(model: MEANet, cloud: CloudModel, data: DatasetSplits, cfg: Tra
     whole network; the extension stage trains less) will not fit in memory: a ``MemoryBudgetError`` with the
     estimate, the memory available and the fix."""
     stages = (
-        ("the main block", "main", model, list(model.main.parameters()), lambda x: model.forward_main(x).logits),
-        ("the cloud model", "cloud", cloud, list(cloud.parameters()), cloud),
+        ("main", "main", model, list(model.main.parameters()), lambda x: model.forward_main(x).logits),
+        ("cloud", "cloud", cloud, list(cloud.parameters()), cloud),
     )
     for desc, stage, net, params, forward in stages:
 
