@@ -313,3 +313,21 @@ def own_size_fix(model: nn.Module, size: int) -> str:
     if spec is not None and spec.input_size != size:
         own = f", or the model's own size ({arch} was designed for {spec.input_size}x{spec.input_size})"
     return f"a smaller batch size (meanet train --batch-size, run config batch-size), a smaller image size{own}"
+
+
+def inference_batch(
+    models: Sequence[nn.Module], input_size: int, requested: int, *, available: int | None = None
+) -> int:
+    """The batch an inference path runs: ``requested``, or less where memory bounds it (at least 1). Each of
+    ``models`` (a MEANet: its main block, the route every input takes; any other module: its forward) is measured on
+    one image of ``input_size`` pixels a side (:func:`estimate_inference`); the most demanding one decides."""
+    free = available_memory() if available is None else available
+    x = torch.rand(1, 3, input_size, input_size)
+    batch = requested
+    for model in models:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        forward_main = getattr(model, "forward_main", None)
+        forward: Callable[[torch.Tensor], object] = forward_main if callable(forward_main) else model
+        estimate = estimate_inference(forward, [model], x.to(device), requested, what="inference")
+        batch = min(batch, bound_batch(estimate, free))
+    return batch

@@ -130,3 +130,13 @@ def test_estimate_is_within_the_factor_of_a_measured_peak() -> None:
 
     row = measure("resnet20_cifar", 32, 128, "fp32", threads=1)
     assert 1 / 1.5 <= row["ratio"] <= 1.5, row
+
+
+def test_inference_batch_takes_the_most_demanding_model() -> None:
+    from meanet_core.models import build_cloud
+    from meanet_core.training.memory import inference_batch
+
+    edge, cloud = build_meanet("resnet20_cifar", 4).eval(), build_cloud("resnet56_cifar", 4).eval()
+    assert inference_batch([edge, cloud], 32, 256, available=64 * 1024**3) == 256
+    small = inference_batch([edge, cloud], 32, 256, available=8 * 1024**2)
+    assert 1 <= small < 256 and small == inference_batch([cloud], 32, 256, available=8 * 1024**2)
