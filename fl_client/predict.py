@@ -43,6 +43,7 @@ from meanet_core.inference.engine import (
 from meanet_core.inference.evaluation import summarize
 from meanet_core.inference.policies import Policy
 from meanet_core.models import MEANet
+from meanet_core.training.memory import inference_batch
 
 log = logging.getLogger("meanet.edge.predict")
 CSV_COLUMNS = (
@@ -171,6 +172,10 @@ def predict_to_csv(
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; expected a CSV file path such as {out / 'preds.csv'}")
+    bounded = inference_batch([edge.model], edge.model.input_size, batch_size)  # a large folder never exhausts it
+    if bounded < batch_size:
+        log.warning("batch of %d inputs lowered to %d: a larger one would not fit in memory", batch_size, bounded)
+        batch_size = bounded
     timed = TimedCloud(cloud if cloud is not None else EdgeOnly())
     engine = AdaptiveEngine(edge.model, policy, timed, cost, optimize=True)
     names = edge.class_names

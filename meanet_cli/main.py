@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ from meanet_cli.errors import EchoHandler as _EchoHandler
 from meanet_cli.errors import comma_list as _csv
 from meanet_cli.errors import fail as _fail
 from meanet_cli.errors import user_errors as _user_errors
+from meanet_cli.memory import bounded
 
 # Tracebacks never show local variables: they can hold tokens, keys and paths.
 app = typer.Typer(
@@ -35,7 +37,7 @@ def train(
     epochs: int = typer.Option(30, help="epochs of the main-block stage"),
     cloud_epochs: int | None = typer.Option(None, help="epochs of the cloud model (default: --epochs)"),
     extension_epochs: int | None = typer.Option(None, help="epochs of adaptive + extension (default: --epochs)"),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, min=1, help="images per step (one that will not fit in memory stops first)"),
     lr: float = typer.Option(0.1, help="peak learning rate of the one-cycle schedule"),
     weight_decay: float = typer.Option(5e-4),
     label_smoothing: float = typer.Option(0.0),
@@ -46,8 +48,11 @@ def train(
     limit_train: int | None = typer.Option(None, help="train on a seeded subset of this many images"),
     seed: int = typer.Option(0),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
-    image_size: int = typer.Option(
-        224, help="imagefolder: side the images are resized and cropped to; the run is evaluated and served at it"
+    image_size: int | None = typer.Option(
+        None,
+        min=1,
+        help="imagefolder: side the images are resized and cropped to (default: the model's own, 32 for *_cifar "
+        "models, 224 for the others); the run is evaluated and served at it",
     ),
     bad_images: str = typer.Option(
         "skip", help="imagefolder files that are not readable images: skip (with a warning) | error (refuse them)"
@@ -94,7 +99,7 @@ def evaluate(
     energy_budget: float | None = typer.Option(None, help="calibrated policy: mean edge joules per image instead"),
     joules_per_mac: float = typer.Option(1e-10, help="edge compute energy per MAC"),
     uplink_mbps: float = typer.Option(5.64, help="uplink throughput (LTE median, Huang et al. 2012)"),
-    batch_size: int = typer.Option(256, min=1),
+    batch_size: int = typer.Option(256, min=1, help="images per model call (lowered where memory bounds it)"),
     speed_repeats: int = typer.Option(1, help="timed passes of engine and all-branches (best is kept)"),
     optimize: bool = typer.Option(True, help="fused BatchNorm + channels-last inference copies (same answers, faster)"),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: the run's, $MEANET_DATA_DIR)"),
@@ -140,6 +145,7 @@ def evaluate(
                 f"{cloud.input_size}x{cloud.input_size} (cloud) images, but its data loads at "
                 f"{splits.image_size}x{splits.image_size}; evaluate with the data the run was trained on"
             )
+        batch_size = bounded([model, cloud], splits.image_size, batch_size, "--batch-size")  # memory allows it
         cost = CostConfig(joules_per_mac=joules_per_mac, uplink_throughput_mbps=uplink_mbps)
         report = run_evaluation(
             model, cloud, splits.val, splits.test, policy=policy, entropy_threshold=entropy_threshold,
@@ -336,7 +342,7 @@ def cloud_serve(
         show_envvar=True,
         help="bearer token the edges must send (prefer the env var: a command line shows in ps)",
     ),
-    max_batch: int = typer.Option(256, help="images per model call when micro-batching"),
+    max_batch: int = typer.Option(256, help="images per model call when micro-batching (memory may lower it)"),
     max_wait_ms: float = typer.Option(5.0, help="how long a request waits for others to batch with"),
     micro_batching: bool = typer.Option(True, help="gather concurrent requests into one model call"),
     max_request_images: int = typer.Option(1024, help="larger requests get 413"),
@@ -389,9 +395,14 @@ def cloud_serve(
     except (CheckpointError, ValueError) as e:
         _fail(str(e))
         return
+    # A model call (a micro-batch or one large request) stays within memory; the edges read max-request-images.
+    most = bounded([served.cloud.model], served.input_size, max(max_batch, max_request_images), "--max-batch")
+    config = dataclasses.replace(
+        config, max_batch=min(max_batch, most), max_request_images=min(max_request_images, most)
+    )  # fmt: skip
     scheme = "https" if certfile else "http"
     auth = " + ".join(a for a, on in (("bearer token", token), ("mutual TLS", ca_certfile)) if on) or "none"
-    batching = f"up to {max_batch} images or {max_wait_ms:g} ms" if micro_batching else "off"
+    batching = f"up to {config.max_batch} images or {max_wait_ms:g} ms" if micro_batching else "off"
     following = f"; following {watch}" if watch is not None else ""
     typer.echo(
         f"serving {served.arch} version {served.version} from {served.source} on {scheme}://{host}:{port} "

@@ -62,8 +62,9 @@ class TrainConfig:
     """Everything ``meanet train`` needs. Epoch counts of the cloud and extension stages default to ``epochs``.
 
     ``image_size`` and ``bad_images`` apply to ``imagefolder`` (the other datasets are 32x32 arrays): the side its
-    images are resized and cropped to (the models are built, checkpointed, evaluated and served at the data's size),
-    and what happens to a file that is not a readable image (``skip`` with a warning, or ``error``).
+    images are resized and cropped to (the models are built, checkpointed, evaluated and served at the data's size;
+    None: the model's own size, :attr:`input_size`), and what happens to a file that is not a readable image
+    (``skip`` with a warning, or ``error``).
     """
 
     dataset: str = "cifar100"
@@ -83,7 +84,7 @@ class TrainConfig:
     limit_train: int | None = None
     seed: int = 0  # seeds the split, the initial weights and the data order
     data_dir: str | None = None
-    image_size: int = 224
+    image_size: int | None = None  # imagefolder: None = the model's own size (32 for *_cifar, 224 for ImageNet ones)
     channels_last: bool = True
     bad_images: str = "skip"
     precision: str = "auto"
@@ -108,8 +109,12 @@ class TrainConfig:
                 f"unknown {self.bad_images!r}; valid: {', '.join(BAD_IMAGE_POLICIES)} (skip: leave unreadable images "
                 "out with a warning; error: refuse the dataset, naming them)",
             )
-        if self.image_size < 1:
-            raise bad("image_size", f"must be a positive number of pixels (e.g. 224 or 96); got {self.image_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise bad(
+                "image_size",
+                f"must be a positive number of pixels (e.g. 32 or 96), or None for the model's own size ("
+                f"{MEANET_ARCHS[self.model].input_size} for {self.model}); got {self.image_size}",
+            )
         if not 0.0 < self.hard_fraction < 1.0:
             raise bad("hard_fraction", f"must lie in (0, 1); got {self.hard_fraction}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -123,6 +128,23 @@ class TrainConfig:
                 raise bad(key, f"must be positive; got {value}")
         # The stage configs validate the remaining numbers.
         self.stage("main")
+
+    @property
+    def input_size(self) -> int:
+        """The side an image folder's images are read at: ``image_size``, or the model's own size (the registry's:
+        32 for the ``*_cifar`` models, which were designed for 32x32 inputs)."""
+        return self.image_size if self.image_size is not None else MEANET_ARCHS[self.model].input_size
+
+    def size_warning(self) -> str | None:
+        """A warning when an image folder's size is far (2x or more either way) from the model's design."""
+        own = MEANET_ARCHS[self.model].input_size
+        size = self.input_size
+        if self.dataset != "imagefolder" or own / 2 < size < own * 2:
+            return None
+        return (
+            f"--image-size {size}: {self.model} was designed for {own}x{own} images; at {size}x{size} each image "
+            f"costs {size * size / (own * own):.3g}x its memory and compute (leave --image-size out for {own})"
+        )
 
     def stage(self, name: str) -> StageConfig:
         epochs = {

@@ -15,11 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from meanet_core.config import TrainConfig
 from meanet_core.data import DatasetSplits, load_dataset
-from meanet_core.models import build_cloud, build_meanet, describe_cloud, describe_meanet
+from meanet_core.models import (
+    MEANET_ARCHS,
+    CloudModel,
+    MEANet,
+    build_cloud,
+    build_meanet,
+    describe_cloud,
+    describe_meanet,
+)
 from meanet_core.training.checkpoint import FORMAT, atomic_save, cloud_payload, meanet_payload, safe_load
+from meanet_core.training.memory import check_step_memory
 from meanet_core.training.stages import (
     predict_logits,
     select_hard_classes,
@@ -37,10 +47,41 @@ def load_splits(cfg: TrainConfig) -> DatasetSplits:
         data_dir=cfg.data_dir,
         val_fraction=cfg.val_fraction,
         seed=cfg.seed,
-        image_size=cfg.image_size,
+        image_size=cfg.input_size,
         limit_train=cfg.limit_train,
         bad_images=cfg.bad_images,
     )
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as they act: the image size an image folder is read at (None is the model's own size), and
+    none for the other datasets (32x32 arrays), so a resume compares what matters."""
+    out = dict(config)
+    size = out.pop("image_size", None)
+    if out.get("dataset") == "imagefolder":
+        out["image_size"] = size if size is not None else MEANET_ARCHS[str(out["model"])].input_size
+    return out
+
+
+def check_memory(model: MEANet, cloud: CloudModel, data: DatasetSplits, cfg: TrainConfig) -> None:
+    """Stop before anything trains when a step of the main block or of the cloud model (the stages that train a
+    whole network; the extension stage trains less) will not fit in memory: a ``MemoryBudgetError`` with the
+    estimate, the memory available and the fix."""
+    stages = (
+        ("main", "main", model, list(model.main.parameters()), lambda x: model.forward_main(x).logits),
+        ("cloud", "cloud", cloud, list(cloud.parameters()), cloud),
+    )
+    for desc, stage, net, params, forward in stages:
+
+        def step(x: torch.Tensor, y: torch.Tensor, forward: Any = forward) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = forward(x)
+            return F.cross_entropy(logits, y), logits
+
+        sc = cfg.stage(stage)
+        check_step_memory(
+            step, net, params, data.train, sc.batch_size, precision=sc.precision, momentum=sc.momentum > 0,
+            desc=desc, channels_last=cfg.channels_last,
+        )  # fmt: skip
 
 
 def run_training(
@@ -63,6 +104,9 @@ def run_training(
         f"data: {data.name}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{data.num_classes} classes, {data.image_size}x{data.image_size}{skipped}"
     )
+    warning = cfg.size_warning()
+    if warning:
+        log(f"warning: {warning}")
     # The models take the data's size: checkpoints record it, so the run is evaluated and served at that size.
     size = data.image_size
     model = build_meanet(cfg.model, data.num_classes, mean=data.mean, std=data.std, input_size=size)
@@ -76,8 +120,9 @@ def run_training(
         saved = safe_load(state_path)
         # Keys added since the state was written hold their defaults there (e.g. bad_images).
         saved["config"] = {**TrainConfig().as_dict(), **saved["config"]}
-        if saved["config"] != cfg.as_dict():
-            diff = sorted(k for k in cfg.as_dict() if saved["config"].get(k) != cfg.as_dict()[k])
+        was, now = comparable(saved["config"]), comparable(cfg.as_dict())
+        if was != now:
+            diff = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
             raise ValueError(
                 f"{state_path} was written with other settings ({', '.join(diff)}); use the same options, "
                 "another --out folder, or --no-resume to start over"
@@ -120,6 +165,8 @@ def run_training(
         state.pop("progress", None)
         state.pop("epoch", None)
 
+    if state["stage"] != "done":
+        check_memory(model, cloud, data, cfg)
     stage_order = STAGES.index(state["stage"])
     if stage_order <= STAGES.index("main"):
         run_stage("main", train_main, model, data.train)

@@ -60,6 +60,7 @@ from meanet_core.data import ImageTensors
 from meanet_core.data.loader import random_crop_flip
 from meanet_core.inference.engine import to_unit_float
 from meanet_core.models import MEANet
+from meanet_core.training.memory import check_step_memory
 from meanet_core.training.precision import autocast, check_precision
 
 STRATEGIES = ("naive", "ewc", "lwf", "replay", "joint")
@@ -313,6 +314,19 @@ def replay_memory(strategy: Any) -> int:
     return total
 
 
+def check_avalanche_memory(
+    model: nn.Module, params: list[nn.Parameter], batch_size: int, input_size: int, *, channels_last: bool
+) -> None:
+    """A ``MemoryBudgetError`` when an Avalanche step (float32, plain cross-entropy) will not fit in memory."""
+    probe = ImageTensors(torch.zeros(4, 3, input_size, input_size, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return nn.functional.cross_entropy(logits, y), logits
+
+    check_step_memory(step, model, params, probe, batch_size, desc="Avalanche", channels_last=channels_last)
+
+
 def make_strategy(
     kind: str,
     model: nn.Module,
@@ -327,6 +341,7 @@ def make_strategy(
     mem_size: int = 200,
     evaluator: EvaluationPlugin | None = None,
     channels_last: bool = True,
+    input_size: int = 32,
 ) -> Any:
     """The Avalanche strategy ``kind`` (``naive``, ``ewc``, ``lwf``, ``replay``, or ``joint`` = ``Cumulative``)
     over ``model``: SGD with Nesterov momentum and weight decay 5e-4, a one-cycle schedule per experience, batched
@@ -336,10 +351,14 @@ def make_strategy(
     On an ``EdgeClassSpace``, LwF and Replay are their class-space forms (``ClassSpaceLwFPlugin``,
     ``HardClassReplayPlugin``) and EWC is Avalanche's over the class-space parameters; on any other model (a
     classifier over all classes, already in class space) they are Avalanche's own.
+
+    A step of ``batch_size`` images of ``input_size`` pixels that will not fit in memory stops here, before the
+    first batch (``meanet_core.training.memory``).
     """
     if kind not in STRATEGIES:
         raise ValueError(f"unknown Avalanche strategy {kind!r}; valid: {', '.join(STRATEGIES)}")
     params = [p for p in model.parameters() if p.requires_grad]
+    check_avalanche_memory(model, params, batch_size, input_size, channels_last=channels_last)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     plugins: list[Any] = [
         TensorAugmentPlugin(seed, channels_last=channels_last),

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from meanet_core.data import ImageTensors, TensorBatches
 from meanet_core.models import Backbone, CloudModel, MEANet
+from meanet_core.training.memory import check_step_memory
 from meanet_core.training.precision import autocast, check_precision
 
 HARD_METHODS = ("precision", "confusion", "cluster")
@@ -93,6 +94,10 @@ def fit(
         return TensorBatches(data, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed * 100_003 + epoch)
 
     batches = epoch_batches(0)
+    check_step_memory(
+        loss_and_logits, module, params, data, cfg.batch_size, precision=cfg.precision, momentum=cfg.momentum > 0,
+        desc=desc, device=device, channels_last=channels_last,
+    )  # fmt: skip
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
     )
