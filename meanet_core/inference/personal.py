@@ -151,9 +151,13 @@ def personalise(
     cloud_accuracy: float = 0.0,
     seed: int = 0,
     channels_last: bool = True,
+    prior_strengths: tuple[float, ...] = PRIOR_STRENGTHS,
+    extension: bool = True,
 ) -> PersonalOutcome:
     """Make ``model`` (the shared main block, with the broadcast's edge blocks) this device's own, in place (see the
-    module docstring); ``previous`` is the device's personal state from an earlier round, if any."""
+    module docstring); ``previous`` is the device's personal state from an earlier round, if any.
+    ``prior_strengths=(0.0,)`` leaves the prior out, ``extension=False`` the hard classes and the extension (the
+    benchmark's ablations)."""
     if previous is not None:
         load_personal(model, previous)  # its blocks; its hard classes and prior are chosen again below
     model.eval()
@@ -162,11 +166,15 @@ def personalise(
     shared = predict_logits(lambda x: model.forward_main(x).logits, val, memory_format=fmt)  # (N, K), no prior
     held = torch.cat([train.y, val.y])
     log_prior = log_label_prior(held, model.num_classes)
-    strength, by_strength = choose_prior_strength(shared, val.y, log_prior)
+    strength, by_strength = choose_prior_strength(shared, val.y, log_prior, prior_strengths)
     model.class_prior.copy_(strength * log_prior)
     with_prior = shared + model.class_prior
-    hard = device_hard_classes(
-        with_prior.argmax(1).numpy(), val.y.numpy(), held.numpy(), model.num_classes, hard_fraction, hard_method
+    hard = (
+        device_hard_classes(
+            with_prior.argmax(1).numpy(), val.y.numpy(), held.numpy(), model.num_classes, hard_fraction, hard_method
+        )
+        if extension
+        else []
     )
     model.set_hard_classes(hard)
     history: list[dict[str, float]] = []
