@@ -135,7 +135,15 @@ def plot_device_accuracy(results: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
     data = [[100 * a for a in summary[n]["device_accuracies"]] for n in names]
     ys = np.arange(len(names))[::-1]
-    box = ax.boxplot(data, positions=ys, vert=False, widths=0.6, patch_artist=True, showfliers=False)
+    box = ax.boxplot(
+        data,
+        positions=ys,
+        orientation="horizontal",
+        widths=0.6,
+        patch_artist=True,
+        showfliers=False,
+        medianprops={"color": "black"},
+    )
     rng = np.random.default_rng(0)
     for y, name, values, patch in zip(ys, names, data, box["boxes"], strict=True):
         s = style[name]
