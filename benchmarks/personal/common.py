@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from benchmarks.personal.config import PersonalConfig
 from benchmarks.personal.scenario import PersonalScenario
@@ -296,7 +297,9 @@ def score_personal(
     processed), and score on the device's test split. Returns the accuracies and the images tuned."""
     model = new_model(ctx)
     accs, tuned = [], 0
-    for i, device in enumerate(ctx.scenario.devices):
+    devices = ctx.scenario.devices
+    desc = f"seed {ctx.seed} devices" + (" (tuning)" if tune is not None else "")
+    for i, device in enumerate(tqdm(devices, desc=desc, disable=not ctx.progress or tune is None, leave=False)):
         load(model, states[i])
         if tune is not None:
             tuned += tune(model, i)

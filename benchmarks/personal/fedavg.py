@@ -42,14 +42,14 @@ from benchmarks.personal.common import (
 )
 from benchmarks.personal.scenario import PersonalScenario
 from meanet_core.models import MEANet
-from meanet_core.training.checkpoint import atomic_save, safe_load
+from meanet_core.training.checkpoint import FORMAT, atomic_save, safe_load
 from strategies.aggregation import weighted_average
 
 LocalStep = Callable[[MEANet, int, int], int]
 """``local_step(model, r, i)``: device ``i``'s training in round ``r`` on ``model`` (its state already loaded);
 returns the images processed."""
 
-TRAJECTORY_FORMAT = "meanet-fl/personal-fedavg/1"
+TRAJECTORY_KIND = "personal-fedavg/1"
 METHOD_ONLY = ("ft_epochs", "head_epochs", "babu_ft", "ditto_lambda")
 """Settings the shared trajectory does not read."""
 
@@ -176,11 +176,12 @@ def _load_or_compute(ctx: Context) -> FedAvgResult:
     fingerprint = trajectory_fingerprint(ctx)
     if path is not None and path.is_file():
         saved = safe_load(path)
-        if saved.get("format") == TRAJECTORY_FORMAT and saved.get("fingerprint") == fingerprint:
+        if saved.get("kind") == TRAJECTORY_KIND and saved.get("fingerprint") == fingerprint:
             return FedAvgResult(**saved["result"])
     result = _compute_fedavg(ctx)
     if path is not None:
-        atomic_save({"format": TRAJECTORY_FORMAT, "fingerprint": fingerprint, "result": asdict(result)}, path)
+        payload = {"format": FORMAT, "kind": TRAJECTORY_KIND, "fingerprint": fingerprint, "result": asdict(result)}
+        atomic_save(payload, path)
     return result
 
 

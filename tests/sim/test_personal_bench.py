@@ -106,5 +106,12 @@ def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(bench_out
     again = CliRunner().invoke(app, [*base, *cli_args(), "--methods", "fedavg,fedper"])
     assert again.exit_code == 0, again.output
     assert "fedavg already done" in again.output and "fedper already done" in again.output
+    stored = json.loads((bench_out / "seed-0" / "fedavg-ft.json").read_text())["result"]
+    (bench_out / "seed-0" / "fedavg-ft.json").unlink()  # recomputed from the stored FedAvg trajectory (fedavg.pt)
+    redo = CliRunner().invoke(app, [*base, *cli_args(), "--methods", "fedavg-ft"])
+    assert redo.exit_code == 0, redo.output
+    result = json.loads((bench_out / "seed-0" / "fedavg-ft.json").read_text())["result"]
+    assert result["accuracies"] == stored["accuracies"] and result["bytes_up"] == stored["bytes_up"]
+    assert result["seconds"]["shared_fedavg"] == stored["seconds"]["shared_fedavg"]  # loaded, not recomputed
     other = CliRunner().invoke(app, [*base, *cli_args(rounds=3), "--methods", "fedavg"])
     assert other.exit_code == 2 and "other settings" in other.output
