@@ -123,15 +123,36 @@ class PersonalConfig:
         d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
         return d
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a stored result depends on: all but which methods and seeds run and where the data lies."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("methods", "seeds", "data_dir")}
+    def fingerprint(self, method: str | None = None) -> dict[str, Any]:
+        """The settings a stored result of ``method`` depends on: all but which methods and seeds run, where the data
+        lies, and the settings only other methods read (``METHOD_SETTINGS``; without ``method``: none of those, the
+        settings of what methods share, such as the FedAvg trajectory)."""
+        skip = {"methods", "seeds", "data_dir"}
+        skip |= {k for k, readers in METHOD_SETTINGS.items() if method is None or method not in readers}
+        return {k: v for k, v in self.as_dict().items() if k not in skip}
+
+    def matches(self, stored: dict[str, Any], method: str | None = None) -> bool:
+        """Whether a result stored with fingerprint ``stored`` holds for these settings; a setting added after it was
+        stored (absent from ``stored``) matches while it keeps its default."""
+        defaults = {f.name: f.default for f in fields(self)}
+        current = self.fingerprint(method)
+        later = {k for k in current if k not in stored and current[k] == defaults.get(k)}
+        return stored == {k: v for k, v in current.items() if k not in later}
 
     def fleet(self) -> str:
         """The fleet in words, for table headers: ``20 edges, dirichlet beta=0.5``."""
         skew = f"beta={self.beta:g}" if self.partition == "dirichlet" else f"k={self.classes_per_edge} classes each"
         return f"{self.edges} edges, {self.partition} {skew}"
 
+
+METHOD_SETTINGS: dict[str, set[str]] = {
+    "ft_epochs": {"fedavg-ft", "fedbabu"},
+    "babu_ft": {"fedbabu"},
+    "head_epochs": {"fedrep"},
+    "ditto_lambda": {"ditto"},
+}
+"""Settings only some methods read, and which: changing one reruns only those (a MEANet-FL setting goes here with the
+names of the MEANet-FL rows)."""
 
 QUICK: dict[str, Any] = {
     "dataset": "cifar100-mini",

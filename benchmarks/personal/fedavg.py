@@ -50,8 +50,6 @@ LocalStep = Callable[[MEANet, int, int], int]
 returns the images processed."""
 
 TRAJECTORY_KIND = "personal-fedavg/1"
-METHOD_ONLY = ("ft_epochs", "head_epochs", "babu_ft", "ditto_lambda")
-"""Settings the shared trajectory does not read."""
 
 
 @dataclass
@@ -161,8 +159,7 @@ def warm_start(ctx: Context, *, head_frozen: bool = False) -> WarmStart:
 
 def trajectory_fingerprint(ctx: Context) -> dict[str, Any]:
     """What the FedAvg trajectory depends on: the fleet's settings, the budget and the seed."""
-    fp = {k: v for k, v in ctx.cfg.fingerprint().items() if k not in METHOD_ONLY}
-    return {**fp, **asdict(ctx.budget), "seed": ctx.seed}
+    return {**ctx.cfg.fingerprint(), **asdict(ctx.budget), "seed": ctx.seed}
 
 
 def shared_fedavg(ctx: Context) -> FedAvgResult:

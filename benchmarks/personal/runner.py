@@ -48,7 +48,7 @@ def run_seed(
         path = None if seed_dir is None else seed_dir / f"{name}.json"
         if path is not None and path.is_file():
             saved = json.loads(path.read_text())
-            if saved.get("fingerprint") != cfg.fingerprint():
+            if not cfg.matches(saved.get("fingerprint") or {}, name):
                 raise PersonalConfigError(
                     f"{path} holds a result computed with other settings; pass another --out, or delete {seed_dir} "
                     "to recompute"
@@ -67,7 +67,7 @@ def run_seed(
         result.extra["process_seconds"] = time.perf_counter() - start
         row = result.as_dict()
         if seed_dir is not None:
-            write_json({"fingerprint": cfg.fingerprint(), "result": row}, seed_dir / f"{name}.json")
+            write_json({"fingerprint": cfg.fingerprint(name), "result": row}, seed_dir / f"{name}.json")
         done[name] = row
         log(
             f"seed {seed}: {name}: mean accuracy {result.mean_accuracy:.4f}, worst 10% {result.worst_accuracy:.4f}, "

@@ -150,3 +150,13 @@ def test_settings_are_checked() -> None:
     with pytest.raises(PersonalConfigError, match="unknown benchmark setting"):
         PersonalConfig.from_dict({"alpha": 0.1})
     assert DeviceData.__dataclass_fields__.keys() == {"index", "train", "val", "test"}
+
+
+def test_a_stored_result_holds_while_the_settings_it_reads_stay() -> None:
+    cfg = PersonalConfig()
+    stored = cfg.fingerprint("fedper")
+    changed = PersonalConfig(ft_epochs=9)
+    assert changed.matches(stored, "fedper") and not changed.matches(cfg.fingerprint("fedavg-ft"), "fedavg-ft")
+    assert not PersonalConfig(rounds=3).matches(stored, "fedper")
+    older = {k: v for k, v in stored.items() if k != "head_epochs"}  # stored before a setting existed
+    assert cfg.matches(older, "fedrep") and not PersonalConfig(head_epochs=2).matches(older, "fedrep")
