@@ -68,6 +68,10 @@ def _cell(stat: dict[str, Any], scale: float, fmt: str, seeds: int) -> str:
     return f"{text} ± {fmt.format(stat['std'] * scale)}" if seeds > 1 else text
 
 
+def _span(values: Sequence[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
 def header(results: dict[str, Any]) -> list[str]:
     """The table's title and the paragraph that states the data, the schedule and the seeds."""
     cfg, sizes = results["config"], next(iter(results["scenario"].values()))
@@ -75,15 +79,15 @@ def header(results: dict[str, Any]) -> list[str]:
         f"Dirichlet β={cfg['beta']:g}" if cfg["partition"] == "dirichlet" else f"{cfg['classes_per_edge']} classes each"
     )
     limit = f"{cfg['limit_train']:,} training images" if cfg.get("limit_train") else "all training images"
-    tests = [d["test"] for d in sizes["devices"]]
-    train = [d["train"] for d in sizes["devices"]]
+    tests = _span([d["test"] for d in sizes["devices"]])
+    train = _span([d["train"] for d in sizes["devices"]])
     return [
         f"# Personalised FL: {cfg['dataset']}, {cfg['edges']} edges, {skew}",
         "",
         f"Data: {cfg['dataset']}, {limit}; the server holds {sizes['server_images']:,} "
-        f"({cfg['cloud_share']:g}, IID); the rest split over {cfg['edges']} edges ({skew}; {min(train)}-{max(train)} "
+        f"({cfg['cloud_share']:g}, IID); the rest split over {cfg['edges']} edges ({skew}; {train} "
         f"training images per edge after {cfg['val_fraction']:g} validation); each edge tested on "
-        f"{min(tests)}-{max(tests)} test images in its own class proportions (at most {cfg['test_per_edge']}). "
+        f"{tests} test images in its own class proportions (at most {cfg['test_per_edge']}). "
         f"Schedule, the same for every method: backbone {cfg['model']} (the MEANet's main block), "
         f"{cfg['rounds']} rounds, {cfg['local_epochs']} local epoch(s), {cfg['edges_per_round']} edges per round "
         f"(one seeded sample per round, shared by every method), batch {cfg['batch_size']}, lr {cfg['lr']} "
