@@ -98,6 +98,8 @@ class PersonalConfig:
             "ditto_lambda": self.ditto_lambda >= 0,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if not checks["edges_per_round"] or not checks["limit_train"]:
+            bad.append(f"with edges={self.edges}")
         if bad:
             raise PersonalConfigError(
                 f"out of range: {', '.join(bad)} (edges, classes per edge, test per edge, rounds, local epochs, head "
