@@ -1,4 +1,4 @@
-"""``meanet bench``: benchmarks, continual learning (Avalanche) with baselines side by side."""
+"""``meanet bench``: benchmarks, continual learning (Avalanche) and personalised FL, with baselines side by side."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from meanet_cli.errors import fail as _fail
 from meanet_cli.errors import user_errors as _user_errors
 
 bench_app = typer.Typer(
-    help="Benchmarks: continual learning (Avalanche) with baselines side by side.", no_args_is_help=True
+    help="Benchmarks: continual learning (Avalanche) and personalised FL, with baselines side by side.",
+    no_args_is_help=True,
 )
 
 
@@ -124,4 +125,81 @@ def bench_continual(
     except (BenchConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
         return
+    typer.echo((out / "results.md").read_text())
+
+
+@bench_app.command("personal")
+@_user_errors
+def bench_personal(
+    out: Path = typer.Option(..., "--out", help="folder for results.json, results.md, the plots and checkpoints"),
+    methods: str = typer.Option("all", help="comma list of methods, or all (see docs/benchmarks.md)"),
+    seeds: str = typer.Option("0", help="comma list of seeds, e.g. 0,1,2: the table gives mean ± std"),
+    dataset: str | None = typer.Option(None, help="cifar100 (default) | cifar100-mini"),
+    edges: int | None = typer.Option(None, help="devices in the fleet (default 20)"),
+    partition: str = typer.Option("dirichlet", help="dirichlet (label skew by beta) | classes (k classes per edge)"),
+    beta: float = typer.Option(0.5, help="Dirichlet concentration (0.1 skewed, 5 near IID)"),
+    classes_per_edge: int = typer.Option(5, help="classes per edge with --partition classes"),
+    limit_train: int | None = typer.Option(
+        None, help="a seeded, stratified subset of the training images (default 10000; 0: all 50,000)"
+    ),
+    cloud_share: float = typer.Option(0.1, help="share of the training images the server holds (IID)"),
+    val_fraction: float = typer.Option(0.15, help="share of each edge's images carved into its validation split"),
+    test_per_edge: int | None = typer.Option(None, help="test images per edge, in its class proportions (200)"),
+    model: str = typer.Option("resnet20_cifar", help="backbone of every method (the MEANet's main block)"),
+    rounds: int | None = typer.Option(None, help="federated rounds (default 30)"),
+    local_epochs: int = typer.Option(1, help="local epochs per round (local-only: the same total per device)"),
+    edges_per_round: int | None = typer.Option(None, help="edges sampled per round (default 10)"),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(0.05, help="peak learning rate (one one-cycle schedule over the rounds)"),
+    server_epochs: int | None = typer.Option(None, help="warm start on the server-held share, epochs (default 5)"),
+    ft_epochs: int | None = typer.Option(None, help="local fine-tuning epochs of fedavg-ft and fedbabu (default 5)"),
+    head_epochs: int = typer.Option(1, help="FedRep: head epochs per round before the body's"),
+    babu_ft: str = typer.Option("whole", help="FedBABU's fine-tuning: whole | head"),
+    ditto_lambda: float = typer.Option(0.1, help="Ditto: pull of the personal model towards the global one"),
+    precision: str = typer.Option("auto", help="fp32 | bf16 | auto (bf16 where the CPU has it natively)"),
+    data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
+    progress: bool = typer.Option(True, help="progress bars"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
+    quick: bool = typer.Option(
+        False, "--quick", help="a seconds-scale smoke run on CIFAR-100 mini (not numbers to read)"
+    ),
+) -> None:
+    """Personalised FL on a label-skewed fleet: FedAvg, FedPer, FedRep, FedBABU, Ditto and local-only, each device
+    scored on its own test split; write a JSON, a markdown table and plots."""
+    import torch
+
+    from benchmarks.personal.config import QUICK, PersonalConfig
+    from benchmarks.personal.methods import METHODS
+    from benchmarks.personal.runner import run_benchmark
+
+    if threads:
+        torch.set_num_threads(threads)
+    given: dict[str, object] = {
+        "dataset": dataset, "edges": edges, "test_per_edge": test_per_edge, "rounds": rounds,
+        "edges_per_round": edges_per_round, "server_epochs": server_epochs, "ft_epochs": ft_epochs,
+        "limit_train": limit_train,
+    }  # fmt: skip
+    preset = QUICK if quick else {}
+    values = {k: v if v is not None else preset.get(k) for k, v in given.items()}
+    values = {k: v for k, v in values.items() if v is not None}
+    if values.get("limit_train") == 0:
+        values["limit_train"] = None
+    if quick:
+        typer.echo("quick mode: " + ", ".join(f"{k}={v}" for k, v in QUICK.items() if given[k] is None))
+    names = list(METHODS) if methods.strip() == "all" else _csv(methods, "methods")
+    try:
+        seed_list = tuple(int(s) for s in _csv(seeds, "seeds"))
+    except ValueError:
+        _fail(f"--seeds takes comma-separated integers such as 0,1,2; got {seeds!r}")
+        return
+    cfg = PersonalConfig.from_dict(
+        {
+            **values, "methods": names, "seeds": seed_list, "partition": partition, "beta": beta,
+            "classes_per_edge": classes_per_edge, "cloud_share": cloud_share, "val_fraction": val_fraction,
+            "model": model, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
+            "head_epochs": head_epochs, "babu_ft": babu_ft, "ditto_lambda": ditto_lambda, "precision": precision,
+            "data_dir": data_dir,
+        }
+    )  # fmt: skip
+    run_benchmark(cfg, out, progress=progress, log=typer.echo)
     typer.echo((out / "results.md").read_text())
