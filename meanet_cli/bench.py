@@ -152,10 +152,13 @@ def bench_personal(
     batch_size: int = typer.Option(32),
     lr: float = typer.Option(0.05, help="peak learning rate (one one-cycle schedule over the rounds)"),
     server_epochs: int | None = typer.Option(None, help="warm start on the server-held share, epochs (default 5)"),
-    ft_epochs: int | None = typer.Option(None, help="local fine-tuning epochs of fedavg-ft and fedbabu (default 5)"),
+    ft_epochs: int | None = typer.Option(
+        None, help="local fine-tuning epochs of fedavg-ft and fedbabu, the MEANet-FL rows' extension epochs (default 5)"
+    ),
     head_epochs: int = typer.Option(1, help="FedRep: head epochs per round before the body's"),
     babu_ft: str = typer.Option("whole", help="FedBABU's fine-tuning: whole | head"),
     ditto_lambda: float = typer.Option(0.1, help="Ditto: pull of the personal model towards the global one"),
+    hard_fraction: float = typer.Option(0.2, help="MEANet-FL rows: share of a device's classes that are hard"),
     precision: str = typer.Option("auto", help="fp32 | bf16 | auto (bf16 where the CPU has it natively)"),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
     progress: bool = typer.Option(True, help="progress bars"),
@@ -164,8 +167,9 @@ def bench_personal(
         False, "--quick", help="a seconds-scale smoke run on CIFAR-100 mini (not numbers to read)"
     ),
 ) -> None:
-    """Personalised FL on a label-skewed fleet: FedAvg, FedPer, FedRep, FedBABU, Ditto and local-only, each device
-    scored on its own test split; write a JSON, a markdown table and plots."""
+    """Personalised FL on a label-skewed fleet: MEANet-FL personal and global beside FedAvg, FedAvg + fine-tuning,
+    FedPer, FedRep, FedBABU, Ditto and local-only, each device scored on its own test split; write a JSON, a markdown
+    table and plots."""
     import torch
 
     from benchmarks.personal.config import QUICK, PersonalConfig
@@ -198,6 +202,7 @@ def bench_personal(
             "classes_per_edge": classes_per_edge, "cloud_share": cloud_share, "val_fraction": val_fraction,
             "model": model, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
             "head_epochs": head_epochs, "babu_ft": babu_ft, "ditto_lambda": ditto_lambda, "precision": precision,
+            "hard_fraction": hard_fraction,
             "data_dir": data_dir,
         }
     )  # fmt: skip

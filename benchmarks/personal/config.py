@@ -34,7 +34,9 @@ class PersonalConfig:
     ``rounds`` rounds of ``edges_per_round`` sampled devices (the same seeded sample for every method), each trained
     ``local_epochs`` per round at ``lr`` (SGD, one one-cycle schedule over the rounds) with ``batch_size``;
     ``ft_epochs`` of local fine-tuning for the ``-ft`` methods and FedBABU (``babu_ft``: ``whole`` or ``head``);
-    ``head_epochs`` of head training per round for FedRep; ``ditto_lambda``: Ditto's pull towards the global model.
+    ``head_epochs`` of head training per round for FedRep; ``ditto_lambda``: Ditto's pull towards the global model;
+    ``hard_fraction``: the MEANet-FL rows' share of a device's classes (of the server's, for the global row) that are
+    hard (at least 2). The MEANet-FL rows train their extension ``ft_epochs``.
     ``precision``: ``fp32``, ``bf16`` or ``auto`` (resolved when the config is built, so results name it).
     """
 
@@ -58,6 +60,7 @@ class PersonalConfig:
     head_epochs: int = 1
     babu_ft: str = "whole"
     ditto_lambda: float = 0.1
+    hard_fraction: float = 0.2
     precision: str = "auto"
     methods: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
@@ -96,6 +99,7 @@ class PersonalConfig:
             "ft_epochs": self.ft_epochs >= 0,
             "head_epochs": self.head_epochs >= 1,
             "ditto_lambda": self.ditto_lambda >= 0,
+            "hard_fraction": 0 < self.hard_fraction < 1,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if not checks["edges_per_round"] or not checks["limit_train"]:
@@ -104,7 +108,8 @@ class PersonalConfig:
             raise PersonalConfigError(
                 f"out of range: {', '.join(bad)} (edges, classes per edge, test per edge, rounds, local epochs, head "
                 "epochs, batch size >= 1; edges per round in 1..edges; beta, lr > 0; cloud share and val fraction in "
-                "[0, 1); server, ft epochs and ditto lambda >= 0; limit train >= 2 images per edge)"
+                "[0, 1); hard fraction in (0, 1); server, ft epochs and ditto lambda >= 0; limit train >= 2 images per "
+                "edge)"
             )
 
     @classmethod
@@ -147,8 +152,11 @@ class PersonalConfig:
         return f"{self.edges} edges, {self.partition} {skew}"
 
 
+MEANET_ROWS = {"meanet-fl-personal", "meanet-fl-personal-prior", "meanet-fl-personal-ext", "meanet-fl-global"}
+
 METHOD_SETTINGS: dict[str, set[str]] = {
-    "ft_epochs": {"fedavg-ft", "fedbabu"},
+    "ft_epochs": {"fedavg-ft", "fedbabu", *MEANET_ROWS},
+    "hard_fraction": set(MEANET_ROWS),
     "babu_ft": {"fedbabu"},
     "head_epochs": {"fedrep"},
     "ditto_lambda": {"ditto"},

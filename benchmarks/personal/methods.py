@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmarks.personal import fedavg as fa
+from benchmarks.personal import meanet
 from benchmarks.personal import personalised as pers
 from benchmarks.personal.common import Context, MethodResult
 from benchmarks.personal.config import PersonalConfigError
@@ -30,6 +31,18 @@ class MethodSpec:
 
 
 METHODS: dict[str, MethodSpec] = {
+    "meanet-fl-personal": MethodSpec(
+        meanet.personal, "meanet", "FedAvg main block + per-device prior, hard classes, extension, gate"
+    ),
+    "meanet-fl-personal-prior": MethodSpec(
+        meanet.personal_prior, "meanet", "ablation: the per-device class prior alone"
+    ),
+    "meanet-fl-personal-ext": MethodSpec(
+        meanet.personal_extension, "meanet", "ablation: per-device hard classes + extension alone"
+    ),
+    "meanet-fl-global": MethodSpec(
+        meanet.global_meanet, "meanet", "today's global MEANet: server's hard classes, averaged extension"
+    ),
     "local-only": MethodSpec(pers.local_only, "local", "each device alone, same local epochs, no server"),
     "fedavg": MethodSpec(fa.fedavg, "fedavg", "FedAvg of the whole backbone, global model on every device"),
     "fedavg-ft": MethodSpec(fa.fedavg_ft, "fedavg", "FedAvg, then ft-epochs of local fine-tuning per device"),
