@@ -72,6 +72,24 @@ def test_every_method_runs_and_reports(bench_out: Path) -> None:
         assert (bench_out / png).stat().st_size > 1000
 
 
+def test_the_meanet_rows_keep_personal_blocks_off_the_wire_and_say_what_each_device_chose(bench_out: Path) -> None:
+    runs = json.loads((bench_out / "results.json").read_text())["runs"]["0"]
+    fedavg, personal, glob = runs["fedavg"], runs["meanet-fl-personal"], runs["meanet-fl-global"]
+    for name in ("meanet-fl-personal", "meanet-fl-personal-prior", "meanet-fl-personal-ext"):
+        # the shared main block's bytes and nothing more: the personal blocks never travel
+        assert (runs[name]["bytes_up"], runs[name]["bytes_down"]) == (fedavg["bytes_up"], fedavg["bytes_down"]), name
+        devices = runs[name]["extra"]["per_device"]
+        assert [d["device"] for d in devices] == [0, 1, 2, 3]
+        assert all(0 <= d["main_shared"] <= 1 and d["personal_bytes"] > 0 for d in devices)
+    assert all(d["prior_strength"] == 0.0 for d in runs["meanet-fl-personal-ext"]["extra"]["per_device"])
+    assert all(d["hard_classes"] == [] for d in runs["meanet-fl-personal-prior"]["extra"]["per_device"])
+    assert runs["meanet-fl-personal-prior"]["macs_per_inference"] == fedavg["macs_per_inference"]  # main block only
+    assert glob["bytes_up"] > fedavg["bytes_up"] and glob["extra"]["hard_classes"]  # the averaged extension travels
+    share = personal["extra"]["extension_fraction"]
+    assert 0 <= share <= 1 and personal["macs_per_inference"] >= fedavg["macs_per_inference"]
+    assert personal["extra"]["macs_vs_all_blocks"] <= 1
+
+
 def test_a_seed_reruns_to_the_same_numbers_and_a_registered_row_shares_fedavg(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
