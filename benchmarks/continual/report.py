@@ -13,9 +13,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from benchmarks.continual.budget import summarize as summarize_budget
 from benchmarks.continual.metrics import mean_std
+from benchmarks.plot_style import family_of, legend_outside, styles
 
 COLUMNS = (
     ("final_average_accuracy", "final avg acc", 100.0, "{:.1f}", "%"),
@@ -291,20 +293,24 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot_accuracy_per_experience(results: dict[str, Any], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Each method's average accuracy after each experience: one colour family per kind of method
+    (:mod:`benchmarks.plot_style`), the legend beside the axes."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    style = styles({name: family_of(name) for name in results["summary"]})
     for name, stats in results["summary"].items():
         curve = stats["average_accuracy_curve"]
         xs = list(range(1, len(curve["mean"]) + 1))
         mean = [100 * v for v in curve["mean"]]
-        (line,) = ax.plot(xs, mean, marker="o", markersize=3, label=name)
+        (line,) = ax.plot(xs, mean, markersize=3, linewidth=1.2, label=name, **style[name].kwargs())
         if len(stats["seeds"]) > 1:
             lo = [100 * (m - s) for m, s in zip(curve["mean"], curve["std"], strict=True)]
             hi = [100 * (m + s) for m, s in zip(curve["mean"], curve["std"], strict=True)]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiences trained")
     ax.set_ylabel("average accuracy on seen experiences (%)")
     ax.set_title(f"{results['config']['scenario']}: average accuracy after each experience")
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -313,18 +319,19 @@ def plot_accuracy_vs_energy(results: dict[str, Any], path: Path) -> Path:
     """Each method a point (final average accuracy against edge energy per inference); each MEANet method also a
     curve (its calibrated policy refitted for a sweep of cloud fractions, after the last experience, on the test
     images of every experience) beside confidence early exit on the same models."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     routing = results.get("routing") or routing_summary(results)
+    style = styles({name: family_of(name) for name in results["summary"]})
     for name, row in routing.items():
-        if "curves" not in row:
+        if "curves" not in row or name not in style:
             continue
-        for kind, style, label in (("meanet", "-", name), ("early_exit", ":", f"{name}: early exit")):
+        for kind, linestyle, label in (("meanet", "-", name), ("early_exit", ":", f"{name}: early exit")):
             curve = row["curves"][kind]
             ax.plot(
                 [p["energy_joule"] * 1e3 for p in curve],
                 [p["accuracy"] * 100 for p in curve],
-                style,
-                marker=".",
+                linestyle,
+                color=style[name].color,
                 linewidth=1,
                 label=f"{label} (cloud fraction swept)",
             )
@@ -337,26 +344,23 @@ def plot_accuracy_vs_energy(results: dict[str, Any], path: Path) -> Path:
             acc["mean"] * 100,
             xerr=energy["std"] * 1e3,
             yerr=acc["std"] * 100,
-            fmt="o",
+            fmt=style[name].marker,
+            color=style[name].color,
             capsize=3,
             label=name,
-        )
-        ax.annotate(
-            name, (energy["mean"] * 1e3, acc["mean"] * 100), fontsize=7, xytext=(4, 3), textcoords="offset points"
         )
     ax.set_xscale("log")
     ax.set_xlabel("edge energy per inference (mJ, log scale)")
     ax.set_ylabel("final average accuracy (%)")
     ax.set_title("Accuracy against energy")
     ax.grid(alpha=0.3)
-    if routing:
-        ax.legend(fontsize=6, loc="lower right")
+    legend_outside(ax, fontsize=6)
     return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend beside the axes stays in the picture
     plt.close(fig)
     return path
 
