@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from meanet_core.training.memory import probing
+
 
 @dataclass
 class ImageCount:
@@ -35,7 +37,7 @@ def count_training_images(*modules: nn.Module) -> Iterator[ImageCount]:
     count = ImageCount()
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if module.training and torch.is_grad_enabled():
+        if module.training and torch.is_grad_enabled() and not probing():  # a memory probe trains nothing
             count.images += int(args[0].shape[0])
 
     handles = [m.register_forward_pre_hook(hook) for m in modules]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from benchmarks.continual.scenarios import parse_scenario
+from benchmarks.settings import RunSettings
 from meanet_core.config import HARD_CANDIDATES
 from meanet_core.data import PARTITION_SCHEMES
 from meanet_core.models import CLOUD_ARCHS, MEANET_ARCHS, build_cloud, build_meanet, can_grow
@@ -49,7 +50,7 @@ class BenchConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(RunSettings):
     """Everything that decides a benchmark's numbers (``methods`` and ``seeds`` only decide what runs).
 
     Every method uses the same backbone (``model``, the MEANet edge model; its main block is the classifier of
@@ -75,6 +76,8 @@ class BenchConfig:
     offload) are labelled at the cloud and kept with its data for its own cloud model (and extension); counted in
     the budget and as bytes up.
     """
+
+    error: ClassVar[type[ValueError]] = BenchConfigError
 
     scenario: str = "split-cifar100"
     experiences: int = 10
@@ -186,24 +189,6 @@ class BenchConfig:
                 "alpha, lr, cloud lr > 0; cloud share, hard and val fractions in (0, 1); target cloud fraction in "
                 "[0, 1]; main rounds, distillation weights, offload labels >= 0; extension epochs >= 1)"
             )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BenchConfig:
-        """Build from plain values (JSON), rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BenchConfigError(f"unknown benchmark setting(s) {unknown}; valid: {sorted(known)}")
-        v = dict(values)
-        for key in ("methods", "seeds"):
-            if key in v:
-                v[key] = tuple(v[key])
-        return cls(**v)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
-        return d
 
     def fingerprint(self, method: str | None = None) -> dict[str, Any]:
         """The settings a stored result of ``method`` depends on: everything but which methods and seeds run, where

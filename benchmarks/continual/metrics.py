@@ -20,7 +20,6 @@ plugins do; ``tests/unit/test_continual.py`` checks them against Avalanche's plu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -127,11 +126,3 @@ def summarize_matrix(matrix: np.ndarray) -> dict[str, Any]:
         "final_bwt": bw[-1] if bw else None,
         "final_experience_forgetting": {str(k): v for k, v in experience_forgetting(a).items()} if acc else {},
     }
-
-
-def mean_std(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    """Mean and sample standard deviation (0 for one value) of the non-missing values."""
-    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not kept:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(kept)), "std": float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0, "n": len(kept)}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +13,8 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from benchmarks.continual.budget import summarize as summarize_budget
-from benchmarks.continual.metrics import mean_std
 from benchmarks.plot_style import family_of, legend_outside, styles
+from benchmarks.tables import cell, mean_std, write_json
 
 COLUMNS = (
     ("final_average_accuracy", "final avg acc", 100.0, "{:.1f}", "%"),
@@ -50,15 +47,6 @@ PARTS = (
 reference_accuracy``, on the same test images): what the extension and the cloud each add to the main block."""
 UPPER_BOUND = "joint"
 """Trains centrally on everything seen so far: the upper bound, not a competitor."""
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _label(name: str) -> str:
@@ -158,13 +146,6 @@ def routing_summary(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _cell(stat: dict[str, Any], scale: float, fmt: str, seeds: int) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    text = fmt.format(stat["mean"] * scale)
-    return f"{text} ± {fmt.format(stat['std'] * scale).lstrip('+')}" if seeds > 1 else text
-
-
 def markdown(results: dict[str, Any]) -> str:
     """The comparison table (mean ± sample std over seeds when there are several) and each method's curve."""
     cfg, summary = results["config"], results["summary"]
@@ -189,7 +170,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(COLUMNS),
     ]
     for name, stats in summary.items():
-        cells = [_cell(stats[key], scale, fmt, seeds) for key, _, scale, fmt, _ in COLUMNS]
+        cells = [cell(stats[key], scale, fmt, seeds) for key, _, scale, fmt, _ in COLUMNS]
         lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
     budgets = results.get("budget") or budget_summary(results)
     if budgets:
@@ -206,8 +187,8 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---:|---|" + "---:|" * len(BUDGET_COLUMNS),
         ]
         for name, b in budgets.items():
-            acc = _cell(summary[name]["final_average_accuracy"], 100.0, "{:.1f}", seeds)
-            cells = [_cell(b[key], scale, fmt, seeds) for key, _, scale, fmt, _ in BUDGET_COLUMNS]
+            acc = cell(summary[name]["final_average_accuracy"], 100.0, "{:.1f}", seeds)
+            cells = [cell(b[key], scale, fmt, seeds) for key, _, scale, fmt, _ in BUDGET_COLUMNS]
             lines.append(f"| {_label(name)} | {acc} | {b['data_seen']} | " + " | ".join(cells) + " |")
     parts = results.get("parts") or parts_summary(results)
     if parts:
@@ -222,8 +203,8 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|" + "---:|" * (len(PARTS) + 1),
         ]
         for name, row in parts.items():
-            cells = [_cell(row[key], 100.0, "{:.1f}", seeds) for key, _ in PARTS]
-            cells.append(_cell(row["cloud_fraction"], 100.0, "{:.1f}", seeds))
+            cells = [cell(row[key], 100.0, "{:.1f}", seeds) for key, _ in PARTS]
+            cells.append(cell(row["cloud_fraction"], 100.0, "{:.1f}", seeds))
             lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
     routing = results.get("routing") or routing_summary(results)
     if routing:
@@ -243,14 +224,14 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---:|" + "---:|" * (len(ROUTES) + 3),
         ]
         for name, row in routing.items():
-            cells = [_cell(row[f"{key}_accuracy"], 100.0, "{:.1f}", seeds) for key, _ in ROUTES]
+            cells = [cell(row[f"{key}_accuracy"], 100.0, "{:.1f}", seeds) for key, _ in ROUTES]
             gain = 100 * (row["meanet_accuracy"]["mean"] - row["early_exit_accuracy"]["mean"])
             energy = row["meanet_energy_joule"]["mean"]
             ratio = f"{energy / cloud_only:.2f}" if cloud_only else "n/a"
             lines.append(
-                f"| {name} | {_cell(row['meanet_cloud_fraction'], 100.0, '{:.1f}', seeds)} | "
+                f"| {name} | {cell(row['meanet_cloud_fraction'], 100.0, '{:.1f}', seeds)} | "
                 + " | ".join(cells)
-                + f" | {gain:+.1f} | {_cell(row['meanet_energy_joule'], 1e3, '{:.2f}', seeds)} | {ratio} |"
+                + f" | {gain:+.1f} | {cell(row['meanet_energy_joule'], 1e3, '{:.2f}', seeds)} | {ratio} |"
             )
         lines += [
             "",
@@ -264,10 +245,10 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for name, row in routing.items():
             cells = [
-                _cell(row[f"hard_{f}"], 100.0, "{:.1f}", seeds)
+                cell(row[f"hard_{f}"], 100.0, "{:.1f}", seeds)
                 for f in ("main_only", "main_plus_extension", "edge_as_run")
             ]
-            kept = _cell(row["extension_kept"], 1.0, "{:.1f}", seeds)
+            kept = cell(row["extension_kept"], 1.0, "{:.1f}", seeds)
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {kept} of {row['experiences']} |")
     lines += [
         "",

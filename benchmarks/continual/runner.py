@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 
 from benchmarks.continual.config import BenchConfig, BenchConfigError
 from benchmarks.continual.methods import Context, Method, build_method
-from benchmarks.continual.metrics import mean_std, new_matrix, summarize_matrix
-from benchmarks.continual.report import write_json, write_report
+from benchmarks.continual.metrics import new_matrix, summarize_matrix
+from benchmarks.continual.report import write_report
 from benchmarks.continual.scenarios import build_scenario
 from benchmarks.continual.shared import CloudTrajectory
+from benchmarks.tables import mean_std, write_json
 
 MethodFactory = Callable[[str, Context], Method]
 TABLE_METRICS = (

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
+from benchmarks.settings import RunSettings
 from meanet_core.models import MEANET_ARCHS
 from meanet_core.training.precision import resolve_precision
 
@@ -20,7 +21,7 @@ class PersonalConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class PersonalConfig:
+class PersonalConfig(RunSettings):
     """Everything that decides the benchmark's numbers (``methods``, ``seeds`` and ``data_dir`` only decide what runs
     and where the data lies).
 
@@ -39,6 +40,8 @@ class PersonalConfig:
     hard (at least 2). The MEANet-FL rows train their extension ``ft_epochs``.
     ``precision``: ``fp32``, ``bf16`` or ``auto`` (resolved when the config is built, so results name it).
     """
+
+    error: ClassVar[type[ValueError]] = PersonalConfigError
 
     dataset: str = "cifar100"
     edges: int = 20
@@ -111,24 +114,6 @@ class PersonalConfig:
                 "[0, 1); hard fraction in (0, 1); server, ft epochs and ditto lambda >= 0; limit train >= 2 images per "
                 "edge)"
             )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PersonalConfig:
-        """Build from plain values (JSON), rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PersonalConfigError(f"unknown benchmark setting(s) {unknown}; valid: {sorted(known)}")
-        v = dict(values)
-        for key in ("methods", "seeds"):
-            if key in v:
-                v[key] = tuple(v[key])
-        return cls(**v)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
-        return d
 
     def fingerprint(self, method: str | None = None) -> dict[str, Any]:
         """The settings a stored result of ``method`` depends on: all but which methods and seeds run, where the data

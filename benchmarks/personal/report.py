@@ -3,10 +3,6 @@ the per-device accuracy distribution of each method, and mean accuracy against b
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks.plot_style import FAMILY_TITLES, family_of, legend_outside, styles
+from benchmarks.tables import cell, mean_std, write_json
 
 COLUMNS = (
     ("mean_accuracy", "mean acc", 100.0, "{:.1f}", "%"),
@@ -32,23 +29,6 @@ COLUMNS = (
 """(key, title, scale, format, unit) of each column of the table; every key is a ``MethodResult.as_dict`` number."""
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def mean_std(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    """Mean and sample standard deviation (0 for one value) of the non-missing values."""
-    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not kept:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(kept)), "std": float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0, "n": len(kept)}
-
-
 def aggregate(runs: dict[str, dict[str, dict[str, Any]]], methods: Sequence[str]) -> dict[str, Any]:
     """Per method: mean ± std over the seeds of each column, and every device's accuracy (all seeds pooled)."""
     out: dict[str, Any] = {}
@@ -59,13 +39,6 @@ def aggregate(runs: dict[str, dict[str, dict[str, Any]]], methods: Sequence[str]
             out[name]["device_accuracies"] = [a for r in per_seed for a in r["accuracies"]]
             out[name]["seeds"] = [r["seed"] for r in per_seed]
     return out
-
-
-def _cell(stat: dict[str, Any], scale: float, fmt: str, seeds: int) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    text = fmt.format(stat["mean"] * scale)
-    return f"{text} ± {fmt.format(stat['std'] * scale)}" if seeds > 1 else text
 
 
 def _span(values: Sequence[int]) -> str:
@@ -109,7 +82,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(COLUMNS),
     ]
     for name, stats in summary.items():
-        cells = [_cell(stats[key], scale, fmt, seeds) for key, _, scale, fmt, _ in COLUMNS]
+        cells = [cell(stats[key], scale, fmt, seeds) for key, _, scale, fmt, _ in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",

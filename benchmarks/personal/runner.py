@@ -25,8 +25,9 @@ import torch
 from benchmarks.personal.common import Context, MethodResult
 from benchmarks.personal.config import PersonalConfig, PersonalConfigError
 from benchmarks.personal.methods import METHODS, resolve
-from benchmarks.personal.report import aggregate, write_json, write_report
+from benchmarks.personal.report import aggregate, write_report
 from benchmarks.personal.scenario import build_personal_scenario
+from benchmarks.tables import write_json
 from meanet_core.data import DatasetSplits
 
 

@@ -139,6 +139,14 @@ def _untouched(modules: Iterable[nn.Module]) -> Iterator[None]:
         torch.set_rng_state(rng)
 
 
+_PROBING = [False]
+
+
+def probing() -> bool:
+    """Whether a memory probe is running now: its forwards are not training (counters of trained images skip them)."""
+    return _PROBING[0]
+
+
 def saved_bytes(run: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
     """Bytes autograd saves for the backward while ``run()`` computes (with gradients on), each storage once; the
     storages of ``exclude`` (the weights, which exist anyway) are left out."""
@@ -151,8 +159,12 @@ def saved_bytes(run: Callable[[], object], exclude: Iterable[torch.Tensor] = ())
             seen[s.data_ptr()] = s.nbytes()
         return t
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
+    _PROBING[0] = True
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run()
+    finally:
+        _PROBING[0] = False
     return sum(seen.values())
 
 

@@ -19,12 +19,12 @@ from benchmarks.continual.metrics import (
     bwt,
     experience_forgetting,
     forgetting,
-    mean_std,
     new_matrix,
     summarize_matrix,
 )
 from benchmarks.continual.scenarios import build_scenario, corrupt
 from benchmarks.continual.shared import block_costs, costs, meanet_outputs
+from benchmarks.tables import mean_std
 from meanet_core.data import DatasetSplits, ImageTensors
 from meanet_core.inference.engine import AdaptiveEngine, LocalCloud, predictions_from_outputs, route_outputs
 from meanet_core.inference.evaluation import summarize
