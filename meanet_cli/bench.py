@@ -152,13 +152,13 @@ def bench_personal(
     batch_size: int = typer.Option(32),
     lr: float = typer.Option(0.05, help="peak learning rate (one one-cycle schedule over the rounds)"),
     server_epochs: int | None = typer.Option(None, help="warm start on the server-held share, epochs (default 5)"),
-    ft_epochs: int | None = typer.Option(
-        None, help="local fine-tuning epochs of fedavg-ft and fedbabu, the MEANet-FL rows' extension epochs (default 5)"
-    ),
+    ft_epochs: int | None = typer.Option(None, help="local fine-tuning epochs of fedavg-ft and fedbabu (default 5)"),
     head_epochs: int = typer.Option(1, help="FedRep: head epochs per round before the body's"),
     babu_ft: str = typer.Option("whole", help="FedBABU's fine-tuning: whole | head"),
     ditto_lambda: float = typer.Option(0.1, help="Ditto: pull of the personal model towards the global one"),
-    hard_fraction: float = typer.Option(0.2, help="MEANet-FL rows: share of a device's classes that are hard"),
+    hard_fraction: float = typer.Option(0.5, help="MEANet-FL rows: share of a device's classes that are hard"),
+    extension_epochs: int = typer.Option(15, help="MEANet-FL rows: epochs of the extension on the hard classes"),
+    extension_lr: float = typer.Option(0.1, help="MEANet-FL rows: the extension's peak learning rate"),
     precision: str = typer.Option("auto", help="fp32 | bf16 | auto (bf16 where the CPU has it natively)"),
     data_dir: str | None = typer.Option(None, help="folder with cifar100.npz (default: $MEANET_DATA_DIR)"),
     progress: bool = typer.Option(True, help="progress bars"),
@@ -202,7 +202,7 @@ def bench_personal(
             "classes_per_edge": classes_per_edge, "cloud_share": cloud_share, "val_fraction": val_fraction,
             "model": model, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
             "head_epochs": head_epochs, "babu_ft": babu_ft, "ditto_lambda": ditto_lambda, "precision": precision,
-            "hard_fraction": hard_fraction,
+            "hard_fraction": hard_fraction, "extension_epochs": extension_epochs, "extension_lr": extension_lr,
             "data_dir": data_dir,
         }
     )  # fmt: skip

@@ -2,8 +2,9 @@
 
 Every row's main block is the shared FedAvg trajectory's global model (``shared_fedavg``: the same rounds, local
 epochs, edges per round and server-held data as FedAvg and FedAvg + fine-tuning). What differs is what a device adds
-on top, with ``ft-epochs`` of local training at most (the budget of FedAvg + fine-tuning, on fewer images: only the
-hard classes' train the extension):
+on top: ``--extension-epochs`` (15) of the extension on its images of its hard classes (``--hard-fraction`` 0.5 of
+its classes), at ``--extension-lr`` (0.1): about the training MACs of FedAvg + fine-tuning's 5 whole-model epochs
+(the extension's step runs the main block forward only):
 
 * ``meanet-fl-personal``: :func:`meanet_core.inference.personal.personalise`, exactly what a device of a federation
   with ``personal = true`` runs: its class prior on the main exit, its hard classes (those the shared main block
@@ -22,6 +23,7 @@ per inference count the main block for every input and the adaptive + extension 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ from meanet_core.inference.engine import input_memory_format
 from meanet_core.inference.fastpath import optimize_for_inference
 from meanet_core.inference.personal import PRIOR_STRENGTHS, personal_arrays, personalise
 from meanet_core.models import MEANet, describe_meanet
-from meanet_core.training.stages import predict_logits, select_hard_classes, train_extension
+from meanet_core.training.stages import StageConfig, predict_logits, select_hard_classes, train_extension
 from strategies.aggregation import weighted_average
 
 EVAL_BATCH = 64
@@ -66,6 +68,11 @@ def route(
     return torch.where(to_ext, model.hard_classes[ext.argmax(1)], top1), to_ext
 
 
+def _extension_stage(ctx: Context) -> StageConfig:
+    """The MEANet-FL rows' local training of the extension: ``extension_epochs`` at ``extension_lr``."""
+    return replace(ctx.budget.stage(ctx.cfg.extension_epochs), lr=ctx.cfg.extension_lr)
+
+
 def _block_macs(model: MEANet) -> tuple[int, int]:
     blocks = {b.name: b.macs for b in describe_meanet(model)}
     return blocks["main"], blocks["adaptive"] + blocks["extension"]
@@ -95,7 +102,7 @@ def _result(
 def _personal(ctx: Context, name: str, *, prior: bool, extension: bool) -> MethodResult:
     fa = shared_fedavg(ctx)
     t0 = time.perf_counter()
-    stage = ctx.budget.stage(ctx.cfg.ft_epochs)
+    stage = _extension_stage(ctx)
     accs, devices_info, routed, tested, trained = [], [], 0.0, 0, 0
     for i, device in enumerate(ctx.scenario.devices):
         model = load(new_model(ctx), fa.global_state)  # the shared main block; fresh edge blocks
@@ -169,7 +176,7 @@ def global_meanet(ctx: Context) -> MethodResult:
     )  # fmt: skip
     model.set_hard_classes(hard)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    stage, updates, trained = ctx.budget.stage(ctx.cfg.ft_epochs), [], 0
+    stage, updates, trained = _extension_stage(ctx), [], 0
     for i, device in enumerate(ctx.scenario.devices):
         n = int(model.is_hard(device.train.y).sum())
         if not n:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.sim
 
 TINY = {
     "dataset": "cifar100-mini", "edges": 4, "limit_train": 400, "rounds": 2, "edges_per_round": 2,
-    "test_per_edge": 20, "server_epochs": 1, "ft_epochs": 1, "batch_size": 32,
+    "test_per_edge": 20, "server_epochs": 1, "ft_epochs": 1, "batch_size": 32, "extension_epochs": 1,
 }  # fmt: skip
 
 
