@@ -17,6 +17,7 @@ import copy
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
@@ -28,7 +29,14 @@ from meanet_core.data.datasets import train_val_split
 from meanet_core.data.streams import EdgeView
 from meanet_core.inference.engine import AdaptiveEngine, CloudBackend, Predictions
 from meanet_core.inference.evaluation import summarize
-from meanet_core.inference.personal import load_personal, personal_arrays, personalise, policy_from_meta
+from meanet_core.inference.personal import (
+    load_personal,
+    memory_arrays,
+    personal_arrays,
+    personalise,
+    policy_from_meta,
+    split_memory,
+)
 from meanet_core.inference.policies import CalibratedPolicy, Policy
 from meanet_core.models import MEANet
 from meanet_core.training.stages import predict_logits
@@ -49,14 +57,25 @@ def personal_train(
 ) -> Message:
     """A personal round (see the module docstring); ``model`` is built from the broadcast."""
     config = msg.content[keys.CONFIG]
+    e = int(config[keys.EXPERIENCE])  # type: ignore[arg-type]
     loaded_digest = digest(model.state_dict())
     previous = store.load()
     train, val = train_val_split(view.data, VAL_FRACTION, cfg.seed + client)
+    # what it held before: its validation memory and label counts of earlier experiences (the prior, the hard
+    # classes and the gate weigh them too; a class-incremental stream would otherwise forget them here)
+    old = previous.arrays if previous is not None else {}
+    memory = split_memory(old, e)
+    if len(memory) and memory.x.shape[1:] == val.x.shape[1:]:
+        val_all = ImageTensors(torch.cat([memory.x, val.x]), torch.cat([memory.y, val.y]))
+    else:
+        val_all = val
+    counts = held_counts(previous.meta if previous is not None else {}, e, view.data.y, view.num_classes)
+    total = torch.tensor(np.sum(list(counts.values()), axis=0), dtype=torch.int64)
     started, t0 = time.time(), time.perf_counter()
     outcome = personalise(
         model,
         train,
-        val,
+        val_all,
         cfg.stage(cfg.extension_stage_epochs, cycle),
         previous=previous,
         hard_fraction=cfg.hard_fraction,
@@ -64,12 +83,14 @@ def personal_train(
         target_cloud_fraction=cfg.target_cloud_fraction,
         cloud_accuracy=float(config.get(keys.CLOUD_ACCURACY, 0.0)),  # type: ignore[arg-type]
         seed=cfg.seed + client,
+        held=torch.repeat_interleave(torch.arange(view.num_classes), total),
     )
     seconds = time.perf_counter() - t0
     if digest(model.state_dict()) != loaded_digest:  # an internal invariant: training never touches the main block
         raise RuntimeError("the main block changed during personal training")
     own = personal_arrays(model)
-    store.save(own, {"experience": int(config[keys.EXPERIENCE]), **outcome.meta()})  # type: ignore[arg-type]
+    kept = {"experience": e, "label_counts": counts, **outcome.meta()}
+    store.save({**own, **memory_arrays(old, val, e, cfg.seed + client)}, kept)
     val_stats = outcome.val
     metrics = MetricRecord(
         {
@@ -98,6 +119,19 @@ def personal_train(
         }
     )
     return Message(content=RecordDict({keys.METRICS: metrics, keys.EDGE_INFO: info}), reply_to=msg)
+
+
+def held_counts(meta: Any, experience: int, labels: torch.Tensor, num_classes: int) -> dict[str, list[int]]:
+    """Label counts per experience (``str(experience) -> K counts``): the earlier experiences' from a personal
+    state's meta, this one's from ``labels`` (the images the device holds now)."""
+    earlier = meta.get("label_counts")
+    out = {
+        str(e): [int(c) for c in row]
+        for e, row in (earlier.items() if isinstance(earlier, dict) else [])
+        if str(e).isdigit() and int(e) < experience and isinstance(row, list) and len(row) == num_classes
+    }
+    out[str(experience)] = np.bincount(labels.numpy(), minlength=num_classes)[:num_classes].tolist()
+    return out
 
 
 def _predict(engine: AdaptiveEngine, test: ImageTensors) -> Predictions:

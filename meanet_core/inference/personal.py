@@ -43,6 +43,14 @@ PRIOR_STRENGTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 PERSONAL_BUFFERS: tuple[str, ...] = ("hard_classes", "hard_index", "class_prior")
 """State entries besides the edge blocks that a personal model holds as its own."""
 
+MEMORY_PREFIX = "memory."
+"""Arrays of a personal state that are not model entries: the device's validation memory (``memory.x`` uint8
+images, ``memory.y`` class ids, ``memory.experience``), so that its prior, hard classes and gate keep weighing the
+classes of earlier experiences when their images are gone."""
+
+MEMORY_PER_EXPERIENCE = 128
+"""Validation images a device keeps of each past experience (about 0.4 MB at 32x32)."""
+
 
 def is_personal_key(name: str) -> bool:
     """Whether a MEANet state entry is a device's own in a personal federation (edge blocks and its choices)."""
@@ -63,12 +71,13 @@ def load_personal(model: MEANet, state: PersonalState) -> None:
         The arrays do not fit the model (missing or unexpected entries, other shapes).
     """
     expected = {k for k in model.state_dict() if is_personal_key(k)}
-    if set(state.arrays) != expected:
-        missing, extra = sorted(expected - set(state.arrays)), sorted(set(state.arrays) - expected)
+    entries = {k for k in state.arrays if not k.startswith(MEMORY_PREFIX)}
+    if entries != expected:
+        missing, extra = sorted(expected - entries), sorted(entries - expected)
         raise PersonalStateError(f"the personal state does not fit the model: missing {missing[:4]}, extra {extra[:4]}")
     try:
         model.set_hard_classes(state.hard_classes)
-        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.arrays.items()}
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.arrays.items() if k in expected}
         model.load_state_dict({**model.state_dict(), **tensors})
     except (RuntimeError, ValueError) as e:
         raise PersonalStateError(f"the personal state does not fit the model: {e}") from e
@@ -153,18 +162,20 @@ def personalise(
     channels_last: bool = True,
     prior_strengths: tuple[float, ...] = PRIOR_STRENGTHS,
     extension: bool = True,
+    held: torch.Tensor | None = None,
 ) -> PersonalOutcome:
     """Make ``model`` (the shared main block, with the broadcast's edge blocks) this device's own, in place (see the
     module docstring); ``previous`` is the device's personal state from an earlier round, if any.
     ``prior_strengths=(0.0,)`` leaves the prior out, ``extension=False`` the hard classes and the extension (the
-    benchmark's ablations)."""
+    benchmark's ablations). ``held``: the labels of every image the device has held (its earlier experiences' too),
+    for its prior and the classes its hard ones are chosen among; default ``train`` and ``val``'s."""
     if previous is not None:
         load_personal(model, previous)  # its blocks; its hard classes and prior are chosen again below
     model.eval()
     model.class_prior.zero_()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     shared = predict_logits(lambda x: model.forward_main(x).logits, val, memory_format=fmt)  # (N, K), no prior
-    held = torch.cat([train.y, val.y])
+    held = torch.cat([train.y, val.y]) if held is None else held
     log_prior = log_label_prior(held, model.num_classes)
     strength, by_strength = choose_prior_strength(shared, val.y, log_prior, prior_strengths)
     model.class_prior.copy_(strength * log_prior)
@@ -244,7 +255,37 @@ def policy_from_meta(meta: Mapping[str, Any]) -> CalibratedPolicy:
         raise PersonalStateError(f"the personal state's policy is not a calibrated policy: {p!r}") from e
 
 
+def split_memory(arrays: Mapping[str, npt.NDArray[Any]], before: int) -> ImageTensors:
+    """The validation memory of a personal state's ``arrays``: its images of experiences before ``before``."""
+    x, y, e = (arrays.get(MEMORY_PREFIX + k) for k in ("x", "y", "experience"))
+    if x is None or y is None or e is None or len(x) == 0:
+        return ImageTensors(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+    keep = np.flatnonzero(np.asarray(e) < before)
+    return ImageTensors(torch.from_numpy(np.array(x[keep])), torch.from_numpy(np.array(y[keep], dtype=np.int64)))
+
+
+def memory_arrays(
+    old: Mapping[str, npt.NDArray[Any]] | None, val: ImageTensors, experience: int, seed: int
+) -> dict[str, npt.NDArray[Any]]:
+    """The validation memory to keep: the earlier experiences' (from ``old``) and up to
+    :data:`MEMORY_PER_EXPERIENCE` of ``val``, this experience's (a seeded pick)."""
+    before = split_memory(old or {}, experience)
+    pick = np.random.default_rng([seed, experience]).permutation(len(val))[:MEMORY_PER_EXPERIENCE]
+    now = val.subset(np.sort(pick))
+    if before.x.shape[1:] != now.x.shape[1:]:  # none yet, or images of another size (another model's): dropped
+        before = ImageTensors(now.x[:0], now.y[:0])
+    old_e = np.asarray((old or {}).get(MEMORY_PREFIX + "experience", np.zeros(0)), dtype=np.int64)
+    old_e = old_e[old_e < experience]
+    return {
+        MEMORY_PREFIX + "x": torch.cat([before.x, now.x]).numpy(),
+        MEMORY_PREFIX + "y": torch.cat([before.y, now.y]).numpy(),
+        MEMORY_PREFIX + "experience": np.concatenate([old_e[: len(before)], np.full(len(now), experience)]),
+    }
+
+
 __all__ = [
+    "MEMORY_PER_EXPERIENCE",
+    "MEMORY_PREFIX",
     "PERSONAL_BUFFERS",
     "PRIOR_STRENGTHS",
     "PersonalOutcome",
@@ -253,7 +294,9 @@ __all__ = [
     "is_personal_key",
     "load_personal",
     "log_label_prior",
+    "memory_arrays",
     "personal_arrays",
     "personalise",
     "policy_from_meta",
+    "split_memory",
 ]

@@ -189,7 +189,12 @@ def test_a_personal_round_sends_nothing_up_and_the_device_keeps_its_own_blocks(
         assert strategy.last_round["personal_edges"][1]["hard_classes"] == list(info[keys.HARD_CLASSES])  # type: ignore[index,arg-type]
         assert (tmp_path / "node0" / STATE_FILE).is_file()
     saved = decode_personal(context().state.config_records[keys.PERSONAL_STATE]["bytes"])  # type: ignore[arg-type]
-    assert saved.meta["device"] == "0" and set(saved.arrays) == {k for k in edge["arrays"] if is_personal_key(k)}
+    model_keys = {k for k in saved.arrays if not k.startswith("memory.")}
+    assert saved.meta["device"] == "0" and model_keys == {k for k in edge["arrays"] if is_personal_key(k)}
+    # its validation memory of this experience (for the next ones), and its label counts by experience
+    memory_y, memory_e = saved.arrays["memory.y"], saved.arrays["memory.experience"]
+    assert 0 < len(memory_y) <= 128 and set(memory_e.tolist()) == {0} and saved.arrays["memory.x"].dtype == np.uint8
+    assert set(saved.meta["label_counts"]) == {"0"} and sum(saved.meta["label_counts"]["0"]) > len(memory_y)
     assert len(set(digests)) == 3  # each round goes on from the blocks the device kept (the file, after a restart)
 
     (tmp_path / "node0" / STATE_FILE).write_bytes(b"MEANET-PERSONAL 1\n" + b"0" * 64 + b"\nnot an archive")
@@ -267,3 +272,24 @@ def test_meanet_export_writes_one_devices_personal_model_and_edge_predict_runs_i
     other.save(personal_arrays(device), meta)
     r = CliRunner().invoke(cli, [*args, "--personal", str(tmp_path / "node5" / STATE_FILE)])
     assert r.exit_code == 2 and "foreign personal state: its federation" in r.output
+
+
+def test_a_device_remembers_its_earlier_experiences_validation_images_and_label_counts() -> None:
+    from fl_client.personal_round import held_counts
+    from meanet_core.data import ImageTensors
+    from meanet_core.inference.personal import memory_arrays, split_memory
+
+    def images(n: int, label: int) -> ImageTensors:
+        return ImageTensors(torch.full((n, 3, 8, 8), label, dtype=torch.uint8), torch.full((n,), label))
+
+    first = memory_arrays(None, images(200, 7), experience=0, seed=1)
+    assert len(first["memory.y"]) == 128 and set(first["memory.experience"].tolist()) == {0}
+    again = memory_arrays(first, images(50, 7), experience=0, seed=1)  # a second round of the same experience
+    assert len(again["memory.y"]) == 50  # replaced, not added twice
+    second = memory_arrays(first, images(30, 9), experience=1, seed=1)
+    assert sorted(set(second["memory.y"].tolist())) == [7, 9] and len(second["memory.y"]) == 158
+    past = split_memory(second, before=1)
+    assert len(past) == 128 and set(past.y.tolist()) == {7}
+    counts = held_counts({"label_counts": {"0": [0, 5, 0], "1": [9, 9, 9]}}, 1, torch.tensor([2, 2]), 3)
+    assert counts == {"0": [0, 5, 0], "1": [0, 0, 2]}  # this experience's counts replace what a round saved
+    assert held_counts({"label_counts": {"0": [1, 2]}}, 1, torch.tensor([0]), 3) == {"1": [1, 0, 0]}  # wrong size
