@@ -143,7 +143,10 @@ def _personal(ctx: Context, name: str, *, prior: bool, extension: bool) -> Metho
     shared = load(new_model(ctx), fa.global_state)
     for info, device in zip(devices_info, ctx.scenario.devices, strict=True):
         main, _ = _outputs(shared, device.test, ctx.cfg.precision)
-        info["main_shared"] = float((main.argmax(1) == device.test.y).float().mean())
+        right = main.argmax(1) == device.test.y
+        info["main_shared"] = float(right.float().mean())
+        on_hard = torch.isin(device.test.y, torch.tensor(info["hard_classes"], dtype=torch.int64))
+        info["hard_main_shared"] = float(right[on_hard].float().mean()) if on_hard.any() else None
     extra = {"per_device": devices_info, "own_seconds": time.perf_counter() - t0}
     return _result(ctx, name, fa, accs, routed / max(tested, 1), trained, extra)
 
