@@ -15,7 +15,7 @@ from PIL import Image
 from fl_client import local_data
 from meanet_core.config import FederationConfig
 from meanet_core.data import cache, load_dataset, sources
-from meanet_core.data.streams import edge_slice, eval_shard, stream_for
+from meanet_core.data.streams import edge_slice, eval_shard, own_test_shard, stream_for
 
 
 @pytest.fixture
@@ -53,7 +53,12 @@ def test_an_edges_slice_is_what_the_stream_deals_it(tmp_path: Path, cache_dir: P
         for c in range(cfg.num_clients):
             train, test = edge_slice(cfg, e, c, "train"), edge_slice(cfg, e, c, "evaluate")
             assert (train.num_classes, train.mean, train.std) == (10, splits.mean, splits.std)
-            expected_test = exp.test.subset(eval_shard(exp.test.y.numpy(), c, cfg.num_clients, cfg.seed, e))
+            shard = eval_shard(exp.test.y.numpy(), c, cfg.num_clients, cfg.seed, e)
+            if scheme != "iid":  # a skewed fleet: each edge's test images in its own class proportions
+                held = torch.cat([experiences[i].client_data(c).y for i in range(e + 1)]).numpy()
+                shard = own_test_shard(exp.test.y.numpy(), held, len(shard), cfg.seed * 7919 + c * 104729 + e)
+                assert set(exp.test.y[shard].tolist()) <= set(held.tolist())
+            expected_test = exp.test.subset(shard)
             for got, want in ((train.data, exp.client_data(c)), (test.data, expected_test)):
                 assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
     with pytest.raises(ValueError, match=r"experience must lie in 0\.\.1"):
