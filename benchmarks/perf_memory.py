@@ -6,8 +6,10 @@ Each case runs in a fresh ``python`` subprocess: it builds the MEANet (channels-
 holds ``2 x batch`` random uint8 images at the case's size, asks :func:`~meanet_core.training.memory.step_memory`
 for the estimate of a main-block step (what ``fit`` checks before its first batch), then trains one epoch of
 ``train_main`` (2 steps, the probe included). The measured peak is the process's peak resident memory
-(``ru_maxrss``) minus its resident memory just before training: what the step added beyond the interpreter, torch,
-the model and the data, the same scope as the estimate. ``ratio`` is estimate / measured; the target is 1/1.5..1.5.
+(``VmHWM``, reset just before training; ``ru_maxrss`` would also hold the parent's resident size at fork time, so a
+case started from a large process, a test run, read 2-3x high) minus its resident memory just before training:
+what the step added beyond the interpreter, torch, the model and the data, the same scope as the estimate.
+``ratio`` is estimate / measured; the target is 1/1.5..1.5.
 """
 
 from __future__ import annotations
@@ -47,9 +49,18 @@ def step(x, y):
     return F.cross_entropy(logits, y), logits
 estimate = step_memory(step, model, list(model.main.parameters()), data, batch, precision=precision,
                        desc="the main block", channels_last=True)
+def hwm():  # this process's own peak (VmHWM); ru_maxrss also keeps the parent's RSS at fork time
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # the peak starts again from here
+except OSError:
+    pass
 before = psutil.Process().memory_info().rss
 train_main(model, data, cfg, progress=False, channels_last=True)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+peak = hwm() - before
 print(json.dumps({"estimate": estimate.total, "activations": estimate.activations, "measured": peak}))
 """
 
