@@ -30,6 +30,7 @@ from meanet_core.data.streams import EdgeView
 from meanet_core.inference.engine import AdaptiveEngine, CloudBackend, Predictions
 from meanet_core.inference.evaluation import summarize
 from meanet_core.inference.personal import (
+    MEMORY_PREFIX,
     load_personal,
     memory_arrays,
     personal_arrays,
@@ -115,10 +116,15 @@ def personal_train(
             keys.TRAIN_ENDED: started + seconds,
             keys.HARD_CLASSES: outcome.hard_classes,
             keys.PERSONAL_DIGEST: digest(own, prefix=""),
-            keys.PERSONAL_BASE: digest(previous.arrays, prefix="") if previous is not None else "",
+            keys.PERSONAL_BASE: digest(_blocks(previous.arrays), prefix="") if previous is not None else "",
         }
     )
     return Message(content=RecordDict({keys.METRICS: metrics, keys.EDGE_INFO: info}), reply_to=msg)
+
+
+def _blocks(arrays: Any) -> dict[str, Any]:
+    """A personal state's model entries (its validation memory left out): what the digests cover."""
+    return {k: v for k, v in arrays.items() if not k.startswith(MEMORY_PREFIX)}
 
 
 def held_counts(meta: Any, experience: int, labels: torch.Tensor, num_classes: int) -> dict[str, list[int]]:

@@ -183,6 +183,8 @@ def test_a_personal_round_sends_nothing_up_and_the_device_keeps_its_own_blocks(
         assert not answer.has_error()
         assert not answer.content.array_records  # nothing personal (nothing at all) in the upload
         info = answer.content[keys.EDGE_INFO]
+        # it starts from the blocks it kept (nothing the first time), read back after a restart too
+        assert info[keys.PERSONAL_BASE] == (digests[-1] if digests else "")  # type: ignore[index]
         digests.append(info[keys.PERSONAL_DIGEST])  # type: ignore[index]
         arrays, metrics = strategy.aggregate_train(rnd, [answer])
         assert arrays is None and metrics is not None and strategy.last_round["accepted"] == 1
