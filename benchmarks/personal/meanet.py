@@ -34,7 +34,7 @@ from benchmarks.personal.fedavg import FedAvgResult, shared_fedavg
 from meanet_core.data import ImageTensors
 from meanet_core.inference.engine import input_memory_format
 from meanet_core.inference.fastpath import optimize_for_inference
-from meanet_core.inference.personal import PRIOR_STRENGTHS, personal_arrays, personalise
+from meanet_core.inference.personal import PRIOR_STRENGTHS, edge_route, personal_arrays, personalise
 from meanet_core.models import MEANet, describe_meanet
 from meanet_core.training.stages import StageConfig, predict_logits, select_hard_classes, train_extension
 from strategies.aggregation import weighted_average
@@ -55,17 +55,6 @@ def _outputs(model: MEANet, data: ImageTensors, precision: str) -> tuple[torch.T
 
     out = predict_logits(both, data, EVAL_BATCH, memory_format=input_memory_format(fast), precision=precision)
     return out[:, :k], out[:, k:]
-
-
-def route(
-    model: MEANet, main: torch.Tensor, ext: torch.Tensor, use_extension: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The edge's answers (no cloud) and whether each input ran the extension: a hard top-1 goes there."""
-    top1 = main.argmax(1)
-    if not use_extension or model.num_hard == 0:
-        return top1, torch.zeros_like(top1, dtype=torch.bool)
-    to_ext = model.hard_index[top1] >= 0
-    return torch.where(to_ext, model.hard_classes[ext.argmax(1)], top1), to_ext
 
 
 def _extension_stage(ctx: Context) -> StageConfig:
@@ -119,13 +108,13 @@ def _personal(ctx: Context, name: str, *, prior: bool, extension: bool) -> Metho
         )
         trained += outcome.trained * stage.epochs
         main, ext = _outputs(model, device.test, ctx.cfg.precision)
-        pred, to_ext = route(model, main, ext, outcome.policy.use_extension)
+        pred, to_ext = edge_route(model, main, ext, outcome.policy.use_extension)
         y = device.test.y
         accs.append(float((pred == y).float().mean()))
         routed += float(to_ext.float().sum())
         tested += len(y)
         on_hard = model.is_hard(y) if model.num_hard else torch.zeros_like(y, dtype=torch.bool)
-        with_ext, _ = route(model, main, ext, True)
+        with_ext, _ = edge_route(model, main, ext, True)
         devices_info.append(
             {
                 "device": i,
@@ -197,13 +186,13 @@ def global_meanet(ctx: Context) -> MethodResult:
         edge_bytes = int(sum(np.asarray(v).nbytes for v in avg.values()))
         model.load_state_dict({**model.state_dict(), **{k: torch.from_numpy(np.array(v)) for k, v in avg.items()}})
     main_s, ext_s = _outputs(model, server, ctx.cfg.precision)  # the fleet's gate, on the server's images
-    use_ext = float((route(model, main_s, ext_s, True)[0] == server.y).float().mean()) > float(
+    use_ext = float((edge_route(model, main_s, ext_s, True)[0] == server.y).float().mean()) > float(
         (main_s.argmax(1) == server.y).float().mean()
     )
     accs, routed, tested = [], 0.0, 0
     for device in ctx.scenario.devices:
         main, ext = _outputs(model, device.test, ctx.cfg.precision)
-        pred, to_ext = route(model, main, ext, use_ext)
+        pred, to_ext = edge_route(model, main, ext, use_ext)
         accs.append(float((pred == device.test.y).float().mean()))
         routed, tested = routed + float(to_ext.float().sum()), tested + len(pred)
     extra = {

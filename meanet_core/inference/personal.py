@@ -139,12 +139,16 @@ class PersonalOutcome:
         }
 
 
-def _edge_val_accuracy(main: torch.Tensor, ext: torch.Tensor, model: MEANet, y: torch.Tensor) -> torch.Tensor:
-    """Per image: right or not when a hard top-1 is answered by the extension (no cloud)."""
+def edge_route(
+    model: MEANet, main: torch.Tensor, ext: torch.Tensor, use_extension: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edge's answers without the cloud, from the main logits (N, K) and extension logits (N, H), and whether
+    each input ran the extension: a hard top-1 goes there (when ``use_extension``)."""
     top1 = main.argmax(1)
-    hard_top1 = model.hard_index[top1] >= 0
-    pred = torch.where(hard_top1, model.hard_classes[ext.argmax(1)] if model.num_hard else top1, top1)
-    return pred == y
+    if not use_extension or model.num_hard == 0:
+        return top1, torch.zeros_like(top1, dtype=torch.bool)
+    to_ext = model.hard_index[top1] >= 0
+    return torch.where(to_ext, model.hard_classes[ext.argmax(1)], top1), to_ext
 
 
 def personalise(
@@ -221,7 +225,7 @@ def personalise(
         target_cloud_fraction=target_cloud_fraction,
     )
     on_hard = model.is_hard(val.y)
-    edge_right = _edge_val_accuracy(main, ext, model, val.y)
+    edge_right = edge_route(model, main, ext, True)[0] == val.y
     val_stats.update(
         {
             "main_shared": float((shared.argmax(1) == val.y).float().mean()),
@@ -291,6 +295,7 @@ __all__ = [
     "PersonalOutcome",
     "choose_prior_strength",
     "device_hard_classes",
+    "edge_route",
     "is_personal_key",
     "load_personal",
     "log_label_prior",
