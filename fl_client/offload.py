@@ -1,226 +1,40 @@
 """The edge's offload client: the cloud service as a ``CloudBackend`` of the adaptive inference engine.
 
-``AdaptiveEngine(model, policy, RemoteCloud("https://cloud:8443", token=..., ca_certfile="ca.pem"))`` sends the
-complex samples of each inference batch in one request (a uint8 :mod:`meanet_core.wire.payload` frame). Each call has a
-deadline; transient failures (timeouts, refused connections, 408/429/5xx answers) are retried a bounded number of
-times with exponential back-off inside that deadline. When the cloud still does not answer, or answers with an error,
-the reply marks every sample ``ok=False``: the engine keeps the edge's own best prediction for them and flags them as
-fallbacks, so no prediction is lost and the caller knows which ones the cloud did not make. After
-``circuit_failures`` failed calls in a row the client stops trying for ``circuit_cooldown_s`` (fallbacks are then
-immediate), then tries again.
+``AdaptiveEngine(model, policy, RemoteCloud("https://cloud:8443", token=..., ca_certfile="ca.pem"))`` sends the complex
+samples of each inference batch in one request (a uint8 :mod:`meanet_edge.payload` frame, byte for byte what
+:mod:`meanet_core.wire.payload` writes for tensors). Each call has a deadline; transient failures (timeouts, refused
+connections, 408/429/5xx answers) are retried a bounded number of times with exponential back-off inside that deadline.
+When the cloud still does not answer, or answers with an error, the reply marks every sample ``ok=False``: the engine
+keeps the edge's own best prediction for them and flags them as fallbacks, so no prediction is lost and the caller knows
+which ones the cloud did not make. After ``circuit_failures`` failed calls in a row the client stops trying for
+``circuit_cooldown_s`` (fallbacks are then immediate), then tries again.
+
+All of that is :class:`meanet_edge.cloud.CloudClient`, the torch-free client a device runs on numpy arrays; this
+module only adds the tensor side: :meth:`RemoteCloud.classify` takes a tensor (float images in [0, 1] are converted
+to uint8) and answers a :class:`~meanet_core.inference.engine.CloudReply`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import random
-import ssl
-import threading
-import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
 import torch
 
 from meanet_core.inference.engine import CloudBackend, CloudReply, to_uint8
-from meanet_core.wire.payload import IMAGES_CONTENT_TYPE, PayloadError, decode_labels, encode_images
+from meanet_edge.cloud import RETRYABLE_STATUS, TOKEN_ENV, CloudClient, OffloadStats
 
-log = logging.getLogger("meanet.edge.offload")
-TOKEN_ENV = "MEANET_CLOUD_TOKEN"
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+__all__ = ["RETRYABLE_STATUS", "TOKEN_ENV", "OffloadStats", "RemoteCloud"]
 
 
-@dataclass
-class OffloadStats:
-    """What the client did since it was made (read it to see fallbacks, retries and why)."""
-
-    calls: int = 0  # classify() calls with at least one image
-    images: int = 0
-    answered_images: int = 0
-    fallback_images: int = 0
-    attempts: int = 0  # HTTP requests sent (calls + retries)
-    skipped_calls: int = 0  # calls answered by fallback at once because the circuit was open
-    failures: Counter[str] = field(default_factory=Counter)  # failed attempts by kind
-
-
-class RemoteCloud:
+class RemoteCloud(CloudClient):
     """A ``CloudBackend`` that classifies over HTTPS with the cloud offload service (``meanet cloud serve``).
 
-    Args:
-        url: base URL of the service, ``https://host:port``.
-        token: bearer token (default: ``$MEANET_CLOUD_TOKEN``); None for mutual TLS alone.
-        ca_certfile: CA that signed the service's certificate (default: the system's trust store).
-        client_certfile, client_keyfile: the edge's certificate and key, for a service with mutual TLS.
-        timeout_s: deadline of one ``classify`` call, retries included.
-        retries: extra attempts after a transient failure (0 = one attempt).
-        backoff_s: first back-off; doubled for each retry, with jitter, never past the deadline.
-        macs_per_image: the cloud model's MACs per image; default: read from the service's ``/info``.
-        allow_insecure: allow an ``http://`` URL (trusted networks only: images and token travel in clear).
-        circuit_failures: failed calls in a row that open the circuit (0: never).
-        circuit_cooldown_s: how long an open circuit answers by fallback before trying the service again.
+    Its arguments, ``stats``, ``info``, ``macs_per_image``, ``last_error``, ``refresh_info()``, ``health()`` and
+    ``close()`` are :class:`~meanet_edge.cloud.CloudClient`'s (see there).
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        token: str | None = None,
-        ca_certfile: str | os.PathLike[str] | None = None,
-        client_certfile: str | os.PathLike[str] | None = None,
-        client_keyfile: str | os.PathLike[str] | None = None,
-        timeout_s: float = 2.0,
-        retries: int = 2,
-        backoff_s: float = 0.05,
-        macs_per_image: int | None = None,
-        allow_insecure: bool = False,
-        circuit_failures: int = 3,
-        circuit_cooldown_s: float = 5.0,
-    ) -> None:
-        if not url.startswith(("https://", "http://")):
-            raise ValueError(f"url must start with https:// (the service's address); got {url!r}")
-        if url.startswith("http://") and not allow_insecure:
-            raise ValueError(
-                f"{url} is plain HTTP: images and token would travel in clear; use https://, "
-                "or pass allow_insecure=True on a trusted network"
-            )
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0:
-            raise ValueError(
-                f"need timeout_s > 0, retries >= 0 and backoff_s >= 0; got {timeout_s}, {retries} and {backoff_s}"
-            )
-        if (client_certfile is None) != (client_keyfile is None):
-            raise ValueError("mutual TLS needs both client_certfile and client_keyfile")
-        self.url = url.rstrip("/")
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self.circuit_failures, self.circuit_cooldown_s = circuit_failures, circuit_cooldown_s
-        self.stats = OffloadStats()
-        self.last_error: str | None = None
-        self._lock = threading.Lock()
-        self._failures_in_row = 0
-        self._open_until = 0.0
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify: ssl.SSLContext | bool = True
-        if url.startswith("https://"):
-            verify = ssl.create_default_context(cafile=os.fspath(ca_certfile) if ca_certfile else None)
-            if client_certfile is not None and client_keyfile is not None:
-                verify.load_cert_chain(os.fspath(client_certfile), os.fspath(client_keyfile))
-        self._client = httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout_s)
-        self.info: dict[str, Any] = {}
-        self.macs_per_image = int(macs_per_image) if macs_per_image is not None else 0
-        if macs_per_image is None:
-            try:
-                self.refresh_info()
-            except (httpx.HTTPError, ValueError) as e:  # the edge still starts; MACs come with the first answer
-                log.warning("cloud service %s: /info unavailable (%s); MACs per image unknown until it answers", url, e)
-
-    # -------------------------------------------------------------------------------------------- service info
-    def refresh_info(self) -> dict[str, Any]:
-        """Read ``/info`` (input shape, MACs per image, request limit); raises on failure."""
-        r = self._client.get("/info")
-        if r.status_code != 200:
-            raise ValueError(f"GET {self.url}/info answered {r.status_code}: {_detail(r)}")
-        self.info = r.json()
-        self.macs_per_image = int(self.info["macs_per_image"])
-        return self.info
-
-    def health(self) -> bool:
-        try:
-            return self._client.get("/health", timeout=self.timeout_s).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    # -------------------------------------------------------------------------------------------- classify
     def classify(self, images: torch.Tensor) -> CloudReply:
         """Labels for uint8 images (n, C, H, W); ``ok`` is False everywhere when the cloud did not answer."""
-        n = int(images.shape[0])
-        if n == 0:
-            return CloudReply(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool))
-        with self._lock:
-            self.stats.calls += 1
-            self.stats.images += n
-            if time.monotonic() < self._open_until:
-                self.stats.skipped_calls += 1
-                return self._fallback(n, f"circuit open after {self._failures_in_row} failed calls", count=False)
-        body = encode_images(to_uint8(images.detach().cpu()))
-        deadline = time.monotonic() + self.timeout_s
-        reason = "deadline passed before the first attempt"
-        for attempt in range(self.retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            with self._lock:
-                self.stats.attempts += 1
-            labels, reason, retryable = self._attempt(body, n, remaining)
-            if labels is not None:
-                with self._lock:
-                    self.stats.answered_images += n
-                    self._failures_in_row, self._open_until = 0, 0.0
-                return CloudReply(labels, torch.ones(n, dtype=torch.bool))
-            with self._lock:
-                self.stats.failures[reason.split(":")[0]] += 1
-            if not retryable or attempt == self.retries:
-                break
-            pause = self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0)
-            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
-        with self._lock:
-            return self._fallback(n, reason)
-
-    def _attempt(self, body: bytes, n: int, remaining: float) -> tuple[torch.Tensor | None, str, bool]:
-        """One POST: (labels, "", _) on success, else (None, reason, retryable)."""
-        try:
-            r = self._client.post(
-                "/v1/classify",
-                content=body,
-                headers={"Content-Type": IMAGES_CONTENT_TYPE},
-                timeout=httpx.Timeout(remaining),
-            )
-        except httpx.TimeoutException as e:
-            return None, f"timeout: {type(e).__name__} after {remaining:.2f} s left of the deadline", True
-        except httpx.TransportError as e:  # refused, reset, TLS failure, DNS
-            return None, f"connection: {type(e).__name__}: {e}", True
-        if r.status_code != 200:
-            return None, f"HTTP {r.status_code}: {_detail(r)}", r.status_code in RETRYABLE_STATUS
-        try:
-            labels = decode_labels(r.content, expected=n)
-        except PayloadError as e:
-            return None, f"bad reply: {e}", False
-        macs = r.headers.get("X-MEANet-Macs-Per-Image", "")
-        if macs.isdigit():
-            self.macs_per_image = int(macs)
-        return labels, "", False
-
-    def _fallback(self, n: int, reason: str, count: bool = True) -> CloudReply:
-        """Every sample marked not answered; the engine keeps the edge's prediction. Caller holds the lock."""
-        self.stats.fallback_images += n
-        if reason != self.last_error:
-            log.warning("cloud %s did not answer %d images (%s); the edge's predictions stand", self.url, n, reason)
-        self.last_error = reason
-        if count:
-            self._failures_in_row += 1
-            if self.circuit_failures and self._failures_in_row >= self.circuit_failures:
-                self._open_until = time.monotonic() + self.circuit_cooldown_s
-        return CloudReply(torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.bool))
-
-    # -------------------------------------------------------------------------------------------- lifetime
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> RemoteCloud:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _detail(r: httpx.Response) -> str:
-    try:
-        body = r.json()
-    except ValueError:
-        return r.text[:300]
-    return str(body.get("detail", body) if isinstance(body, dict) else body)[:300]
+        answer = self.classify_array(to_uint8(images.detach().cpu()).contiguous().numpy())
+        return CloudReply(torch.from_numpy(answer.labels), torch.from_numpy(answer.ok))
 
 
 def _is_a_cloud_backend(cloud: RemoteCloud) -> CloudBackend:

@@ -2,10 +2,11 @@
 
 - :mod:`~meanet_core.wire.compression`: the compressed edge update an edge uploads (float32, fp16, int8, int4);
 - :mod:`~meanet_core.wire.broadcast_delta`: the compressed broadcast, the change from the state an edge holds;
-- :mod:`~meanet_core.wire.payload`: the binary payload of the cloud offload service (header, then tensor bytes).
+- :mod:`~meanet_core.wire.payload`: the binary payload of the cloud offload service (header, then tensor bytes), for
+  torch tensors over :mod:`meanet_edge.payload`, its one numpy implementation.
 
 Each module has its own ``PayloadError``; import it from the module. This room imports nothing else of
-``meanet_core``.
+``meanet_core`` (``meanet_edge``, the torch-free layer below it, is allowed).
 """
 
 from meanet_core.wire.broadcast_delta import broadcast_change, decode_broadcast, encode_broadcast
