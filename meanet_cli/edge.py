@@ -9,6 +9,7 @@ input raise ValueError / OSError with a message; ``meanet_cli.main`` registers t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -28,10 +29,27 @@ def export_model(
         help="one device's personal state (STATE_DIR/personal.state of its SuperNode, personal = true): export "
         "that device's model (its own blocks, hard classes, class prior and policy on the shared main block)",
     ),
+    format: str = typer.Option(
+        "pt",
+        "--format",
+        help="pt: one signed weights-only PyTorch file (the device runs it with the full install) | onnx: an edge "
+        "package, one ONNX graph per block and a signed manifest, for the edge runtime without PyTorch",
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="onnx: quantise each block to int8, calibrated on the run's images"
+    ),
+    calibration_images: int = typer.Option(
+        1000, min=2, help="--int8: validation images of the run that calibrate; up to 2000 more check it vs float32"
+    ),
 ) -> None:
-    """Write a run's edge model as a signed, weights-only file for an edge device (meanet edge predict)."""
-    from meanet_core.inference.edge_model import describe_policy
+    """Write a run's edge model for a device: a signed weights-only .pt, or an edge package (--format onnx)."""
     from meanet_core.inference.export import export, from_report_dir, from_train_run, read_class_names, with_personal
+    from meanet_edge.report import describe_policy
+
+    if format not in ("pt", "onnx"):
+        raise ValueError(f"--format must be pt or onnx; got {format!r}")
+    if int8 and format != "onnx":
+        raise ValueError("--int8 quantises the graphs of an edge package: add --format onnx")
 
     if report_dir is not None and run is None:
         source = from_report_dir(report_dir)
@@ -42,6 +60,9 @@ def export_model(
     if personal is not None:
         source = with_personal(source, personal)
     names = read_class_names(class_names) if class_names is not None else None
+    if format == "onnx":
+        _export_package(source, out, signing_key, names, int8, calibration_images)
+        return
     done = export(source, out, signing_key=signing_key, class_names=names)
     m, policy = source.model, source.policy
     routing = (
@@ -56,6 +77,38 @@ def export_model(
     typer.echo(f"routing policy: {routing}")
     pin = f" ({done.public_key})" if done.public_key is not None else ""
     typer.echo(f"signed by key {done.fingerprint}: the edge pins its public key{pin} with --verify-key")
+
+
+def _export_package(
+    source: Any, out: Path, signing_key: Path | None, names: tuple[str, ...] | None, int8: bool, calibration: int
+) -> None:
+    """``meanet export --format onnx``: the edge package, float32 or int8 (calibrated and checked)."""
+    from meanet_core.inference.export import export_signed
+    from meanet_core.inference.onnx_export import export_package, validation_images
+    from meanet_edge.report import describe_policy
+
+    def write(key: Any, class_names: tuple[str, ...]) -> Path:
+        cal = validation_images(source, calibration + 2000) if int8 else None
+        path, check = export_package(source, out, key, class_names, calibration=cal, calibration_images=calibration)
+        if check is not None:
+            f32, i8 = check["float32"], check["int8"]
+            typer.echo(
+                f"int8: calibrated on {min(calibration, len(cal.x))} images ({cal.source}); checked on "
+                f"{check['images']} more: main exit {f32['main_accuracy']:.4f} float32 -> {i8['main_accuracy']:.4f} "
+                f"int8, edge {f32['edge_accuracy']:.4f} -> {i8['edge_accuracy']:.4f}, same exit "
+                f"{check['same_exit']:.4f}"
+            )
+        return path
+
+    done = export_signed(source, write, signing_key=signing_key, class_names=names)
+    m, policy = source.model, source.policy
+    typer.echo(
+        f"wrote {done.path} ({done.path.stat().st_size / 1e6:.2f} MB, {'int8' if int8 else 'float32'}): {m.arch}, "
+        f"{m.num_classes} classes ({m.num_hard} hard), {m.input_size}x{m.input_size} images, from {source.source}"
+    )
+    typer.echo(f"routing policy: {describe_policy(policy) if policy else 'none recorded (paper at run time)'}")
+    pin = f" ({done.public_key})" if done.public_key is not None else ""
+    typer.echo(f"signed by key {done.fingerprint}: the device pins its public key{pin} with --verify-key")
 
 
 def edge_predict(

@@ -248,3 +248,50 @@ def _detail(r: httpx.Response) -> str:
     except ValueError:
         return r.text[:300]
     return str(body.get("detail", body) if isinstance(body, dict) else body)[:300]
+
+
+# -------------------------------------------------------------------------------------------- connecting
+def check_cloud_contract(info: dict[str, Any], input_size: int, num_classes: int, url: str) -> None:
+    """Refuse a cloud service whose model takes other images or classes than the edge's model (another run)."""
+    side, k = input_size, num_classes
+    shape, classes = info.get("input_shape"), info.get("num_classes")
+    if shape is not None and list(shape) != [3, side, side]:
+        raise ValueError(f"the cloud at {url} takes images of shape {shape}; this edge model takes [3, {side}, {side}]")
+    if classes is not None and int(classes) != k:
+        raise ValueError(
+            f"the cloud at {url} classifies {classes} classes, this edge model {k}: they belong to different runs; "
+            "serve the cloud of the run the model was exported from"
+        )
+
+
+def connect(url: str, input_size: int, num_classes: int, client: type[_Client], **options: Any) -> _Client:
+    """A ``client`` (:class:`CloudClient` or a subclass) for an edge model of ``input_size`` and ``num_classes``,
+    checked once at the start.
+
+    A service that is down now is not an error (the offloaded inputs fall back until it answers); one that answers
+    with an error (wrong or missing token, no client certificate), whose certificate does not verify, or that serves
+    another run's cloud model is: it would turn every offload of the run into a fallback.
+    """
+    cloud = client(url, macs_per_image=0, **options)  # /info is read below, where its errors are told apart
+    try:
+        info = cloud.refresh_info()
+    except httpx.HTTPError as e:
+        if "CERTIFICATE_VERIFY_FAILED" not in str(e):
+            log.warning("cloud %s does not answer now (%s); its inputs are answered on the edge until it does", url, e)
+            return cloud
+        cloud.close()
+        raise ValueError(
+            f"the TLS certificate of {url} does not verify ({e}); pass the CA that signed it (--ca)"
+        ) from e
+    except (ValueError, KeyError, TypeError) as e:  # it answered, with an error or not with a cloud's info
+        cloud.close()
+        raise ValueError(
+            f"the cloud service refused or did not understand GET /info ({e}): check the token (--token or "
+            "$MEANET_CLOUD_TOKEN), the client certificate, and that --cloud-url is a meanet cloud serve"
+        ) from e
+    try:
+        check_cloud_contract(info, input_size, num_classes, url)
+    except ValueError:
+        cloud.close()
+        raise
+    return cloud

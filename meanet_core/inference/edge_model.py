@@ -38,6 +38,7 @@ from meanet_core.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from meanet_core.training.checkpoint import atomic_save
 from meanet_core.trust.broadcast import digest
 from meanet_core.trust.signing import canonical_hash, key_fingerprint, load_verify_key, tagged
+from meanet_edge.report import describe_policy
 
 EDGE_MODEL_FORMAT = "meanet-fl/edge-model/1"
 _DOMAIN = "meanet-fl/edge-model/v1"
@@ -114,15 +115,6 @@ def policy_from_dict(values: Mapping[str, Any]) -> Policy:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"the {name} policy {dict(values)!r} lacks or mistypes a threshold ({e})") from e
     raise ValueError(f"a policy must be named paper or calibrated; found {name!r} in {dict(values)!r}")
-
-
-def describe_policy(policy: Mapping[str, Any]) -> str:
-    """A policy's ``as_dict()`` in words: ``calibrated (main_threshold 0.412, extension_threshold 0.55)``."""
-    shown = {k: v for k, v in policy.items() if k != "name" and not (k == "use_extension" and v is True)}
-    if shown.get("use_extension") is False:
-        shown["use_extension"] = "no (the main block answers every top-1)"
-    values = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-    return f"{policy.get('name')} ({values})" if values else str(policy.get("name"))
 
 
 def edge_header(

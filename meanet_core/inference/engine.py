@@ -28,9 +28,9 @@ from meanet_core.inference.cost import CostConfig, RouteLatency, time_per_call
 from meanet_core.inference.fastpath import optimize_for_inference, uses_channels_last
 from meanet_core.inference.policies import Policy
 from meanet_core.models import CloudModel, MEANet, count_macs
+from meanet_edge.report import EXIT_CLOUD, EXIT_EXTENSION, EXIT_MAIN, EXIT_NAMES
 
-EXIT_MAIN, EXIT_EXTENSION, EXIT_CLOUD = 0, 1, 2
-EXIT_NAMES = ("main", "extension", "cloud")
+__all__ = ["EXIT_CLOUD", "EXIT_EXTENSION", "EXIT_MAIN", "EXIT_NAMES"]  # the exit codes, shared with the edge runtime
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,12 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meanet_core.data import data_dir_from_env
 from meanet_core.data.sources import class_names_of
@@ -54,6 +57,9 @@ class ExportSource:
     folder: Path
     configured_key: str  # the run's own signing-key setting ("" = the folder's broadcast-signing.key)
     source: str  # recorded in the file
+    # where the run's images come from (load_dataset's arguments: dataset, data_dir, val_fraction, seed, image_size,
+    # limit_train): its validation split calibrates an int8 export
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,9 @@ def from_report_dir(report_dir: str | os.PathLike[str]) -> ExportSource:
     return ExportSource(
         model.eval(), names, problem, policy, origin, folder, str(config.get("signing-key") or ""),
         f"federation {folder.resolve()} at {state['position']}",
+        {"dataset": config.get("dataset"), "data_dir": config.get("data-dir") or None,
+         "val_fraction": config.get("val-fraction", 0.1), "seed": config.get("seed", 0),
+         "limit_train": config.get("limit-train") or None, "image_size": model.input_size},
     )  # fmt: skip
 
 
@@ -128,7 +137,9 @@ def from_train_run(run: str | os.PathLike[str]) -> ExportSource:
     else:  # runs written before train.json recorded them
         names, problem = _dataset_class_names(config.get("dataset"), config.get("data_dir"), model.num_classes)
     policy, origin = _eval_policy(folder / "eval.json")
-    return ExportSource(model, names, problem, policy, origin, folder, "", f"meanet train run {folder.resolve()}")
+    data = {k: config.get(k) for k in ("dataset", "data_dir", "val_fraction", "seed", "limit_train", "bad_images")}
+    data["image_size"] = model.input_size
+    return ExportSource(model, names, problem, policy, origin, folder, "", f"meanet train run {folder.resolve()}", data)
 
 
 def with_personal(source: ExportSource, state_file: str | os.PathLike[str]) -> ExportSource:
@@ -175,7 +186,24 @@ def export(
     signing_key: str | os.PathLike[str] | None = None,
     class_names: tuple[str, ...] | None = None,
 ) -> Exported:
-    """Sign ``source``'s model and write it to ``out``: with ``signing_key`` (a PEM private key), else the run's."""
+    """Sign ``source``'s model and write it to ``out`` (a ``.pt`` edge model): with ``signing_key`` (a PEM private
+    key), else the run's."""
+
+    def write(key: Ed25519PrivateKey, names: tuple[str, ...]) -> Path:
+        return write_edge_model(source.model, names, key, out, policy=source.policy, source=source.source)
+
+    return export_signed(source, write, signing_key=signing_key, class_names=class_names)
+
+
+def export_signed(
+    source: ExportSource,
+    write: Callable[[Ed25519PrivateKey, tuple[str, ...]], Path],
+    *,
+    signing_key: str | os.PathLike[str] | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> Exported:
+    """Resolve the class names and the signing key of an export, then ``write(key, names)`` the file: the one path
+    of both formats (``.pt`` here, the edge package in :mod:`meanet_core.inference.onnx_export`)."""
     names = class_names or source.class_names
     if names is None:
         raise FileNotFoundError(
@@ -187,7 +215,7 @@ def export(
         key = load_signing_key(signing_key)
     else:
         key, public = ensure_signing_key(source.configured_key, source.folder)
-    path = write_edge_model(source.model, names, key, out, policy=source.policy, source=source.source)
+    path = write(key, tuple(names))
     return Exported(path, key_fingerprint(key.public_key()), public, source, tuple(names))
 
 
@@ -244,4 +272,12 @@ def _eval_policy(path: Path) -> tuple[dict[str, Any] | None, str]:
         raise CheckpointError(f"{path} is not an eval.json of meanet evaluate with a policy ({e}); delete it") from e
 
 
-__all__ = ["ExportSource", "Exported", "export", "from_report_dir", "from_train_run", "read_class_names"]
+__all__ = [
+    "ExportSource",
+    "Exported",
+    "export",
+    "export_signed",
+    "from_report_dir",
+    "from_train_run",
+    "read_class_names",
+]

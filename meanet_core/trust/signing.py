@@ -43,12 +43,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from meanet_core import keys
 from meanet_core.trust.broadcast import digest
+from meanet_edge.keys import VERIFY_KEY_FILE, key_fingerprint, load_verify_key
 
 SIGNING_KEY_FILE = "broadcast-signing.key"
 """File name of the cloud's Ed25519 private key (PEM, PKCS#8, mode 0600)."""
 
-VERIFY_KEY_FILE = "broadcast-signing.pub"
-"""File name of its public key (PEM, SubjectPublicKeyInfo): what an edge pins."""
 
 PURPOSES = ("train", "evaluate")
 _DOMAIN = "meanet-fl/broadcast/v1"
@@ -88,12 +87,6 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def key_fingerprint(key: Ed25519PublicKey) -> str:
-    """A short name of a public key (SHA-256 of its raw bytes, 16 hex digits), to tell keys apart in messages."""
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
 def write_key_pair(key: Ed25519PrivateKey, private_path: Path, public_path: Path) -> None:
     """Write the private key (mode 0600) and its public key."""
     _write_private(private_path, private_key_pem(key))
@@ -112,29 +105,6 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         raise ValueError(f"signing key {path} is not an unencrypted PEM private key: {e}") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"signing key {path} holds a {type(key).__name__}; expected an Ed25519 private key")
-    return key
-
-
-def load_verify_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """A pinned Ed25519 public key from a PEM (or OpenSSH ``ssh-ed25519 ...``) file."""
-    path = Path(path).expanduser()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"the pinned broadcast verify key {path} does not exist: copy the cloud's {VERIFY_KEY_FILE} there "
-            "(set verify-key in the SuperNode's --node-config)"
-        ) from e
-    try:
-        key = (
-            serialization.load_ssh_public_key(data)
-            if data.startswith(b"ssh-")
-            else serialization.load_pem_public_key(data)
-        )
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"verify key {path} is not a PEM or OpenSSH public key: {e}") from e
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"verify key {path} holds a {type(key).__name__}; expected an Ed25519 public key")
     return key
 
 
