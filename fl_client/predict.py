@@ -6,7 +6,7 @@ to the cloud service (:class:`fl_client.offload.RemoteCloud`), or to nowhere (:c
 no cloud. Whatever the cloud does, every input gets one row in the CSV: an input the cloud was asked about but did
 not answer (down, refused, no cloud configured) keeps the edge's own answer with ``fallback=true``.
 
-The inputs (:func:`fl_client.inputs.open_inputs`) are a ``.npz``, an image or a folder of images, read one batch at
+The inputs (:func:`meanet_edge.inputs.open_inputs`) are a ``.npz``, an image or a folder of images, read one batch at
 a time; unreadable files are skipped and counted (or refuse the run, ``bad_images="error"``, before any CSV is
 written).
 """
@@ -27,7 +27,6 @@ import httpx
 import torch
 from tqdm.auto import tqdm
 
-from fl_client.inputs import Batch, Inputs
 from fl_client.offload import RemoteCloud
 from meanet_core.data.images import BadImageError, SkippedImage, check_bad_images, list_bad
 from meanet_core.inference.cost import CostConfig
@@ -44,6 +43,7 @@ from meanet_core.inference.evaluation import summarize
 from meanet_core.inference.policies import Policy
 from meanet_core.models import MEANet
 from meanet_core.training.memory import inference_batch
+from meanet_edge.inputs import Batch, Inputs
 
 log = logging.getLogger("meanet.edge.predict")
 CSV_COLUMNS = (
@@ -198,7 +198,7 @@ def predict_to_csv(
             writer.writerow(CSV_COLUMNS)
             for batch in inputs.batches(batch_size):
                 timed.seconds, t0 = 0.0, time.perf_counter()
-                pred = engine.predict(batch.x)
+                pred = engine.predict(torch.from_numpy(batch.x))
                 edge_s = max(0.0, time.perf_counter() - t0 - timed.seconds)
                 asked = (pred.exit == EXIT_CLOUD) | pred.fallback
                 macs = pred.edge_macs.double()
@@ -206,7 +206,7 @@ def predict_to_csv(
                 _write_rows(writer, batch, pred, names)
                 parts.append(pred)
                 if batch.labels is not None:
-                    truths.append(batch.labels)
+                    truths.append(torch.from_numpy(batch.labels))
                 bar.update(batch.read)
             bar.update(len(inputs) - bar.n)  # skipped files count as done
         if inputs.skipped and bad_images == "error":
