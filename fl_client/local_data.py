@@ -7,7 +7,7 @@ With ``data-dir`` set, the edge ClientApp reads only that path and never loads t
   ``e`` trains on ``exp-e``; every top-level folder must then be an ``exp-<int>`` one). Class folders are named after
   the cloud's classes (the ``class-names`` list of the signed broadcast, :data:`~meanet_core.keys.CLASS_NAMES`):
   the *name* gives the class id, never the folder's sorted position. A folder whose name is not a class is an error.
-  Files are found and decoded as :mod:`meanet_core.data.images` does (hidden files are not data); a file that is not a
+  Files are found and decoded as :mod:`meanet_edge.images` does (hidden files are not data); a file that is not a
   readable image is left out, counted in :attr:`EdgeData.skipped` and logged. Images already of the federation's
   size are used as they are, others resized and centre-cropped (``meanet edge predict`` reads images the same way).
 * **An ``.npz`` file** with ``x`` uint8 ``(N, H, W, 3)`` images, ``y`` ``(N,)`` integer class ids (the cloud's ids)
@@ -41,14 +41,15 @@ import torch
 from meanet_core.config import FederationConfig
 from meanet_core.data import ImageTensors, data_dir_from_env, load_dataset, train_val_split
 from meanet_core.data.cache import entry_for, read_entry, tree_stamp, write_entry
-from meanet_core.data.images import (
+from meanet_core.data.images import decode_labelled
+from meanet_edge.images import (
     IMAGE_EXTENSIONS,
     SkippedImage,
+    arrays_to_size,
     class_folders,
-    decode_labelled,
     image_files,
     list_bad,
-    resize_crop,
+    to_size,
 )
 
 DATA_DIR_KEY = "data-dir"
@@ -306,25 +307,9 @@ def _check_class_names(
             )
 
 
-def _to_size(side: int) -> Callable[[Any], torch.Tensor]:
-    """PIL image -> uint8 (3, S, S): as it is when it is S x S already, else resized and centre-cropped (torchvision,
-    a second of imports, is only loaded for the first image that needs resizing)."""
-    resize: list[Callable[[Any], torch.Tensor]] = []
-
-    def convert(image: Any) -> torch.Tensor:
-        if image.size == (side, side):
-            return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (S, S, 3) -> (3, S, S)
-        if not resize:
-            resize.append(resize_crop(side))
-        return resize[0](image)
-
-    return convert
-
-
 def _read_folder(root: Path, layout: Mapping[int | None, tuple[Path, tuple[str, ...]]], image_size: int) -> _Raw:
     names = tuple(sorted({c for _, classes in layout.values() for c in classes}))
     index = {name: i for i, name in enumerate(names)}
-    transform = _to_size(image_size)
     xs: dict[int | None, torch.Tensor] = {}
     ys: dict[int | None, torch.Tensor] = {}
     bad: list[SkippedImage] = []
@@ -332,7 +317,7 @@ def _read_folder(root: Path, layout: Mapping[int | None, tuple[Path, tuple[str, 
     for e, (folder, classes) in layout.items():
         files = [(p, index[c]) for c in classes for p in image_files(folder / c)]
         total += len(files)
-        x, labels, skipped = decode_labelled(files, image_size, transform)
+        x, labels, skipped = decode_labelled(files, image_size, to_size)
         bad += skipped
         if labels:
             xs[e], ys[e] = x, torch.tensor(labels, dtype=torch.int64)
@@ -375,12 +360,10 @@ def _read_npz(path: Path, image_size: int) -> _Raw:
         raise EdgeDataError(
             f"{path}: experience must hold {len(x)} integers >= 0 (one per image); found {exp.dtype} {exp.shape}"
         )
-    images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
-    if images.shape[2:] != (image_size, image_size):  # as an image folder's images of another size are read
-        from torchvision.transforms import functional
-
-        images = functional.center_crop(functional.resize(images, int(image_size * 256 / 224)), [image_size] * 2)
-        images = images.contiguous()
+    if x.shape[1:3] == (image_size, image_size):
+        images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+    else:  # as an image folder's images of another size are read
+        images = torch.from_numpy(arrays_to_size(x, image_size))
     labels = torch.from_numpy(y.astype(np.int64))
     if exp is None:
         return _Raw({None: images}, {None: labels})

@@ -137,10 +137,10 @@ def edge_predict(
     """Run adaptive inference on new inputs: main block, extension, cloud; one CSV row per input, and a summary."""
     import torch
 
-    from fl_client.inputs import open_inputs
     from fl_client.predict import connect_cloud, format_summary, predict_to_csv
     from meanet_core.inference.cost import CostConfig
     from meanet_core.inference.edge_model import load_edge_model
+    from meanet_edge.inputs import open_inputs
 
     if threads:
         torch.set_num_threads(threads)

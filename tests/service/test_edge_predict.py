@@ -17,13 +17,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fl_client.inputs import open_inputs
 from meanet_cli.main import app as cli
 from meanet_core.inference.engine import EXIT_MAIN, AdaptiveEngine, LocalCloud
 from meanet_core.inference.policies import CalibratedPolicy
 from meanet_core.models import CloudModel, MEANet, build_meanet
 from meanet_core.training.checkpoint import atomic_save, meanet_payload
 from meanet_core.trust.tls import DevCertificates
+from meanet_edge.inputs import open_inputs
 
 from .conftest import TOKEN, start_service
 
@@ -67,7 +67,7 @@ def exported(tmp_path: Path) -> tuple[Path, Path, Path, dict[str, torch.Tensor]]
     model = build_meanet("resnet20_cifar", 10, [1, 3, 5]).eval()
     folder = image_folder(tmp_path / "inputs")
     batches = list(open_inputs(folder, 32, NAMES).batches(64))
-    images = torch.cat([b.x for b in batches])
+    images = torch.from_numpy(np.concatenate([b.x for b in batches]))
     run = tmp_path / "run"
     atomic_save(meanet_payload(model), run / "meanet.pt")
     dataset = {"name": "imagefolder", "image_size": 32, "class_names": list(NAMES)}
@@ -76,7 +76,7 @@ def exported(tmp_path: Path) -> tuple[Path, Path, Path, dict[str, torch.Tensor]]
     r = CliRunner().invoke(cli, ["export", "--run", str(run), "--out", str(tmp_path / "model.pt")])
     assert r.exit_code == 0, r.output
     assert "routing policy: calibrated (main_threshold" in r.output and "broadcast-signing.pub" in r.output
-    by_path = {name: x for b in batches for name, x in zip(b.names, b.x, strict=True)}
+    by_path = {name: torch.from_numpy(x) for b in batches for name, x in zip(b.names, b.x, strict=True)}
     return tmp_path / "model.pt", run / "broadcast-signing.pub", folder, by_path
 
 

@@ -16,6 +16,7 @@ from fl_client import local_data
 from meanet_core.config import FederationConfig
 from meanet_core.data import cache, load_dataset, sources
 from meanet_core.data.streams import edge_slice, eval_shard, own_test_shard, stream_for
+from meanet_edge import images as edge_images
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_an_edge_folder_is_decoded_once_and_again_when_it_changes(
         _png(folder / "a" / f"{i}.png", 10)
         _png(folder / "b" / f"{i}.png", 200)
     (folder / "b" / "notes.png").write_text("not an image")
-    monkeypatch.setattr(local_data, "resize_crop", _fail)  # images already of the run's size: no torchvision
+    monkeypatch.setattr(edge_images, "resize_crop", _fail)  # images already of the run's size: not resized
     first = local_data.read_edge_data(folder, ["a", "b"], image_size=8)
     [entry] = _entries(cache_dir, "edge")
     assert (entry / cache.SOURCE).read_text() == str(folder.resolve())

@@ -12,7 +12,6 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from fl_client.inputs import open_inputs
 from fl_client.predict import check_cloud_contract
 from meanet_cli.main import app as cli
 from meanet_core.inference.edge_model import (
@@ -26,6 +25,7 @@ from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy
 from meanet_core.models import MEANet, build_meanet
 from meanet_core.training.checkpoint import FORMAT, atomic_save, meanet_payload
 from meanet_core.trust.signing import private_key_pem, public_key_pem
+from meanet_edge.inputs import open_inputs
 
 NAMES = ("cat", "9", "dog", "2", "10", "ant", "bee", "cow", "elk", "fox")
 

@@ -112,11 +112,11 @@ def test_a_corrupt_image_is_skipped_and_counted(tmp_path: Path) -> None:
 def test_decoded_images_are_cached_until_the_folder_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tree(tmp_path, {"apple": 5})
     calls: list[Path] = []
-    from meanet_core.data import images
+    from meanet_edge import images
 
     decode = images.decode_into
 
-    def counting(out: torch.Tensor, path: Path, transform: Any) -> str:
+    def counting(out: np.ndarray, path: Path, transform: Any) -> str:
         calls.append(path)
         return decode(out, path, transform)
 

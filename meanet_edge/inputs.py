@@ -3,31 +3,37 @@
 A folder is flat (unlabelled) or holds one sub-folder per class named after one of the model's classes: the true
 labels come from the *names*, so a folder's sorted position never decides its class id. Images of the model's input
 size are used as they are, others resized and cropped as ``meanet train`` reads an image folder
-(:mod:`meanet_core.data.images`); files are decoded one batch at a time, and unreadable ones are left out and listed
-in ``Inputs.skipped``.
+(:mod:`meanet_edge.images`); files are decoded one batch at a time, and unreadable ones are left out and listed in
+``Inputs.skipped``. Everything is numpy: a torch caller wraps ``Batch.x`` with ``torch.from_numpy``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
-from meanet_core.data.images import SkippedImage, check_bad_images, class_folders, decode_into, image_files, resize_crop
+from meanet_edge.images import (
+    SkippedImage,
+    arrays_to_size,
+    check_bad_images,
+    class_folders,
+    decode_labelled,
+    image_files,
+    to_size,
+)
 
 NPZ_IMAGE_KEYS, NPZ_LABEL_KEYS = ("x", "images", "x_test"), ("y", "labels", "y_test")
 
 
 @dataclass(frozen=True)
 class Batch:
-    x: torch.Tensor  # (n, 3, S, S) uint8
+    x: np.ndarray  # (n, 3, S, S) uint8
     names: list[str]  # the input of each row: a path, or an index into the .npz
-    labels: torch.Tensor | None  # (n,) int64 class ids, None when unknown
+    labels: np.ndarray | None  # (n,) int64 class ids, None when unknown
     read: int  # inputs this batch used up: its rows and the unreadable files left out
 
 
@@ -38,8 +44,8 @@ class Inputs:
     source: Path
     input_size: int
     files: list[tuple[Path, int]] = field(default_factory=list)
-    arrays: torch.Tensor | None = None  # (N, 3, S, S) uint8
-    array_labels: torch.Tensor | None = None
+    arrays: np.ndarray | None = None  # (N, 3, S, S) uint8
+    array_labels: np.ndarray | None = None  # (N,) int64
     label_source: str = ""  # where the true labels come from; "" = unlabelled
     skipped: list[SkippedImage] = field(default_factory=list)
 
@@ -58,31 +64,15 @@ class Inputs:
                 y = self.array_labels[start:end] if self.array_labels is not None else None
                 yield Batch(self.arrays[start:end], [str(i) for i in range(start, end)], y, end - start)
             return
-        transform = _to_model_size(self.input_size)
         for start in range(0, len(self.files), batch_size):
             chunk = self.files[start : start + batch_size]
-            x = torch.empty((len(chunk), 3, self.input_size, self.input_size), dtype=torch.uint8)
-            names: list[str] = []
-            labels: list[int] = []
-            for path, label in chunk:
-                reason = decode_into(x[len(names)], path, transform)
-                if reason:
-                    self.skipped.append(SkippedImage(path, reason))
-                else:
-                    names.append(str(path))
-                    labels.append(label)
-            if names:
-                y = torch.tensor(labels, dtype=torch.int64) if self.labelled else None
-                yield Batch(x[: len(names)], names, y, len(chunk))
-
-
-def _to_model_size(side: int) -> Callable[[Any], torch.Tensor]:
-    """PIL image -> uint8 (3, S, S): as it is when it is S x S already, else resized and cropped as meanet train
-    reads an image folder (:func:`meanet_core.data.images.resize_crop`)."""
-    from torchvision.transforms import PILToTensor
-
-    resize, as_tensor = resize_crop(side), PILToTensor()
-    return lambda image: as_tensor(image) if image.size == (side, side) else resize(image)
+            x, labels, bad = decode_labelled(chunk, self.input_size, to_size)
+            self.skipped += bad
+            if labels:
+                left_out = {b.path for b in bad}
+                names = [str(path) for path, _ in chunk if path not in left_out]
+                y = np.array(labels, dtype=np.int64) if self.labelled else None
+                yield Batch(x, names, y, len(chunk))
 
 
 def open_inputs(
@@ -151,12 +141,12 @@ def _open_npz(path: Path, input_size: int, num_classes: int) -> Inputs:
             raise ValueError(f"{path}: its arrays cannot be read ({type(e).__name__}: {e}); {expected}") from e
     if x.dtype != np.uint8 or x.ndim != 4 or 3 not in (x.shape[1], x.shape[3]):
         raise ValueError(f"{path}: {image_key!r} must be uint8 (N, H, W, 3) images; found {x.dtype} {x.shape}")
-    images = torch.from_numpy(x)
-    images = (images if x.shape[1] == 3 and x.shape[3] != 3 else images.permute(0, 3, 1, 2)).contiguous()
-    if images.shape[2:] != (input_size, input_size):  # as meanet train reads images of another size
-        from torchvision.transforms import functional
-
-        images = functional.center_crop(functional.resize(images, int(input_size * 256 / 224)), [input_size] * 2)
+    channels_first = x.shape[1] == 3 and x.shape[3] != 3
+    hwc = x.transpose(0, 2, 3, 1) if channels_first else x  # (N, H, W, 3)
+    if hwc.shape[1:3] == (input_size, input_size):
+        images = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))  # (N, 3, S, S)
+    else:  # as meanet train reads images of another size
+        images = arrays_to_size(hwc, input_size)
     labels = None
     if y is not None:
         if y.dtype.kind not in "iu" or y.shape != (len(x),) or (len(y) and not 0 <= y.min() <= y.max() < num_classes):
@@ -164,7 +154,7 @@ def _open_npz(path: Path, input_size: int, num_classes: int) -> Inputs:
                 f"{path}: {label_key!r} must hold {len(x)} integer class ids in 0..{num_classes - 1}; "
                 f"found {y.dtype} {y.shape}"
             )
-        labels = torch.from_numpy(y.astype(np.int64))
+        labels = y.astype(np.int64)
     source = f"the .npz key {label_key!r}" if labels is not None else ""
     return Inputs(path, input_size, arrays=images, array_labels=labels, label_source=source)
 
