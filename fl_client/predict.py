@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from meanet_edge.inputs import Inputs
 
 from fl_client.offload import RemoteCloud
 from meanet_core.inference.cost import CostConfig
@@ -28,6 +27,7 @@ from meanet_core.models import MEANet
 from meanet_core.training.memory import inference_batch
 from meanet_edge.cloud import check_cloud_contract as check_contract
 from meanet_edge.cloud import connect
+from meanet_edge.inputs import Inputs
 from meanet_edge.predict import predict_to_csv as run_to_csv
 from meanet_edge.report import CSV_COLUMNS, PredictRun, format_summary
 from meanet_edge.runtime import EdgePredictions

@@ -112,7 +112,9 @@ def _export_package(
 
 
 def edge_predict(
-    model: Path = typer.Option(..., "--model", help="edge model file written by meanet export"),
+    model: Path = typer.Option(
+        ..., "--model", help="edge model written by meanet export: a .pt, or an edge package (--format onnx)"
+    ),
     verify_key: Path = typer.Option(..., help="the cloud's public key (broadcast-signing.pub), pinned on the edge"),
     images: Path = typer.Option(..., help="a folder of images (flat, or one sub-folder per class), an image or .npz"),
     out: Path = typer.Option(..., "--out", help="CSV to write: one row per input"),
@@ -132,9 +134,44 @@ def edge_predict(
     joules_per_mac: float = typer.Option(1e-10, help="edge compute energy per MAC"),
     uplink_mbps: float = typer.Option(5.64, help="uplink throughput, for the transmission energy"),
     progress: bool = typer.Option(True, help="progress bar"),
-    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads (torch's, or ONNX Runtime's for a package)"),
+    profile: Path | None = typer.Option(
+        None, help="edge package: a device profile (meanet edge bench --out) to report measured energy too"
+    ),
 ) -> None:
     """Run adaptive inference on new inputs: main block, extension, cloud; one CSV row per input, and a summary."""
+    from meanet_edge.package import is_package
+
+    if is_package(model):  # the edge runtime: ONNX Runtime, no torch (the device's own install runs the same)
+        from meanet_edge.cli import predict_command
+
+        typer.echo(
+            predict_command(
+                model=model,
+                verify_key=verify_key,
+                images=images,
+                out=out,
+                cloud_url=cloud_url,
+                ca=ca,
+                token=token,
+                client_cert=client_cert,
+                client_key=client_key,
+                policy=policy,
+                entropy_threshold=entropy_threshold,
+                batch_size=batch_size,
+                timeout=timeout,
+                retries=retries,
+                bad_images=bad_images,
+                joules_per_mac=joules_per_mac,
+                uplink_mbps=uplink_mbps,
+                progress=progress,
+                threads=threads,
+                profile=profile,
+            )  # fmt: skip
+        )
+        return
+    if profile is not None:
+        raise ValueError("--profile applies to an edge package (meanet export --format onnx); this is a .pt model")
     import torch
 
     from fl_client.predict import connect_cloud, format_summary, predict_to_csv
@@ -170,3 +207,28 @@ def edge_predict(
     where = cloud_url or "none (the inputs routed to it are answered on the edge, fallback=true)"
     typer.echo(format_summary(run, where))
     typer.echo(f"predictions: {out}")
+
+
+def edge_bench(
+    model: Path = typer.Option(..., "--model", help="edge package (meanet export --format onnx)"),
+    verify_key: Path = typer.Option(..., help="the cloud's public key (broadcast-signing.pub), pinned on the edge"),
+    power_watts: float = typer.Option(5.0, help="the device's power draw while computing, in watts (stated)"),
+    batch_size: int = typer.Option(64, min=1, help="the batch measured beside batch 1"),
+    repeats: int = typer.Option(20, min=1, help="timed calls per block and batch (the median is kept)"),
+    threads: int | None = typer.Option(None, min=1, help="ONNX Runtime threads (default: one per core)"),
+    out: Path | None = typer.Option(None, "--out", help="write the device profile (JSON) here"),
+) -> None:
+    """Measure each block of an edge package on this machine: latency per input, and energy at a stated power."""
+    from meanet_edge.cli import bench_command
+
+    typer.echo(
+        bench_command(
+            model=model,
+            verify_key=verify_key,
+            power_watts=power_watts,
+            batch_size=batch_size,
+            repeats=repeats,
+            threads=threads,
+            out=out,
+        )  # fmt: skip
+    )

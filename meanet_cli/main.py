@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from meanet_cli.bench import bench_app
-from meanet_cli.edge import edge_predict, export_model
+from meanet_cli.edge import edge_bench, edge_predict, export_model
 from meanet_cli.errors import EchoHandler as _EchoHandler
 from meanet_cli.errors import comma_list as _csv
 from meanet_cli.errors import fail as _fail
@@ -421,6 +421,7 @@ app.command("export")(_user_errors(export_model))
 edge_app = typer.Typer(help="On an edge device: adaptive inference outside federation rounds.", no_args_is_help=True)
 app.add_typer(edge_app, name="edge")
 edge_app.command("predict")(_user_errors(edge_predict))
+edge_app.command("bench")(_user_errors(edge_bench))
 
 
 @app.command()
