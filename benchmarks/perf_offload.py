@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fl_client.offload import RemoteCloud
-from fl_server.offload.service import load_cloud_from_run
+from fl_server.offload.handoff import load_cloud_from_run
 from meanet_core.inference.engine import LocalCloud
 from meanet_core.models import CloudModel, build_cloud
 from meanet_core.training.checkpoint import atomic_save, cloud_payload
@@ -137,7 +137,7 @@ def run_mode(
     wall = time.perf_counter() - t0
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     with httpx.Client(verify=ctx, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-        server = c.get(f"{url}/metrics").json()
+        server = c.get(f"{url}/metrics.json").json()
     for cloud in clouds:
         cloud.close()
     answered = sum(s in ("ok", "wrong") for s in status)

@@ -356,8 +356,8 @@ def cloud_serve(
     and/or mutual TLS."""
     import torch
 
-    from fl_server.offload.handoff import ServedModel, load_served, prepare
-    from fl_server.offload.service import ServiceConfig, check_security, load_cloud_from_run, serve
+    from fl_server.offload.handoff import ServedModel, load_cloud_from_run, load_served, prepare
+    from fl_server.offload.service import ServiceConfig, check_security, serve
     from meanet_core.training.checkpoint import CheckpointError
 
     if threads:

@@ -1,4 +1,5 @@
-"""Micro-batching and metrics of the cloud offload service (see :mod:`fl_server.offload.service`).
+"""Micro-batching of the cloud offload service (see :mod:`fl_server.offload.service`; its metrics:
+:mod:`fl_server.offload.metrics`).
 
 A :class:`MicroBatcher` owns an asyncio queue and one worker task. The worker takes the first queued request, gathers
 more until ``max_batch`` images or ``max_wait_s`` after that first request arrived, runs the model once in its own
@@ -12,25 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
 import torch
 
 log = logging.getLogger("meanet.cloud")
 
 
 class ServiceError(Exception):
-    """A request the service refuses: an HTTP status and a message saying what was expected, found, and the fix."""
+    """A request the service refuses: an HTTP status and a message saying what was expected, found, and the fix.
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    ``kind`` names the error in the metrics where the status alone does not (``overloaded`` and ``unavailable`` are
+    both 503); None: the status's usual kind (:data:`fl_server.offload.metrics.ERROR_KINDS`).
+    """
+
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, headers or {}
+        self.status, self.detail, self.headers, self.kind = status, detail, headers or {}, kind
 
 
 # ------------------------------------------------------------------------------------------------ micro-batching
@@ -92,7 +96,9 @@ class MicroBatcher:
         while self._queue is not None and not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
-                job.future.set_exception(ServiceError(503, "the service is stopping; retry on another replica"))
+                job.future.set_exception(
+                    ServiceError(503, "the service is stopping; retry on another replica", kind="unavailable")
+                )
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -100,7 +106,9 @@ class MicroBatcher:
         """Queue ``images`` (n, C, H, W); returns their labels (n,), the size of the model call they rode in and the
         version of the model that answered."""
         if not self.running or self._queue is None:
-            raise ServiceError(503, "the service is not running (starting or stopping); retry shortly")
+            raise ServiceError(
+                503, "the service is not running (starting or stopping); retry shortly", kind="unavailable"
+            )
         n = int(images.shape[0])
         if self.pending_images + n > self.max_pending_images:
             raise ServiceError(
@@ -108,6 +116,7 @@ class MicroBatcher:
                 f"overloaded: {self.pending_images} images queued, the limit is {self.max_pending_images}; "
                 "retry after a short back-off",
                 {"Retry-After": "1"},
+                kind="overloaded",
             )
         loop = asyncio.get_running_loop()
         job = _Job(images, loop.create_future(), loop.time())
@@ -164,7 +173,9 @@ class MicroBatcher:
                 log.exception("model call on %d images failed", batch.shape[0])
                 for j in jobs:
                     if not j.future.done():
-                        j.future.set_exception(ServiceError(500, f"the model failed on this batch: {e!r}"))
+                        j.future.set_exception(
+                            ServiceError(500, f"the model failed on this batch: {e!r}", kind="model_error")
+                        )
                 continue
             labels, version = out if isinstance(out, tuple) else (out, None)  # (sum n,)
             self.calls += 1
@@ -172,35 +183,3 @@ class MicroBatcher:
             for j, part in zip(jobs, labels.split([int(j.images.shape[0]) for j in jobs]), strict=True):
                 if not j.future.done():
                     j.future.set_result(Answer(part, int(batch.shape[0]), version))
-
-
-# ------------------------------------------------------------------------------------------------ metrics
-class Metrics:
-    """Counters since start and a window of recent latencies; updated on the event loop only."""
-
-    def __init__(self, window: int = 10_000) -> None:
-        self.started = time.monotonic()
-        self.requests = 0  # classify requests received
-        self.answered = 0
-        self.images = 0  # images answered
-        self.images_by_version: Counter[int | None] = Counter()  # images answered by each model version
-        self.status: Counter[int] = Counter()
-        self.latency_s: deque[float] = deque(maxlen=window)  # answered classify requests, arrival -> reply
-
-    def snapshot(self, batcher: MicroBatcher) -> dict[str, Any]:
-        lat = np.asarray(self.latency_s, dtype=np.float64) * 1e3
-        pct = {f"p{q}": float(np.percentile(lat, q)) if lat.size else None for q in (50, 90, 99)}
-        return {
-            "uptime_s": time.monotonic() - self.started,
-            "requests": self.requests,
-            "answered": self.answered,
-            "images": self.images,
-            "images_by_model_version": {str(k): v for k, v in self.images_by_version.items()},
-            "batches": batcher.calls,
-            "mean_batch_size": batcher.call_images / batcher.calls if batcher.calls else 0.0,
-            "mean_requests_per_batch": self.answered / batcher.calls if batcher.calls else 0.0,
-            "queued_images": batcher.pending_images,
-            "errors_by_status": {str(k): v for k, v in sorted(self.status.items()) if k >= 400},
-            "latency_ms": {**pct, "window": int(lat.size)},
-            "micro_batching": batcher.enabled,
-        }

@@ -15,7 +15,10 @@ its optimised copy completely, checks it against the served one (same number of 
 size), and only then swaps the reference under a lock. The model thread takes the reference once per model call, so
 every batch, hence every request, is answered wholly by the old model or wholly by the new one. A file that does not
 load or does not fit is refused with a logged reason; the old model keeps serving, and that state of the file is not
-retried (the next write is).
+retried (the next write is). Each :class:`ServedModel` carries the SHA-256 of its weights (``digest``), which
+``/metrics`` and ``/metrics.json`` report with its version.
+
+**A finished run** (``meanet cloud serve --run DIR``): :func:`load_cloud_from_run` reads its cloud model.
 """
 
 from __future__ import annotations
@@ -33,7 +36,16 @@ import torch
 
 from meanet_core.inference.engine import LocalCloud
 from meanet_core.models import CloudModel, build_cloud
-from meanet_core.training.checkpoint import CheckpointError, atomic_save, cloud_payload, load_state, require, safe_load
+from meanet_core.training.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    cloud_payload,
+    load_cloud,
+    load_state,
+    require,
+    safe_load,
+)
+from meanet_core.trust.broadcast import digest as state_digest
 
 log = logging.getLogger("meanet.cloud")
 SERVING_FILE = "cloud-serving.pt"
@@ -114,6 +126,7 @@ class ServedModel:
     class_names: tuple[str, ...] | None
     source: str
     loaded_at: float  # time.time()
+    digest: str = ""  # SHA-256 of the weights (names, dtypes, shapes, bytes): which model answers, checkable anywhere
 
     @property
     def macs_per_image(self) -> int:
@@ -131,6 +144,7 @@ class ServedModel:
             "input_size": self.input_size,
             "source": self.source,
             "loaded_at": self.loaded_at,
+            "digest": self.digest,
         }
 
 
@@ -144,19 +158,53 @@ def prepare(
 ) -> ServedModel:
     """Build everything a model needs to answer (device copy, optimised copy, MACs, a probe call) before serving."""
     device = torch.device(device)
+    weights = state_digest(model.state_dict(), prefix="")  # of the weights as trained, before the optimised copy
     cloud = LocalCloud(model.to(device).eval(), optimize=True)  # fused BatchNorm, channels-last; counts MACs
     probe = torch.zeros(1, CHANNELS, model.input_size, model.input_size, device=device)
     num_classes = int(cloud.logits(probe).shape[1])  # (1, K)
     if class_names is not None and len(class_names) != num_classes:
         raise CheckpointError(f"{source}: {len(class_names)} class names for a model of {num_classes} classes")
     names = tuple(class_names) if class_names is not None else None
-    return ServedModel(cloud, model.arch, num_classes, model.input_size, version, names, source, time.time())
+    return ServedModel(cloud, model.arch, num_classes, model.input_size, version, names, source, time.time(), weights)
 
 
 def load_served(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> ServedModel:
     """A serving file, read and built completely (see :func:`read_serving_file`, :func:`prepare`)."""
     model, version, names = read_serving_file(path)
     return prepare(model, device, version=version, class_names=names, source=os.fspath(path))
+
+
+def load_cloud_from_run(run: str | os.PathLike[str]) -> CloudModel:
+    """The cloud model of a run folder: ``cloud.pt`` (``meanet train``) or ``state.pt`` (``meanet federate``).
+
+    Both are loaded weights-only (``torch.load(weights_only=True)``): a checkpoint cannot run code.
+    """
+    run = Path(run)
+    if (run / "cloud.pt").is_file():
+        return load_cloud(run / "cloud.pt")
+    state_path = run / "state.pt"
+    if not state_path.is_file():
+        raise CheckpointError(
+            f"{run} holds neither cloud.pt (written by meanet train) nor state.pt (meanet federate); "
+            "pass the folder given to --out / report-dir"
+        )
+    state = safe_load(state_path)
+    arch = state.get("config", {}).get("cloud-model") if isinstance(state.get("config"), dict) else None
+    if arch is None or "cloud" not in state:
+        raise CheckpointError(
+            f"{state_path} is the resumable state of an unfinished 'meanet train' (no cloud.pt yet); "
+            "let training finish, or serve a finished run"
+        )
+    weights: dict[str, torch.Tensor] = state["cloud"]
+    matrices = [t for t in weights.values() if t.dim() == 2]  # the classifier is the last (K, features) matrix
+    if not matrices:
+        raise CheckpointError(f"{state_path}: the cloud weights hold no classifier matrix")
+    model = build_cloud(arch, int(matrices[-1].shape[0]))
+    try:
+        model.load_state_dict(weights, strict=True)  # normalisation buffers included
+    except RuntimeError as e:
+        raise CheckpointError(f"{state_path}: the cloud weights do not fit {arch} ({e})") from e
+    return model.eval()
 
 
 def incompatibility(old: ServedModel, new: ServedModel) -> str | None:

@@ -52,10 +52,11 @@ class LoopbackOffload:
         return self.server.url
 
     def metrics(self) -> dict[str, Any]:
-        """The service's ``/metrics`` (``{}`` before it started)."""
+        """The service's JSON summary, ``/metrics.json`` (``{}`` before it started)."""
         if self.server is None:
             return {}
-        answer = httpx.get(f"{self.server.url}/metrics", headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+        auth = {"Authorization": f"Bearer {self.token}"}
+        answer = httpx.get(f"{self.server.url}/metrics.json", headers=auth, timeout=10)
         answer.raise_for_status()
         return dict(answer.json())
 

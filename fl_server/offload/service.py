@@ -10,8 +10,9 @@ Endpoints (``meanet cloud serve`` starts it; :func:`create_app` builds the app):
 * ``GET /health``: liveness, no authentication (for probes and load balancers); says nothing about the model.
 * ``GET /info``: the model's input contract, MACs per image, version and class names (authenticated; the edge
   client reads it).
-* ``GET /metrics``: requests, images (and images per model version), model calls, mean batch size, errors by status,
-  latency percentiles, and the served model (version, swaps, refused files) (authenticated).
+* ``GET /metrics``: Prometheus text (authenticated): requests, images, micro-batch sizes, latencies, errors by kind,
+  the served model (:mod:`fl_server.offload.metrics`). ``GET /metrics.json`` (or ``Accept: application/json``): the
+  JSON summary (counts, mean batch size, errors by status, latency percentiles, the served model's version, swaps).
 
 Every reply to ``/v1/classify`` carries ``X-MEANet-Model-Version``: the version of the model that answered it.
 
@@ -40,7 +41,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from fl_server.offload.batching import Metrics, MicroBatcher, ServiceError
+from fl_server.offload.batching import MicroBatcher, ServiceError
 from fl_server.offload.handoff import ModelSlot, ServedModel, ServingFileWatcher, prepare
-from meanet_core.models import CloudModel, build_cloud
-from meanet_core.training.checkpoint import CheckpointError, load_cloud, safe_load
+from fl_server.offload.metrics import ServiceMetrics, wants_json
+from meanet_core.models import CloudModel
 from meanet_core.wire.payload import (
     DTYPE_UINT8,
     IMAGES_CONTENT_TYPE,
@@ -125,7 +126,6 @@ class CloudService:
         self.side = served.input_size  # fixed for the service's life: a model of another size is refused
         self.body_limit = body_limit(config.max_request_images, CHANNELS, self.side)
         self.watcher = ServingFileWatcher(watch, self.slot, self.device, config.watch_poll_s) if watch else None
-        self.metrics = Metrics()
         self.batcher = MicroBatcher(
             self._predict,
             max_batch=config.max_batch,
@@ -133,6 +133,8 @@ class CloudService:
             enabled=config.micro_batching,
             max_pending_images=config.max_pending_images,
         )
+        largest_call = max(config.max_batch, config.max_request_images)  # a request larger than max_batch runs alone
+        self.metrics = ServiceMetrics(self.slot, self.batcher, largest_call=largest_call)
 
     @property
     def served(self) -> ServedModel:
@@ -142,7 +144,10 @@ class CloudService:
         """uint8 (n, C, H, W) -> int64 labels (n,) on the CPU and the answering model's version; runs in the model
         thread. The served model is taken once: the whole call runs on it, whatever a swap does meanwhile."""
         served = self.slot.current
-        return served.classify(images.to(self.device)), served.version
+        t0 = time.perf_counter()
+        labels = served.classify(images.to(self.device))  # (n,)
+        self.metrics.model_call(int(images.shape[0]), time.perf_counter() - t0)
+        return labels, served.version
 
     # -------------------------------------------------------------------------------------------- checks
     def authorize(self, request: Request) -> None:
@@ -239,9 +244,24 @@ class CloudService:
             "max_wait_ms": self.config.max_wait_ms,
         }
 
-    def error(self, e: ServiceError) -> JSONResponse:
-        self.metrics.status[e.status] += 1
+    def error(self, endpoint: str, e: ServiceError, started: float) -> JSONResponse:
+        """The reply to a request to ``endpoint`` refused with ``e`` (counted; ``started``: its arrival)."""
+        self.metrics.refused(endpoint, e, started)
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
+
+    def reply(self, endpoint: str, response: Response, started: float) -> Response:
+        """``response`` to a request to ``endpoint``, counted (``started``: its arrival)."""
+        self.metrics.replied(endpoint, response.status_code, started)
+        return response
+
+    def authorized(self, request: Request, endpoint: str, answer: Callable[[], Response]) -> Response:
+        """``answer()`` to an authorized request to ``endpoint``, or the refusal; counted either way."""
+        t0 = time.perf_counter()
+        try:
+            self.authorize(request)
+        except ServiceError as e:
+            return self.error(endpoint, e, t0)
+        return self.reply(endpoint, answer(), t0)
 
 
 def create_app(
@@ -271,31 +291,30 @@ def create_app(
     app.state.service = service
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health() -> Response:
+        t0 = time.perf_counter()
         ok = service.batcher.running
         # says nothing about the model to unauthenticated callers: the version is in /info and /metrics
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+        answer = JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+        return service.reply("/health", answer, t0)
 
     @app.get("/info")
     async def info(request: Request) -> Response:
-        try:
-            service.authorize(request)
-        except ServiceError as e:
-            return service.error(e)
-        return JSONResponse(service.info())
+        return service.authorized(request, "/info", lambda: JSONResponse(service.info()))
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        try:
-            service.authorize(request)
-        except ServiceError as e:
-            return service.error(e)
-        return JSONResponse({**service.metrics.snapshot(service.batcher), "model": service.slot.describe()})
+        accept = request.headers.get("accept")
+        return service.authorized(request, "/metrics", lambda: service.metrics.response(accept, wants_json(accept)))
+
+    @app.get("/metrics.json")
+    async def metrics_json(request: Request) -> Response:
+        return service.authorized(request, "/metrics.json", lambda: service.metrics.response(None, as_json=True))
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> Response:
         t0 = time.perf_counter()
-        service.metrics.requests += 1
+        service.metrics.received()
         try:
             service.authorize(request)
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -308,55 +327,17 @@ def create_app(
             images = service.check_images(await service.read_body(request))
             answer = await service.batcher.submit(images)
         except ServiceError as e:
-            return service.error(e)
-        m = service.metrics
-        m.answered += 1
-        m.images += int(answer.labels.numel())
-        m.images_by_version[answer.model_version] += int(answer.labels.numel())
-        m.status[200] += 1
-        m.latency_s.append(time.perf_counter() - t0)
+            return service.error("/v1/classify", e, t0)
         headers = {
             "X-MEANet-Batch-Images": str(answer.batch_images),
             "X-MEANet-Macs-Per-Image": str(service.served.macs_per_image),
             VERSION_HEADER: str(answer.model_version),
         }
-        return Response(encode_labels(answer.labels), media_type=LABELS_CONTENT_TYPE, headers=headers)
+        reply = Response(encode_labels(answer.labels), media_type=LABELS_CONTENT_TYPE, headers=headers)
+        service.metrics.answered(int(answer.labels.numel()), answer.model_version, t0)
+        return reply
 
     return app
-
-
-# ------------------------------------------------------------------------------------------------ model loading
-def load_cloud_from_run(run: str | os.PathLike[str]) -> CloudModel:
-    """The cloud model of a run folder: ``cloud.pt`` (``meanet train``) or ``state.pt`` (``meanet federate``).
-
-    Both are loaded weights-only (``torch.load(weights_only=True)``): a checkpoint cannot run code.
-    """
-    run = Path(run)
-    if (run / "cloud.pt").is_file():
-        return load_cloud(run / "cloud.pt")
-    state_path = run / "state.pt"
-    if not state_path.is_file():
-        raise CheckpointError(
-            f"{run} holds neither cloud.pt (written by meanet train) nor state.pt (meanet federate); "
-            "pass the folder given to --out / report-dir"
-        )
-    state = safe_load(state_path)
-    arch = state.get("config", {}).get("cloud-model") if isinstance(state.get("config"), dict) else None
-    if arch is None or "cloud" not in state:
-        raise CheckpointError(
-            f"{state_path} is the resumable state of an unfinished 'meanet train' (no cloud.pt yet); "
-            "let training finish, or serve a finished run"
-        )
-    weights: dict[str, torch.Tensor] = state["cloud"]
-    matrices = [t for t in weights.values() if t.dim() == 2]  # the classifier is the last (K, features) matrix
-    if not matrices:
-        raise CheckpointError(f"{state_path}: the cloud weights hold no classifier matrix")
-    model = build_cloud(arch, int(matrices[-1].shape[0]))
-    try:
-        model.load_state_dict(weights, strict=True)  # normalisation buffers included
-    except RuntimeError as e:
-        raise CheckpointError(f"{state_path}: the cloud weights do not fit {arch} ({e})") from e
-    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------ running it

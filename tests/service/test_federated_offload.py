@@ -126,7 +126,7 @@ def test_an_edge_without_the_loopback_services_token_answers_every_input_itself(
 
 def _served_images(server: BackgroundServer, certs: DevCertificates) -> int:
     verify = ssl.create_default_context(cafile=str(certs.ca_cert))
-    r = httpx.get(f"{server.url}/metrics", verify=verify, headers={"Authorization": f"Bearer {TOKEN}"})
+    r = httpx.get(f"{server.url}/metrics.json", verify=verify, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200, r.text
     return int(r.json()["images"])
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from fl_server.offload.handoff import (
     SERVING_FILE,
@@ -92,7 +93,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 def model_info(client: httpx.Client) -> dict[str, Any]:
-    r = client.get("/metrics")
+    r = client.get("/metrics.json")
     assert r.status_code == 200, r.text
     info: dict[str, Any] = r.json()["model"]
     return info
@@ -149,7 +150,7 @@ def test_concurrent_requests_see_wholly_old_or_wholly_new_models_across_two_swap
     _, _, client = watched
     info = model_info(client)
     assert info["version"] == 2 and info["swaps"] == 2 and info["refused"] == 0
-    metrics = client.get("/metrics").json()
+    metrics = client.get("/metrics.json").json()
     assert metrics["images"] == sum(len(labels) for _, _, labels, _ in replies)
     assert sum(metrics["images_by_model_version"].values()) == metrics["images"]
     assert set(metrics["images_by_model_version"]) == {"0", "1", "2"}
@@ -183,6 +184,38 @@ def test_a_corrupt_or_unfit_serving_file_is_refused_and_the_old_model_keeps_serv
     wait_for(lambda: model_info(client)["version"] == 2)
     assert classify(client, 3, seed=4)[1:] == ([7] * 3, "2")
     assert model_info(client)["swaps"] == 1
+
+
+def _prometheus(client: httpx.Client) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``/metrics`` parsed: sample name -> [(labels, value)]."""
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def test_the_prometheus_model_info_follows_a_hot_reload(watched) -> None:
+    _, path, client = watched
+    assert classify(client, 2, seed=5)[0] == 200
+    before = _prometheus(client)
+    ((info, _),) = before["meanet_offload_model_info"]
+    assert info["version"] == "0" and info["arch"] == "resnet20_cifar" and len(info["digest"]) == 64
+    assert before["meanet_offload_model_version"] == [({}, 0.0)]
+
+    publish(path, label=7, version=1)
+    wait_for(lambda: _prometheus(client)["meanet_offload_model_version"] == [({}, 1.0)])
+    assert classify(client, 3, seed=6)[1:] == ([7] * 3, "1")
+    after = _prometheus(client)
+    ((info_after, _),) = after["meanet_offload_model_info"]  # one model served: the old one's series is gone
+    assert info_after["version"] == "1" and info_after["digest"] != info["digest"]
+    assert info_after["digest"] == model_info(client)["digest"]
+    assert after["meanet_offload_model_swaps_total"] == [({}, 1.0)]
+    assert after["meanet_offload_model_refusals_total"] == [({}, 0.0)]
+    images = {labels["model_version"]: v for labels, v in after["meanet_offload_images_total"]}
+    assert images == {"0": 2.0, "1": 3.0}
 
 
 def test_the_watcher_reloads_on_request_and_ignores_a_missing_file(tmp_path: Path) -> None:

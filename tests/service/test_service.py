@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from fl_client.offload import RemoteCloud
 from fl_server.offload.batching import MicroBatcher, ServiceError
-from fl_server.offload.service import BackgroundServer, ServiceConfig, load_cloud_from_run
+from fl_server.offload.handoff import load_cloud_from_run
+from fl_server.offload.service import BackgroundServer, ServiceConfig
 from meanet_cli.main import app as cli
 from meanet_core.inference.engine import EXIT_CLOUD, AdaptiveEngine, LocalCloud
 from meanet_core.models import CloudModel, build_meanet
@@ -127,9 +128,11 @@ def test_micro_batcher_refuses_past_its_queue_bound_and_survives_a_model_failure
             return_exceptions=True,
         )
         assert isinstance(over, ServiceError) and over.status == 503 and "overloaded" in over.detail
+        assert over.kind == "overloaded"  # not "unavailable", the other 503, in the errors metric
         assert ok[0].tolist() == [1, 1, 1]
-        with pytest.raises(ServiceError, match="the model failed"):
+        with pytest.raises(ServiceError, match="the model failed") as failed:
             await batcher.submit(torch.full((1, 1, 1, 1), 13, dtype=torch.uint8))
+        assert failed.value.kind == "model_error"
         labels = (await batcher.submit(torch.full((2, 1, 1, 1), 7, dtype=torch.uint8))).labels  # the worker goes on
         assert labels.tolist() == [7, 7]
         await batcher.stop()
@@ -204,7 +207,7 @@ def test_wrong_content_type_gets_415(client: httpx.Client, content_type: str | N
         ("Bearer wrong-token", 403, "invalid token"),
     ],
 )
-@pytest.mark.parametrize("path", ["/v1/classify", "/info", "/metrics"])
+@pytest.mark.parametrize("path", ["/v1/classify", "/info", "/metrics", "/metrics.json"])
 def test_unauthenticated_requests_are_refused(service, certs, path, authorization, status, reason) -> None:
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     headers = {"Content-Type": IMAGES} | ({"Authorization": authorization} if authorization else {})
@@ -245,7 +248,7 @@ def test_the_service_survives_all_of_it_and_counts_errors(client: httpx.Client, 
         payload.decode_labels(r.content, expected=2).tolist()
         == LocalCloud(cloud_model).classify(images(2)).labels.tolist()
     )
-    m = client.get("/metrics").json()
+    m = client.get("/metrics.json").json()
     assert m["answered"] >= 1 and m["images"] >= 2 and m["batches"] >= 1 and m["mean_batch_size"] >= 1
     assert m["errors_by_status"]["400"] >= 1
     assert m["latency_ms"]["p50"] is not None and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"]

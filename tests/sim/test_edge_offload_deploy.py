@@ -97,7 +97,7 @@ def cloud_service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def _served_images(url: str, certs: Path) -> int:
     verify = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    r = httpx.get(f"{url}/metrics", verify=verify, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    r = httpx.get(f"{url}/metrics.json", verify=verify, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert r.status_code == 200, r.text
     return int(r.json()["images"])
 

@@ -139,7 +139,7 @@ def test_a_run_trained_at_a_non_native_size_evaluates_at_that_size(folder: Path,
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 6
 
-    from fl_server.offload.service import load_cloud_from_run
+    from fl_server.offload.handoff import load_cloud_from_run
 
     assert load_cloud_from_run(run).input_size == 24  # the offload service takes the run's size too
 
