@@ -90,7 +90,7 @@ def _export_package(
     def write(key: Any, class_names: tuple[str, ...]) -> Path:
         cal = validation_images(source, calibration + 2000) if int8 else None
         path, check = export_package(source, out, key, class_names, calibration=cal, calibration_images=calibration)
-        if check is not None:
+        if check is not None and cal is not None:
             f32, i8 = check["float32"], check["int8"]
             typer.echo(
                 f"int8: calibrated on {min(calibration, len(cal.x))} images ({cal.source}); checked on "
@@ -167,7 +167,7 @@ def edge_predict(
                 progress=progress,
                 threads=threads,
                 profile=profile,
-            )  # fmt: skip
+            )
         )
         return
     if profile is not None:
@@ -230,5 +230,5 @@ def edge_bench(
             repeats=repeats,
             threads=threads,
             out=out,
-        )  # fmt: skip
+        )
     )

@@ -167,14 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the device's ``meanet``; returns the exit status (errors print ``error: ...``, no traceback)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] != "edge" and not argv[0].startswith("-"):
+        print(
+            f"error: meanet {argv[0]} is not part of the edge runtime (meanet edge predict, meanet edge bench): "
+            "training, federation and export need the full install (see the README)",
+            file=sys.stderr,
+        )
+        return 2
     args = parser.parse_args(argv)
     if args.command != "edge" or args.edge_command is None:
         parser.print_help()
-        print(
-            "\nThis is the edge runtime: meanet edge predict and meanet edge bench. Training, federation and export "
-            "need the full install (pip install meanet-fl, see the README).",
-            file=sys.stderr,
-        )
         return 2
     options = {k: v for k, v in vars(args).items() if k not in ("command", "edge_command")}
     try:

@@ -1,6 +1,6 @@
 """Edge packages: the signed file ``meanet export --format onnx`` writes and ``meanet edge predict`` runs.
 
-An edge package is a zip archive (stored, not compressed: int8 weights do not compress) holding
+An edge package is a zip archive (deflated: the graphs' names and scales compress, int8 weights a little) holding
 
 * ``manifest.json``: what the device needs to route (see :data:`MANIFEST_FIELDS`): the model's name, class count
   and input size, the class names (index = class id), the hard classes, the routing policy, the input
@@ -104,11 +104,12 @@ def manifest_hash(manifest: Mapping[str, Any]) -> bytes:
 
 
 def is_package(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a file that starts as a zip archive (an edge package, not a ``.pt`` edge model)."""
+    """True when ``path`` is a zip archive with a ``manifest.json`` at its top: an edge package (a ``.pt`` edge model
+    is a zip archive too, of ``torch.save``, with no manifest)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"PK\x03\x04"
-    except OSError:
+        with zipfile.ZipFile(path) as z:
+            return MANIFEST in z.namelist()
+    except (OSError, zipfile.BadZipFile):
         return False
 
 
@@ -141,7 +142,7 @@ def write_package(
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
             z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False))
             for name in BLOCKS:
                 z.writestr(blocks[name]["file"], graphs[name])

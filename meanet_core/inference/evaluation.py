@@ -17,7 +17,6 @@ from meanet_core.data import ImageTensors, TensorBatches
 from meanet_core.inference.cost import CostConfig
 from meanet_core.inference.engine import (
     EXIT_CLOUD,
-    EXIT_NAMES,
     AdaptiveEngine,
     LocalCloud,
     Predictions,
@@ -29,6 +28,7 @@ from meanet_core.inference.engine import (
 from meanet_core.inference.fastpath import optimize_for_inference
 from meanet_core.inference.policies import CalibratedPolicy, PaperPolicy, Policy
 from meanet_core.models import CloudModel, MEANet
+from meanet_edge.report import summarize as summarize_arrays
 
 POLICIES = ("paper", "calibrated")
 
@@ -99,35 +99,16 @@ def fit_calibrated(
 def summarize(pred: Predictions, labels: torch.Tensor | None) -> dict[str, Any]:
     """Accuracy, exits, MACs, bytes and energy of a set of predictions (accuracies None when ``labels`` is).
 
-    The one summary of costs in the repository: the CLI's evaluation, the federation's edge and cloud evaluations
-    and the continual benchmark read their numbers here, from ``Predictions`` priced by ``engine.priced``.
+    The one summary of costs in the repository (:func:`meanet_edge.report.summarize`, which the edge runtime uses
+    too): the CLI's evaluation, the federation's edge and cloud evaluations and the continual benchmark read their
+    numbers here, from ``Predictions`` priced by ``engine.priced``.
     """
-    n = len(pred)
-    if n == 0:
-        raise ValueError("no predictions to summarize: the evaluation data is empty (check the test split or --limit)")
-    if labels is not None and len(labels) != n:
-        raise ValueError(f"{n} predictions but {len(labels)} labels: they must come from the same images")
-    correct = pred.labels == labels if labels is not None else None
-    exits = {}
-    for code, name in enumerate(EXIT_NAMES):
-        mask = pred.exit == code
-        count = int(mask.sum())
-        exits[name] = {
-            "fraction": count / n,
-            "accuracy": float(correct[mask].float().mean()) if count and correct is not None else None,
-            "count": count,
-        }
-    return {
-        "accuracy": float(correct.float().mean()) if correct is not None else None,
-        "exits": exits,
-        "fallbacks": int(pred.fallback.sum()),
-        "macs_per_image": float((pred.edge_macs + pred.cloud_macs).double().mean()),
-        "edge_macs_per_image": float(pred.edge_macs.double().mean()),
-        "cloud_macs_per_image": float(pred.cloud_macs.double().mean()),
-        "energy_per_image_joule": float(pred.energy_joule.mean()),
-        "bytes_offloaded_per_image": float(pred.bytes_sent.double().mean()),
-        "latency_per_image_s": float(pred.latency_s.mean()),
-    }
+    return summarize_arrays(
+        labels=pred.labels.numpy(), exits=pred.exit.numpy(), fallback=pred.fallback.numpy(),
+        edge_macs=pred.edge_macs.numpy(), cloud_macs=pred.cloud_macs.numpy(), energy_joule=pred.energy_joule.numpy(),
+        bytes_sent=pred.bytes_sent.numpy(), latency_s=pred.latency_s.numpy(),
+        truth=labels.cpu().numpy() if labels is not None else None,
+    )  # fmt: skip
 
 
 def run_engine(
