@@ -7,10 +7,11 @@ still a circle for whoever reads the code.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("meanet_core", "fl_client", "fl_server", "strategies", "benchmarks", "meanet_cli")
+PACKAGES = ("meanet_edge", "meanet_core", "fl_client", "fl_server", "strategies", "benchmarks", "meanet_cli")
 MAX_LINES = 550
 MAX_CORE_TOP_MODULES = 4
 
@@ -138,8 +139,26 @@ def test_meanet_core_imports_no_flower_and_no_other_package() -> None:
                 heads = [(node.module or "").split(".")[0]]
             else:
                 continue
-            bad = [h for h in heads if h == "flwr" or (h in PACKAGES and h != "meanet_core")]
+            bad = [h for h in heads if h == "flwr" or (h in PACKAGES and h not in ("meanet_core", "meanet_edge"))]
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}: meanet_core is plain PyTorch and numpy"
+
+
+def test_the_edge_runtime_imports_nothing_above_it() -> None:
+    """meanet_edge is the device's install: numpy, onnxruntime, Pillow, cryptography, httpx and itself, never torch
+    nor another package of the project (the no-torch CLI test runs it; this one reads every import, lazy ones too)."""
+    allowed = {"numpy", "onnxruntime", "PIL", "cryptography", "httpx", "meanet_edge"}
+    for name, path in _modules().items():
+        if not name.startswith("meanet_edge"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                heads = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                heads = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            bad = [h for h in heads if h not in allowed and h not in sys.stdlib_module_names]
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}: the edge runtime installs without them"
 
 
 def test_the_rooms_import_one_way() -> None:
