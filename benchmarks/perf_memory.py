@@ -10,6 +10,10 @@ for the estimate of a main-block step (what ``fit`` checks before its first batc
 case started from a large process, a test run, read 2-3x high) minus its resident memory just before training:
 what the step added beyond the interpreter, torch, the model and the data, the same scope as the estimate.
 ``ratio`` is estimate / measured; the target is 1/1.5..1.5.
+
+What the check costs: ``probe s`` is the estimate's own time (a forward and backward of a few images, once per
+``fit``), ``step s`` one training step of ``batch`` images after warm-up, and ``probe / epoch`` the probe against one
+epoch of an edge's share in the main job (6,000 images: the smallest ``fit`` it runs).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+EDGE_EPOCH_IMAGES = 6000  # the main job: 45,000 training images / 2 experiences x 0.8 (not the cloud's) / 3 edges
 CASES = (
+    ("resnet20_cifar", 32, 32),  # the main job's edges and cloud
     ("resnet20_cifar", 32, 64),
     ("resnet20_cifar", 32, 128),
     ("resnet56_cifar", 32, 64),
@@ -31,7 +37,7 @@ CASES = (
 )
 
 CHILD = r"""
-import json, resource, sys
+import json, resource, sys, time
 import psutil, torch
 from meanet_core.data import ImageTensors
 from meanet_core.models import build_meanet
@@ -47,8 +53,10 @@ cfg = StageConfig(epochs=1, batch_size=batch, precision=precision)
 def step(x, y):
     logits = model.forward_main(x).logits
     return F.cross_entropy(logits, y), logits
+t0 = time.perf_counter()
 estimate = step_memory(step, model, list(model.main.parameters()), data, batch, precision=precision,
                        desc="the main block", channels_last=True)
+probe_s = time.perf_counter() - t0
 def hwm():  # this process's own peak (VmHWM); ru_maxrss also keeps the parent's RSS at fork time
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -61,7 +69,11 @@ except OSError:
 before = psutil.Process().memory_info().rss
 train_main(model, data, cfg, progress=False, channels_last=True)
 peak = hwm() - before
-print(json.dumps({"estimate": estimate.total, "activations": estimate.activations, "measured": peak}))
+t0 = time.perf_counter()
+train_main(model, data, cfg, progress=False, channels_last=True)  # warm: what a step costs (2 steps, one probe)
+epoch_s = time.perf_counter() - t0
+print(json.dumps({"estimate": estimate.total, "activations": estimate.activations, "measured": peak,
+                  "probe_s": probe_s, "step_s": (epoch_s - probe_s) / 2}))
 """
 
 
@@ -90,13 +102,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
     rows = []
-    print(f"{'model':<16} {'px':>4} {'batch':>5} {'estimate MiB':>13} {'measured MiB':>13} {'ratio':>6}")
+    print(
+        f"{'model':<16} {'px':>4} {'batch':>5} {'estimate MiB':>13} {'measured MiB':>13} {'ratio':>6} "
+        f"{'probe s':>8} {'step s':>7} {'probe / epoch':>14}"
+    )
     for arch, size, batch in CASES:
         row = measure(arch, size, batch, args.precision, args.threads)
+        row["probe_share_of_edge_epoch"] = row["probe_s"] / (row["step_s"] * -(-EDGE_EPOCH_IMAGES // batch))
         rows.append(row)
         print(
             f"{arch:<16} {size:>4} {batch:>5} {row['estimate'] / 2**20:>13.0f} {row['measured'] / 2**20:>13.0f} "
-            f"{row['ratio']:>6.2f}",
+            f"{row['ratio']:>6.2f} {row['probe_s']:>8.3f} {row['step_s']:>7.3f} "
+            f"{row['probe_share_of_edge_epoch']:>13.2%}",
             flush=True,
         )
     worst = max(max(r["ratio"], 1 / r["ratio"]) for r in rows)

@@ -173,11 +173,36 @@ def _block_inputs(float_package: EdgePackage, images: np.ndarray) -> dict[str, d
     }
 
 
-def quantize_graphs(float_package: EdgePackage, images: np.ndarray) -> dict[str, bytes]:
-    """Each block's graph quantised statically (QDQ, per-channel int8 weights, uint8 activations, min/max ranges),
-    calibrated on ``images`` (uint8 (N, 3, S, S)) run through every block."""
+@dataclass(frozen=True)
+class QuantSettings:
+    """How the blocks are quantised: the default is what ``--int8`` does; the others are for comparisons
+    (``benchmarks/perf_edge_runtime.py --ablation``)."""
+
+    per_channel: bool = True  # int8 weights with a scale per output channel (else one per tensor)
+    method: str = "minmax"  # activation ranges: minmax | percentile (99.999%) | entropy
+    activations: str = "uint8"  # uint8 (U8S8: VNNI kernels) | int8 (S8S8)
+
+    def describe(self) -> str:
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        return f"{self.method} ranges, QDQ, {weights} int8 weights, {self.activations} activations"
+
+
+def quantize_graphs(
+    float_package: EdgePackage, images: np.ndarray, settings: QuantSettings | None = None
+) -> dict[str, bytes]:
+    """Each block's graph quantised statically (default: QDQ, per-channel int8 weights, uint8 activations, min/max
+    ranges), calibrated on ``images`` (uint8 (N, 3, S, S)) run through every block."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    q = settings or QuantSettings()
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if q.method not in methods or q.activations not in ("uint8", "int8"):
+        raise ValueError(f"quantisation: method one of {sorted(methods)}, activations uint8 | int8; got {q}")
 
     feeds = _block_inputs(float_package, images)
     out: dict[str, bytes] = {}
@@ -187,10 +212,10 @@ def quantize_graphs(float_package: EdgePackage, images: np.ndarray) -> dict[str,
             src.write_bytes(float_package.graphs[block])
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(
-                str(pre), str(dst), _Reader(feeds[block]), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                str(pre), str(dst), _Reader(feeds[block]), quant_format=QuantFormat.QDQ, per_channel=q.per_channel,
+                activation_type=QuantType.QUInt8 if q.activations == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8, calibrate_method=methods[q.method],
+                extra_options={"ActivationSymmetric": q.activations == "int8", "WeightSymmetric": True},
             )  # fmt: skip
             out[block] = _stripped(dst.read_bytes())
     return out
@@ -274,6 +299,7 @@ def export_package(
     *,
     calibration: Calibration | None = None,
     calibration_images: int = 1000,
+    settings: QuantSettings | None = None,
 ) -> tuple[Path, dict[str, Any] | None]:
     """Write ``source``'s model as an edge package signed with ``key``: float32, or int8 when ``calibration`` is
     given (its first ``calibration_images`` images calibrate, the rest check the int8 graphs against float32).
@@ -290,14 +316,14 @@ def export_package(
     with tempfile.TemporaryDirectory() as tmp:
         float_path = write_package(Path(tmp) / "float.zip", manifest, graphs, key)
         float_package = _unverified(float_path, manifest, graphs)
-        int8_graphs = quantize_graphs(float_package, cal_x)
+        int8_graphs = quantize_graphs(float_package, cal_x, settings)
         int8_manifest = _manifest(source, names, "int8", None)
         int8_package = _unverified(float_path, int8_manifest, int8_graphs)
         check = compare_precisions(float_package, int8_package, check_x, check_y)
     int8_manifest["calibration"] = {
         "images": len(cal_x),
         "source": calibration.source,
-        "method": "min-max ranges, QDQ, per-channel int8 weights, uint8 activations (onnxruntime quantize_static)",
+        "method": f"{(settings or QuantSettings()).describe()} (onnxruntime quantize_static)",
         "checked_on": check["images"] if k else "the calibration images themselves (too few to hold any out)",
         "float32_vs_int8": check,
     }
@@ -311,6 +337,7 @@ def _unverified(path: Path, manifest: dict[str, Any], graphs: dict[str, bytes]) 
 
 __all__ = [
     "Calibration",
+    "QuantSettings",
     "block_graphs",
     "compare_precisions",
     "export_package",

@@ -221,3 +221,32 @@ def test_edge_bench_writes_a_profile_that_predict_reports(exported, tmp_path: Pa
     r = device("edge", "predict", "--model", pkg, "--verify-key", key, "--images", str(exported["inputs"]),
                "--out", str(out), "--profile", str(bad))  # fmt: skip
     assert r.returncode == 1 and "not a device profile" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_mobilenetv2_meanet_at_96_px_exports_quantises_and_runs(tmp_path: Path) -> None:
+    """ResNet-20 cannot stand in for every model: torchvision's MobileNetV2 (depthwise convolutions, ReLU6, 96 px)
+    through the same export, int8 quantisation and runtime (slow: 40 s of exports; CI's -m slow run)."""
+    from meanet_core.inference.export import ExportSource
+    from meanet_core.inference.onnx_export import Calibration, export_package
+
+    torch.manual_seed(0)
+    model = build_meanet("mobilenetv2", 10, [2, 7], input_size=96).eval()
+    source = ExportSource(model, NAMES, "", {"name": "paper", "entropy_threshold": 0.95}, "test", tmp_path, "", "mnv2")
+    key = Ed25519PrivateKey.generate()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 3, 96, 96), dtype=np.uint8)
+    f32_path, _ = export_package(source, tmp_path / "f32.zip", key, NAMES)
+    path, check = export_package(
+        source, tmp_path / "i8.zip", key, NAMES, calibration=Calibration(x, rng.integers(0, 10, 40), "random"),
+        calibration_images=32,
+    )  # fmt: skip
+    f32, i8 = read_package(f32_path, key.public_key()), read_package(path, key.public_key())
+    assert i8.manifest["input_size"] == 96 and i8.manifest["calibration"]["images"] == 32 and check is not None
+    assert len(i8.graphs["main"]) < 0.4 * len(f32.graphs["main"])
+    policy = EdgePolicy("paper", entropy_threshold=0.95)
+    ours = EdgeRuntime(f32, policy).predict(x[:8])
+    theirs = AdaptiveEngine(model, PaperPolicy(0.95)).predict(torch.from_numpy(x[:8]))
+    assert np.array_equal(ours.labels, theirs.labels.numpy()) and np.array_equal(ours.exit, theirs.exit.numpy())
+    quantised = EdgeRuntime(i8, policy).predict(x[:8])
+    assert len(quantised) == 8 and set(np.unique(quantised.exit)) <= {0, 1}

@@ -270,6 +270,22 @@ def test_meanet_export_writes_one_devices_personal_model_and_edge_predict_runs_i
     assert r.exit_code == 0, r.output
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 7
 
+    # the same device as an edge package: its own hard classes, policy and prior ride in the manifest and the graphs
+    from meanet_edge.package import read_package
+    from meanet_edge.policy import policy_from_dict
+    from meanet_edge.runtime import EdgeRuntime
+
+    package_args = [*args[:-1], str(tmp_path / "m.zip"), "--format", "onnx"]
+    r = CliRunner().invoke(cli, [*package_args, "--personal", str(tmp_path / "node4" / STATE_FILE)])
+    assert r.exit_code == 0, r.output
+    package = read_package(tmp_path / "m.zip", report / "broadcast-signing.pub")
+    assert package.manifest["hard_classes"] == [2, 7, 9] and package.manifest["policy"] == {"name": "calibrated", **own}
+    runtime = EdgeRuntime(package, policy_from_dict(package.manifest["policy"]))
+    xf = x.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    with torch.no_grad():
+        want = exported.model.forward_main(torch.from_numpy(xf)).logits.numpy()
+    assert np.abs(runtime.main(xf)[0] - want).max() < 1e-4  # the device's prior is in the main graph
+
     other = PersonalStore(_context(tmp_path / "node5"), **{**owner, "federation": "0" * 16}, device=5)  # type: ignore[arg-type]
     other.save(personal_arrays(device), meta)
     r = CliRunner().invoke(cli, [*args, "--personal", str(tmp_path / "node5" / STATE_FILE)])
