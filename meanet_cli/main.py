@@ -98,6 +98,9 @@ def evaluate(
     target_cloud_fraction: float = typer.Option(0.1, help="calibrated policy: at most this share offloaded"),
     energy_budget: float | None = typer.Option(None, help="calibrated policy: mean edge joules per image instead"),
     joules_per_mac: float = typer.Option(1e-10, help="edge compute energy per MAC"),
+    power_watts: float = typer.Option(
+        5.0, help="the device's power draw while computing (stated): the measured energy = seconds x this"
+    ),
     uplink_mbps: float = typer.Option(5.64, help="uplink throughput (LTE median, Huang et al. 2012)"),
     batch_size: int = typer.Option(256, min=1, help="images per model call (lowered where memory bounds it)"),
     speed_repeats: int = typer.Option(1, help="timed passes of engine and all-branches (best is kept)"),
@@ -150,7 +153,7 @@ def evaluate(
         report = run_evaluation(
             model, cloud, splits.val, splits.test, policy=policy, entropy_threshold=entropy_threshold,
             target_cloud_fraction=target_cloud_fraction, energy_budget_joule=energy_budget, cost=cost,
-            batch_size=batch_size, speed_repeats=speed_repeats, optimize=optimize,
+            batch_size=batch_size, speed_repeats=speed_repeats, optimize=optimize, power_watts=power_watts,
         )  # fmt: skip
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
@@ -209,8 +212,16 @@ def format_report(r: dict[str, Any]) -> str:
         f"MACs/image executed {r['macs_per_image'] / 1e6:.1f}M (edge {r['edge_macs_per_image'] / 1e6:.1f}M), "
         f"all branches {r['macs_all_branches_per_image'] / 1e6:.1f}M, "
         f"cloud only {r['macs_cloud_only_per_image'] / 1e6:.1f}M",
-        f"energy/image {r['energy_per_image_joule'] * 1e3:.3f} mJ, bytes offloaded/image "
+        f"energy/image {r['energy_per_image_joule'] * 1e3:.3f} mJ (MACs model), bytes offloaded/image "
         f"{r['bytes_offloaded_per_image']:.0f}",
+        *(
+            [
+                f"energy/image {r['measured_energy_per_image_joule'] * 1e3:.3f} mJ measured "
+                f"({r['energy_models']['measured_energy_per_image_joule']})"
+            ]
+            if "measured_energy_per_image_joule" in r
+            else []
+        ),
         f"images/s engine {r['images_per_second']:.1f} vs all branches {r['images_per_second_all_branches']:.1f}: "
         f"speed-up {r['speedup_measured']:.2f}x, MAC-predicted {r['speedup_predicted_by_macs']:.2f}x "
         f"(ratio {r['speedup_ratio_measured_to_predicted']:.2f})",

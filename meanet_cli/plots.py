@@ -47,12 +47,22 @@ def plot_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         marker="o",
         label=f"{report['policy']['name']} policy, threshold sweep",
     )
+    models = report.get("energy_models", {})
+    if sweep and "measured_energy_per_image_joule" in sweep[0]:
+        ax.lines[-1].set_label(f"MACs model: {models.get('energy_per_image_joule', 'MACs x J/MAC')}")
+        ax.plot(
+            [p["measured_energy_per_image_joule"] * 1e3 for p in sweep],
+            [p["accuracy"] for p in sweep],
+            marker="s",
+            linestyle="--",
+            label=f"measured: {models.get('measured_energy_per_image_joule', 'seconds x stated power')}",
+        )
     ax.scatter(
         [report["energy_per_image_joule"] * 1e3],
         [report["accuracy"]],
         color="red",
         zorder=3,
-        label="operating point",
+        label="operating point (MACs model)",
     )
     ref = report["reference_accuracy"]
     ax.axhline(ref["cloud_only"], color="gray", linestyle="--", label=f"cloud only ({ref['cloud_only']:.1%})")

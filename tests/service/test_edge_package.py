@@ -250,3 +250,21 @@ def test_a_mobilenetv2_meanet_at_96_px_exports_quantises_and_runs(tmp_path: Path
     assert np.array_equal(ours.labels, theirs.labels.numpy()) and np.array_equal(ours.exit, theirs.exit.numpy())
     quantised = EdgeRuntime(i8, policy).predict(x[:8])
     assert len(quantised) == 8 and set(np.unique(quantised.exit)) <= {0, 1}
+
+
+def test_bad_inputs_get_the_errors_edge_predict_gives_today(exported, tmp_path: Path) -> None:
+    base = ["edge", "predict", "--model", str(exported["int8"]), "--verify-key", str(exported["key"])]
+    out = tmp_path / "p.csv"
+    r = device(*base, "--images", str(tmp_path / "nowhere"), "--out", str(out))
+    assert r.returncode == 1 and "does not exist; pass a folder of images or an .npz file" in r.stderr
+    r = device(*base, "--images", str(exported["inputs"]), "--out", str(out), "--bad-images", "error")
+    assert r.returncode == 1 and "are not readable images" in r.stderr and "notes.png" in r.stderr
+    assert not out.exists()  # refused before any CSV is left behind
+    r = device(*base, "--images", str(exported["inputs"]), "--out", str(tmp_path))
+    assert r.returncode == 1 and "is a folder; expected a CSV file path" in r.stderr
+    r = device(*base, "--images", str(exported["inputs"]), "--out", str(out), "--policy", "calibrated")
+    assert r.returncode == 0, r.stderr  # the run recorded calibrated thresholds
+    r = device(*base, "--images", str(exported["inputs"]), "--out", str(out), "--ca", "ca.pem")
+    assert r.returncode == 1 and "give --cloud-url too" in r.stderr
+    r = device("train", "--epochs", "3")
+    assert r.returncode == 2 and "need the full install" in r.stderr

@@ -33,9 +33,11 @@ def test_train_then_evaluate_writes_the_report_and_plots(trained_run: Path, tmp_
     r = json.loads(report_path.read_text())
     for key in (
         "accuracy", "macs_per_image", "macs_all_branches_per_image", "macs_cloud_only_per_image",
-        "energy_per_image_joule", "bytes_offloaded_per_image", "images_per_second",
+        "energy_per_image_joule", "bytes_offloaded_per_image", "images_per_second", "measured_energy_per_image_joule",
     ):  # fmt: skip
         assert isinstance(r[key], float), key
+    assert "5 W stated" in r["energy_models"]["measured_energy_per_image_joule"]  # each energy says its model
+    assert all("measured_energy_per_image_joule" in p for p in r["sweep"]) and "mJ measured" in result.output
     fractions = [r["exits"][e]["fraction"] for e in ("main", "extension", "cloud")]
     assert sum(fractions) == pytest.approx(1.0)
     assert r["num_images"] == 359  # digits: round(20% of 1797) held out as the test split

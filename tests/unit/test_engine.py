@@ -351,3 +351,23 @@ def test_reference_accuracy_compares_edge_and_cloud_on_the_offloaded_inputs(setu
     assert ref["meanet_with_cloud"] - edge == pytest.approx(4 / 12 * (ref["offloaded_cloud"] - ref["offloaded_edge"]))
     none = reference_accuracy(model, FixedPolicy(cloud=(), ext=()), out, meanet_accuracy=0.0)
     assert none["offloaded_edge"] is None and none["offloaded_cloud"] is None
+
+
+def test_measured_energy_is_seconds_per_block_times_the_stated_power_plus_the_uplink(setup: tuple) -> None:
+    from meanet_core.inference.cost import RouteLatency
+    from meanet_core.inference.evaluation import measured_energy
+
+    model, cloud, images = setup
+    labels = torch.arange(len(images)) % 10
+    policy = FixedPolicy(cloud=(0, 1, 2), ext=(2, 3, 4, 5))  # 3 of 24 sent; 4 of 24 run the extension
+    latency = RouteLatency(main_s=0.002, extension_s=0.001, cloud_s=0.0, batch_size=24)
+    engine = AdaptiveEngine(model, policy, cloud, latency=latency)
+    pred = engine.predict(images)
+    uplink = float(engine.cost.transmission_energy(float(engine.image_bytes)))
+    want = 3.0 * (0.002 + 4 / 24 * 0.001) + 3 / 24 * uplink
+    assert measured_energy(pred, engine, 3.0) == pytest.approx(want)
+    with torch.inference_mode():
+        main, ext = model(images.float() / 255)
+    [point] = sweep(model, BranchOutputs(main, ext, cloud.logits(images), labels), engine, [policy], power_w=3.0)
+    assert point["measured_energy_per_image_joule"] == pytest.approx(want)
+    assert point["energy_per_image_joule"] != point["measured_energy_per_image_joule"]  # two models, both reported
