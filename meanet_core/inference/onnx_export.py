@@ -312,6 +312,8 @@ def export_package(
         raise ValueError(f"int8 needs calibration images; {calibration.source} holds {len(calibration.x)}")
     k = min(calibration_images, len(calibration.x) - 1) if len(calibration.x) > calibration_images else None
     cal_x = calibration.x[:k] if k else calibration.x
+    if (settings or QuantSettings()).method != "minmax" and len(cal_x) >= CALIBRATION_BATCH:
+        cal_x = cal_x[: len(cal_x) // CALIBRATION_BATCH * CALIBRATION_BATCH]  # histograms merge equal batches only
     check_x, check_y = (calibration.x[k:], calibration.y[k:]) if k else (calibration.x, calibration.y)
     with tempfile.TemporaryDirectory() as tmp:
         float_path = write_package(Path(tmp) / "float.zip", manifest, graphs, key)
