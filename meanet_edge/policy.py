@@ -23,6 +23,10 @@ import numpy as np
 DEFAULT_ENTROPY_THRESHOLD = 0.5
 
 
+class NoCalibratedThresholds(ValueError):
+    """The calibrated policy was asked for, but the model records no calibrated thresholds."""
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row softmax of ``logits`` (B, K), in float32, stable for large logits."""
     z = logits - logits.max(axis=1, keepdims=True)
@@ -113,10 +117,11 @@ def choose_policy(
     name = name or str(recorded.get("name", "paper"))
     if name == "calibrated":
         if recorded.get("name") != "calibrated":
-            raise ValueError(
-                "this edge package holds no calibrated thresholds (its run recorded "
-                f"{recorded.get('name', 'no policy')!r}): route with --policy paper, or export it from a run "
-                "evaluated with the calibrated policy"
+            raise NoCalibratedThresholds(
+                "this edge model holds no calibrated thresholds (its run recorded "
+                f"{recorded.get('name', 'no policy')!r}): route with the paper policy, or export it from a run "
+                "evaluated with the calibrated policy (meanet evaluate --policy calibrated, or a federation with "
+                "policy=calibrated whose newest experience was evaluated)"
             )
         return policy_from_dict(recorded)
     if name == "paper":

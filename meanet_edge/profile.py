@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from meanet_edge.cost import CostConfig
+from meanet_edge.cost import CostConfig, time_per_call
 from meanet_edge.runtime import EdgePredictions, EdgeRuntime
 
 PROFILE_FORMAT = "meanet-fl/device-profile/1"
@@ -89,13 +88,7 @@ class DeviceProfile:
 
 def _per_input(fn: Any, n: int, repeats: int) -> float:
     """Median seconds of ``fn()`` over ``repeats`` calls (after one warm-up), divided by the batch ``n``."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples)) / n
+    return time_per_call(fn, repeats) / n
 
 
 def device_name() -> str:

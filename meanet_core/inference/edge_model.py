@@ -38,6 +38,8 @@ from meanet_core.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from meanet_core.training.checkpoint import atomic_save
 from meanet_core.trust.broadcast import digest
 from meanet_core.trust.signing import canonical_hash, key_fingerprint, load_verify_key, tagged
+from meanet_edge.policy import NoCalibratedThresholds, choose_policy
+from meanet_edge.policy import policy_from_dict as edge_policy_from_dict
 from meanet_edge.report import describe_policy
 
 EDGE_MODEL_FORMAT = "meanet-fl/edge-model/1"
@@ -57,7 +59,6 @@ HEADER_FIELDS: tuple[str, ...] = (
     "source",
 )
 """Every field of an edge model's header, all covered by its signature."""
-DEFAULT_ENTROPY_THRESHOLD = 0.5
 
 
 class EdgeModelError(ValueError):
@@ -75,46 +76,28 @@ class EdgeModel:
     signer: str
 
     def routing_policy(self, name: str | None = None, entropy_threshold: float | None = None) -> Policy:
-        """The policy to route with: ``name`` (``paper`` | ``calibrated``; default: the recorded one, else paper).
+        """The policy to route with: ``name`` (``paper`` | ``calibrated``; default: the recorded one, else paper),
+        chosen as the edge runtime chooses it (:func:`meanet_edge.policy.choose_policy`).
 
         ``calibrated`` needs the thresholds recorded at export; ``paper`` takes ``entropy_threshold``, else the
         recorded one, else :data:`DEFAULT_ENTROPY_THRESHOLD`.
         """
-        recorded = self.policy or {}
-        name = name or str(recorded.get("name", "paper"))
-        if name == "calibrated":
-            if recorded.get("name") != "calibrated":
-                raise EdgeModelError(
-                    "this edge model holds no calibrated thresholds (its run recorded "
-                    f"{recorded.get('name', 'no policy')!r}): route with the paper policy, or export it from a run "
-                    "evaluated with the calibrated policy (meanet evaluate --policy calibrated, or a federation with "
-                    "policy=calibrated whose newest experience was evaluated)"
-                )
-            return policy_from_dict(recorded)
-        if name == "paper":
-            if entropy_threshold is None:
-                recorded_t = recorded.get("entropy_threshold") if recorded.get("name") == "paper" else None
-                entropy_threshold = float(recorded_t) if recorded_t is not None else DEFAULT_ENTROPY_THRESHOLD
-            return PaperPolicy(entropy_threshold)
-        raise ValueError(f"policy must be paper or calibrated; got {name!r}")
+        try:
+            chosen = choose_policy(self.policy, name, entropy_threshold)
+        except NoCalibratedThresholds as e:
+            raise EdgeModelError(str(e)) from e
+        return policy_from_dict(chosen.as_dict())
 
 
 def policy_from_dict(values: Mapping[str, Any]) -> Policy:
-    """A routing policy from its ``as_dict()`` form (as reports and edge model files record it)."""
-    name = values.get("name")
-    try:
-        if name == "calibrated":
-            use_extension = values.get("use_extension", True)  # recorded before the option existed: it was used
-            if not isinstance(use_extension, bool):
-                raise TypeError(f"use_extension must be true or false, not {use_extension!r}")
-            return CalibratedPolicy(
-                float(values["main_threshold"]), float(values["extension_threshold"]), use_extension=use_extension
-            )
-        if name == "paper":
-            return PaperPolicy(float(values["entropy_threshold"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"the {name} policy {dict(values)!r} lacks or mistypes a threshold ({e})") from e
-    raise ValueError(f"a policy must be named paper or calibrated; found {name!r} in {dict(values)!r}")
+    """A routing policy from its ``as_dict()`` form (as reports and edge model files record it), checked as the edge
+    runtime checks it (:func:`meanet_edge.policy.policy_from_dict`)."""
+    checked = edge_policy_from_dict(values)
+    if checked.name == "calibrated":
+        return CalibratedPolicy(
+            checked.main_threshold, checked.extension_threshold, use_extension=checked.use_extension
+        )
+    return PaperPolicy(checked.entropy_threshold)
 
 
 def edge_header(

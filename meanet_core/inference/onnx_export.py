@@ -31,7 +31,7 @@ from torch import nn
 from meanet_core.inference.export import ExportSource
 from meanet_core.models import MEANet, describe_meanet
 from meanet_edge.package import BLOCKS, EdgePackage, write_package
-from meanet_edge.policy import DEFAULT_ENTROPY_THRESHOLD, EdgePolicy, policy_from_dict, softmax
+from meanet_edge.policy import EdgePolicy, choose_policy, softmax
 from meanet_edge.runtime import EXIT_NAMES, EdgeRuntime
 
 OPSET = 18
@@ -226,7 +226,7 @@ def compare_precisions(
 ) -> dict[str, Any]:
     """Each exit's accuracy in float32 and int8 on ``x`` (uint8 images, labels ``y``), and how often the two route
     an input to the same exit under the package's policy (edge only: no cloud)."""
-    policy = _policy(float_package.manifest)
+    policy = choose_policy(float_package.manifest.get("policy"))
     result: dict[str, Any] = {"images": len(x)}
     routes = {}
     for name, package in (("float32", float_package), ("int8", int8_package)):
@@ -249,13 +249,6 @@ def compare_precisions(
     result["same_exit"] = float((routes["float32"].exit == routes["int8"].exit).mean())
     result["same_label"] = float((routes["float32"].labels == routes["int8"].labels).mean())
     return result
-
-
-def _policy(manifest: dict[str, Any]) -> EdgePolicy:
-    recorded = manifest.get("policy")
-    if recorded:
-        return policy_from_dict(recorded)
-    return EdgePolicy("paper", entropy_threshold=DEFAULT_ENTROPY_THRESHOLD)
 
 
 # ------------------------------------------------------------------------------------------------ the package

@@ -127,18 +127,23 @@ def test_meanet_core_is_in_rooms() -> None:
         assert ast.get_docstring(ast.parse(init)), f"meanet_core/{room}/__init__.py should say what the room offers"
 
 
+def _import_heads(path: Path) -> list[list[str]]:
+    """The top-level packages each absolute import statement of ``path`` names (lazy imports too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.append([a.name.split(".")[0] for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.append([(node.module or "").split(".")[0]])
+    return found
+
+
 def test_meanet_core_imports_no_flower_and_no_other_package() -> None:
     modules = _modules()
     for name, path in modules.items():
         if not name.startswith("meanet_core"):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                heads = [a.name.split(".")[0] for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                heads = [(node.module or "").split(".")[0]]
-            else:
-                continue
+        for heads in _import_heads(path):
             bad = [h for h in heads if h == "flwr" or (h in PACKAGES and h not in ("meanet_core", "meanet_edge"))]
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}: meanet_core is plain PyTorch and numpy"
 
@@ -150,13 +155,7 @@ def test_the_edge_runtime_imports_nothing_above_it() -> None:
     for name, path in _modules().items():
         if not name.startswith("meanet_edge"):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                heads = [a.name.split(".")[0] for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                heads = [(node.module or "").split(".")[0]]
-            else:
-                continue
+        for heads in _import_heads(path):
             bad = [h for h in heads if h not in allowed and h not in sys.stdlib_module_names]
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}: the edge runtime installs without them"
 
